@@ -1,0 +1,10 @@
+"""Generic bilevel sample reweighting: a model θ trained on weighted per-sample losses, a weighter α
+trained by a hypergradient of a task (upper) loss. Knows nothing about world models."""
+
+from bilevel.config import BilevelConfig, WeighterConfig
+from bilevel.problem import BilevelProblem, Params
+from bilevel.trainer import BilevelTrainer, MovingNorm
+from bilevel.weighter import MetaWeighter
+
+__all__ = ["BilevelConfig", "BilevelProblem", "BilevelTrainer", "MetaWeighter", "MovingNorm", "Params",
+           "WeighterConfig"]

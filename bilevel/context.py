@@ -1,0 +1,128 @@
+"""Everything one bilevel step has computed, shared by the strategies so work is done once.
+
+The forward pass at θ is run once (`lower_losses`), the weighter inputs `x` are detached and held
+fixed, and the global RNG state from before that pass is kept so any re-evaluation of the lower
+loss (forward-mode AD, finite differences, unrolling) sees exactly the same sampling noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bilevel.problem import BilevelProblem, Params
+
+
+@dataclass
+class RngState:
+    cpu: Tensor
+    cuda: list[Tensor] | None
+
+    @staticmethod
+    def capture() -> RngState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return RngState(torch.get_rng_state(), cuda)
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        """Run a block with the captured noise, then return the RNG to where it was."""
+        devices = list(range(torch.cuda.device_count())) if self.cuda is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state_all(self.cuda)
+            yield
+
+
+def grads_or_zeros(out: Tensor | list[Tensor], inputs: list[Tensor], **kw: Any) -> list[Tensor]:
+    gs = torch.autograd.grad(out, inputs, allow_unused=True, **kw)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, inputs, strict=True)]
+
+
+def dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+
+
+def norm(a: list[Tensor]) -> Tensor:
+    return torch.sqrt(sum((x.detach() ** 2).sum() for x in a))
+
+
+@dataclass
+class StepContext:
+    problem: BilevelProblem
+    batch: Any
+    weighter: nn.Module | None
+    rng: RngState
+    losses: Any  # per-sample lower losses from the forward pass at θ
+    ctx: Any  # the problem's context from that same pass
+    x: Tensor  # detached weighter inputs [..., F]
+    w: Tensor  # weights [...] (graph to α when a weighter is used)
+    lower: Tensor  # scalar weighted lower objective
+    lr: float  # lower learning rate η
+    _lower_grad: list[Tensor] | None = field(default=None, repr=False)
+    _lower_grad_graph: bool = field(default=False, repr=False)
+    _upper: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.problem.model.named_parameters()]
+
+    @property
+    def theta(self) -> list[Tensor]:
+        return [p for _, p in self.problem.model.named_parameters()]
+
+    @property
+    def alpha(self) -> list[Tensor]:
+        assert self.weighter is not None
+        return list(self.weighter.parameters())
+
+    def lower_grad(self, create_graph: bool = False) -> list[Tensor]:
+        """∇θ L_low at θ from the shared forward pass (cached; with a graph when asked)."""
+        if self._lower_grad is None or (create_graph and not self._lower_grad_graph):
+            self._lower_grad = grads_or_zeros(
+                self.lower, self.theta, create_graph=create_graph, retain_graph=True
+            )
+            self._lower_grad_graph = create_graph
+        return self._lower_grad
+
+    def upper(self) -> Tensor:
+        if self._upper is None:
+            self._upper = self.problem.upper_loss(self.batch, self.ctx)
+        return self._upper
+
+    def upper_grad(self) -> list[Tensor]:
+        """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params."""
+        return upper_grad_at(self.problem, self.upper(), self.theta, self.names)
+
+    # -- functional re-evaluation (same noise, fixed weighter inputs) --------------------------------
+    def lower_at(self, params: Params, alpha: Params | None = None) -> Tensor:
+        """L_low(θ=params, α) re-evaluated with the step's noise and weighter inputs held fixed."""
+        with self.rng.replay():
+            losses, _ = self.problem.lower_losses(self.batch, params)
+        return self.problem.lower_objective(losses, self.weights(alpha))
+
+    def weights(self, alpha: Params | None = None) -> Tensor:
+        assert self.weighter is not None
+        if alpha is None:
+            return self.weighter(self.x)
+        return torch.func.functional_call(self.weighter, alpha, (self.x,))
+
+
+def upper_grad_at(problem: BilevelProblem, upper: Tensor, theta: list[Tensor], names: list[str]) -> list[Tensor]:
+    allowed = problem.upper_parameter_names()
+    if allowed is None:
+        return [g.detach() for g in grads_or_zeros(upper, theta, retain_graph=True)]
+    allowed_set = set(allowed)
+    idx = [i for i, n in enumerate(names) if n in allowed_set]
+    if not idx:
+        raise ValueError(f"upper_parameter_names() matched no parameter of the model: {allowed[:5]}...")
+    sub = grads_or_zeros(upper, [theta[i] for i in idx], retain_graph=True)
+    out = [torch.zeros_like(p) for p in theta]
+    for i, g in zip(idx, sub, strict=True):
+        out[i] = g.detach()
+    return out

@@ -1,0 +1,71 @@
+"""Three ways to contract the mixed second derivative with a vector v over θ:
+
+    mixed(v) = ∂/∂α [ ∇θ L_low(θ, α) · v ]   = (∂²L_low/∂θ∂α)ᵀ v      (one entry per α)
+
+* double_backward: reverse-over-reverse on the graph of the shared forward pass (no re-evaluation).
+* jvp: forward-over-reverse, d/dε ∇α L_low(θ + εv, α) with torch.func — what the official TF code does.
+  It re-runs the lower loss functionally (the "second RSSM pass").
+* finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
+  both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from bilevel.context import StepContext, grads_or_zeros, norm
+
+Contraction = Callable[[StepContext, list[Tensor]], list[Tensor]]
+
+
+def double_backward(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+    g = sc.lower_grad(create_graph=True)
+    return grads_or_zeros(g, sc.alpha, grad_outputs=v, retain_graph=True)
+
+
+def jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+    assert sc.weighter is not None
+    theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+    alpha = {n: p.detach() for n, p in sc.weighter.named_parameters()}
+    tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
+
+    def grad_alpha(th: dict[str, Tensor]) -> dict[str, Tensor]:
+        return torch.func.grad(lambda a: sc.lower_at(th, a))(alpha)
+
+    _, out = torch.func.jvp(grad_alpha, (theta,), (tangent,))
+    return [out[n] for n in alpha]
+
+
+def finite_difference(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:
+    theta = sc.theta
+    vnorm = float(norm(v))
+    if vnorm == 0.0:
+        return [torch.zeros_like(a) for a in sc.alpha]
+    eps = radius / vnorm
+    saved = [p.detach().clone() for p in theta]
+    params = dict(sc.problem.model.named_parameters())
+    try:
+        grads = []
+        for sgn in (1.0, -1.0):
+            with torch.no_grad():
+                for p, p0, vi in zip(theta, saved, v, strict=True):
+                    p.copy_(p0 + sgn * eps * vi)
+            grads.append(grads_or_zeros(sc.lower_at(params), sc.alpha))
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(theta, saved, strict=True):
+                p.copy_(p0)  # bit-exact restore
+    return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]
+
+
+def get(name: str, fd_radius: float = 1e-2) -> Contraction:
+    if name == "double_backward":
+        return double_backward
+    if name == "jvp":
+        return jvp
+    if name == "finite_difference":
+        return lambda sc, v: finite_difference(sc, v, fd_radius)
+    raise ValueError(f"unknown contraction {name!r}; accepted: ['double_backward', 'jvp', 'finite_difference']")

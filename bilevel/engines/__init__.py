@@ -1,0 +1,1 @@
+"""Third-party engines for the hypergradient: `higher` (unrolling) and Betty (darts, neumann, cg)."""

@@ -1,0 +1,71 @@
+"""The abstract bilevel sample-reweighting problem.
+
+A problem owns a model θ and says how to compute, in ONE forward pass, the per-sample lower
+losses and a context (e.g. inferred latent states). Everything a hypergradient strategy needs is
+expressed through the five methods below, so `bilevel/` never needs to know what the model is.
+
+    lower:  θ*(α) = argmin_θ  lower_objective(lower_losses(θ), w)      w = N_α(weighter_inputs)
+    upper:  min_α  upper_loss(θ*(α))
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+
+
+class BilevelProblem(ABC):
+    """Subclass this to make any weighted-loss model trainable by `BilevelTrainer`.
+
+    `params` passed to `lower_losses` is a name -> tensor mapping covering `model.named_parameters()`.
+    It is either the live parameters or functional copies (perturbed, unrolled, or dual tensors for
+    forward-mode AD); implementations must use it through `torch.func.functional_call` (see
+    `call`) rather than reading `self.model`'s parameters directly.
+    """
+
+    model: nn.Module
+
+    @abstractmethod
+    def lower_losses(self, batch: Any, params: Params) -> tuple[Tensor | Mapping[str, Tensor], Any]:
+        """Per-sample lower losses (any shape `[...]`, or a dict of such terms) and a context."""
+
+    @abstractmethod
+    def weighter_inputs(self, ctx: Any) -> Tensor:
+        """Features for the weighter, `[..., F]` with the per-sample shape `[...]` as leading dims."""
+
+    @abstractmethod
+    def upper_loss(self, batch: Any, ctx: Any) -> Tensor:
+        """Scalar task loss, differentiable in θ through `ctx` (from the same forward pass)."""
+
+    def lower_objective(self, losses: Tensor | Mapping[str, Tensor], w: Tensor) -> Tensor:
+        """Scalar weighted lower loss. Default: mean of `w * losses`. Override when weights must enter
+        a structured loss (e.g. before free nats in a KL term)."""
+        if not isinstance(losses, Tensor):
+            raise TypeError("dict-valued lower_losses need an overridden lower_objective")
+        return (w * losses).mean()
+
+    def upper_losses(self, batch: Any, ctx: Any) -> Tensor:
+        """Per-sample task losses `[...]`, used only by the `naive` weighting baseline."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define per-sample upper_losses, which 'naive' weighting needs"
+        )
+
+    def upper_parameter_names(self) -> list[str] | None:
+        """Names of θ the upper loss is differentiated through (None = all). E.g. encoder + RSSM."""
+        return None
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def call(self, params: Params, *args: Any, **kwargs: Any) -> Any:
+        """Run `self.model` with the given parameters (buffers taken from the module)."""
+        return torch.func.functional_call(self.model, params, args, kwargs, strict=False)
+
+    def sample_shape(self, losses: Tensor | Mapping[str, Tensor]) -> torch.Size:
+        if isinstance(losses, Tensor):
+            return losses.shape
+        return next(iter(losses.values())).shape

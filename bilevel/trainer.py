@@ -1,0 +1,223 @@
+"""One call does one bilevel step: weights -> θ update -> α update (Algorithm 1 of the TEMPO paper).
+
+    sc = forward at θ once: per-sample losses, context, weighter inputs x (detached), w = N_α(x)
+    g_θ = ∇θ L_low(θ, w)                         (kept, reused by the strategies)
+    g_α = strategy(sc)                           (evaluated at θ, before θ moves)
+    θ  <- opt_θ(clip(g_θ));   α <- opt_α(clip(g_α))   (α only every `meta_every` steps)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bilevel import contractions, strategies
+from bilevel.config import BilevelConfig
+from bilevel.context import RngState, StepContext, norm
+from bilevel.problem import BilevelProblem
+from bilevel.weighter import MetaWeighter
+
+
+class MovingNorm(nn.Module):
+    """Moving mean/variance normaliser (the paper's `Norm`); state is saved with the trainer."""
+
+    def __init__(self, momentum: float = 0.99) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        m, v = x.mean(), x.var(unbiased=False)
+        if int(self.count) == 0:
+            self.mean.copy_(m)
+            self.var.copy_(v)
+        else:
+            self.mean.mul_(self.momentum).add_((1 - self.momentum) * m)
+            self.var.mul_(self.momentum).add_((1 - self.momentum) * v)
+        self.count += 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / torch.sqrt(self.var + 1e-8)
+
+
+def make_optimizer(params: Any, name: str, lr: float, eps: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; accepted: ['adam', 'sgd']")
+
+
+class BilevelTrainer:
+    """Trains θ with weighted lower losses and α with the configured hypergradient.
+
+    `lower_opt` may be any torch optimizer; `unroll` additionally requires SGD or Adam (the ones it can
+    differentiate through). `lower_lr` is η in the hypergradient formulas; it defaults to the
+    optimizer's lr.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weighter_in_dim: int,
+        config: BilevelConfig | None = None,
+        lower_opt: torch.optim.Optimizer | None = None,
+        lower_lr: float = 3e-4,
+        lower_eps: float = 1e-5,
+        lower_clip: float = 100.0,
+        lower_weight_decay: float = 0.0,
+        max_nonfinite: int = 100,
+    ) -> None:
+        self.cfg = cfg = config or BilevelConfig()
+        if lower_lr <= 0:
+            raise ValueError(f"lower_lr must be > 0, got {lower_lr}")
+        self.model = model
+        self.lower_opt = lower_opt or make_optimizer(model.parameters(), "adam", lower_lr, lower_eps,
+                                                     lower_weight_decay)
+        self.lr = float(self.lower_opt.param_groups[0]["lr"]) if lower_opt is not None else lower_lr
+        self.lower_clip = lower_clip
+        p0 = next(model.parameters())
+        device, dtype = p0.device, p0.dtype
+        self.weighter: MetaWeighter | None = None
+        self.meta_opt: torch.optim.Optimizer | None = None
+        if cfg.uses_weighter:
+            wc = cfg.weighter
+            self.weighter = MetaWeighter(weighter_in_dim, wc.layers, wc.units, wc.act, wc.norm,
+                                         wc.out_scale, wc.out_shift).to(device, dtype)
+            self.meta_opt = make_optimizer(self.weighter.parameters(), "adam", wc.lr, wc.eps, wc.weight_decay)
+        self.naive_norm = MovingNorm(cfg.naive_momentum).to(device, dtype)
+        self.mixed = contractions.get(cfg.contraction, cfg.fd_radius)
+        if cfg.strategy == "unroll" and cfg.engine == "native":
+            strategies.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
+        self.step_count = 0
+        self.nonfinite = 0
+        self.nonfinite_streak = 0
+        self.max_nonfinite = max_nonfinite
+
+    # ------------------------------------------------------------------------------------------------
+    def weights(self, problem: BilevelProblem, batch: Any, ctx: Any, x: Tensor, shape: torch.Size) -> Tensor:
+        s = self.cfg.strategy
+        if s == "none":
+            return torch.ones(shape, device=x.device)
+        if s == "naive":
+            with torch.no_grad():
+                per_sample = problem.upper_losses(batch, ctx).detach()
+                self.naive_norm.update(per_sample)
+                return 1.0 + self.naive_norm(per_sample)
+        assert self.weighter is not None
+        return self.weighter(x)
+
+    def alpha_grad(self, sc: StepContext) -> list[Tensor]:
+        cfg = self.cfg
+        if cfg.engine == "betty":
+            from bilevel.engines import betty_engine
+            return betty_engine.alpha_grad(sc, cfg)
+        if cfg.strategy == "approx":
+            return strategies.approx(sc, self.mixed, cfg.sign)
+        if cfg.strategy == "implicit":
+            return strategies.implicit(sc, self.mixed, cfg)
+        if cfg.strategy == "unroll":
+            if cfg.engine == "higher":
+                from bilevel.engines import higher_engine
+                return higher_engine.unroll(sc, cfg.unroll_steps, self.lower_opt)
+            return strategies.unroll(sc, cfg.unroll_steps, self.lower_opt)
+        raise AssertionError(cfg.strategy)
+
+    def forward(self, problem: BilevelProblem, batch: Any) -> StepContext:
+        """The single forward pass at θ that every later phase reuses."""
+        rng = RngState.capture()
+        params = dict(problem.model.named_parameters())
+        losses, ctx = problem.lower_losses(batch, params)
+        x = problem.weighter_inputs(ctx).detach()
+        w = self.weights(problem, batch, ctx, x, problem.sample_shape(losses))
+        lower = problem.lower_objective(losses, w)
+        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr)
+
+    def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
+        cfg = self.cfg
+        sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
+        t0 = time.perf_counter()
+        sc = self.forward(problem, batch)
+        meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
+        needs_graph = meta and (cfg.strategy in ("implicit", "unroll") or
+                                (cfg.contraction == "double_backward" and cfg.engine == "native"))
+        g_theta = [g.detach() for g in sc.lower_grad(create_graph=needs_graph)]
+        sync()
+        t1 = time.perf_counter()
+        g_alpha = self.alpha_grad(sc) if meta else None
+        sync()
+        t2 = time.perf_counter()
+
+        metrics: dict[str, float] = {}
+        finite = math.isfinite(float(sc.lower.detach())) and all(bool(torch.isfinite(g).all()) for g in g_theta)
+        if g_alpha is not None:
+            finite = finite and all(bool(torch.isfinite(g).all()) for g in g_alpha)
+        if finite:
+            self.nonfinite_streak = 0
+            for p, g in zip(self.model.parameters(), g_theta, strict=True):
+                p.grad = g
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lower_clip))
+            self.lower_opt.step()
+            self.lower_opt.zero_grad(set_to_none=True)
+        else:
+            self.nonfinite += 1
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak > self.max_nonfinite:
+                raise FloatingPointError(
+                    f"{self.nonfinite_streak} consecutive non-finite bilevel steps (lower loss "
+                    f"{float(sc.lower.detach())}); stopping. Lower the learning rates or check the inputs."
+                )
+        sync()
+        t3 = time.perf_counter()
+        if finite and g_alpha is not None:
+            assert self.weighter is not None and self.meta_opt is not None
+            for p, g in zip(self.weighter.parameters(), g_alpha, strict=True):
+                p.grad = g
+            metrics["hypergrad_norm"] = float(norm(g_alpha))
+            torch.nn.utils.clip_grad_norm_(self.weighter.parameters(), cfg.weighter.clip)
+            self.meta_opt.step()
+            self.meta_opt.zero_grad(set_to_none=True)
+        sync()
+        t4 = time.perf_counter()
+        self.step_count += 1
+
+        with torch.no_grad():
+            w = sc.w.detach()
+            metrics.update({
+                "lower_loss": float(sc.lower.detach()),
+                "lower_loss_unweighted": float(problem.lower_objective(sc.losses, torch.ones_like(w))),
+                "upper_loss": float(sc.upper().detach()),
+                "weight_mean": float(w.mean()), "weight_std": float(w.std()) if w.numel() > 1 else 0.0,
+                "weight_min": float(w.min()), "weight_max": float(w.max()),
+                "meta_step": float(g_alpha is not None), "nonfinite_steps": float(self.nonfinite),
+                "time_forward": t1 - t0, "time_hypergrad": t2 - t1,
+                "time_lower_update": t3 - t2, "time_meta_update": t4 - t3,
+            })
+        self.last = sc
+        return metrics
+
+    # ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lower_opt": self.lower_opt.state_dict(),
+            "weighter": None if self.weighter is None else self.weighter.state_dict(),
+            "meta_opt": None if self.meta_opt is None else self.meta_opt.state_dict(),
+            "naive_norm": self.naive_norm.state_dict(),
+            "step_count": self.step_count, "nonfinite": self.nonfinite,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lower_opt.load_state_dict(state["lower_opt"])
+        if self.weighter is not None:
+            self.weighter.load_state_dict(state["weighter"])
+            assert self.meta_opt is not None
+            self.meta_opt.load_state_dict(state["meta_opt"])
+        self.naive_norm.load_state_dict(state["naive_norm"])
+        self.step_count, self.nonfinite = state["step_count"], state["nonfinite"]
