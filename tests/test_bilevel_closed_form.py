@@ -155,7 +155,7 @@ def test_meta_every_skips_exactly_the_right_steps():
     for _ in range(7):
         before = [p.detach().clone() for p in trainer.weighter.parameters()]
         m = trainer.step(problem, problem.batch)
-        changed = any(not torch.equal(b, p) for b, p in zip(before, trainer.weighter.parameters()))
+        changed = any(not torch.equal(b, p) for b, p in zip(before, trainer.weighter.parameters(), strict=True))
         assert changed == bool(m["meta_step"])
         metas.append(changed)
     assert metas == [True, False, False, True, False, False, True]

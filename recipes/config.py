@@ -1,0 +1,209 @@
+"""The one pydantic config tree of a TEMPO / DreamerV2 run, with presets.
+
+Defaults are the paper's appendix C (and DreamerV2's published defaults where the paper is silent).
+Presets only override fields; `resolve()` picks one from the task and device when none is given.
+Every field can be overridden from the command line as `--section.field value` (see `apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bilevel.config import BilevelConfig
+
+PRESETS = ("dmc_pixels", "dmc_state", "atari", "debug")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(_Strict):
+    task: str = "finger_spin"
+    obs: Literal["auto", "pixels", "state"] = "pixels"
+    size: tuple[int, int] = (64, 64)
+    action_repeat: int | None = Field(None, ge=1, description="None = suite default (DMC 2, Atari 4)")
+    time_limit: int | None = Field(None, ge=1, description="agent steps; None = suite default")
+
+
+class WorldModelConfig(_Strict):
+    deter: int = Field(200, ge=1)
+    stoch: int = Field(32, ge=1)
+    discrete: int = Field(0, ge=0, description="classes per categorical latent; 0 = Gaussian (DMC)")
+    hidden: int = Field(200, ge=1)
+    min_std: float = Field(0.1, gt=0)
+    unimix: float = Field(0.01, ge=0, lt=1)
+    depth: int = Field(48, ge=1, description="conv encoder/decoder depth")
+    units: int = Field(400, ge=1, description="MLP units (encoder, decoder, heads)")
+    layers: int = Field(4, ge=1)
+    discount_head: bool = False
+    kl_balance: float = Field(0.8, ge=0, le=1)
+    kl_free: float = Field(1.0, ge=0)
+    kl_scale: float = Field(1.0, ge=0)
+    reward_scale: float = Field(1.0, ge=0)
+    discount_scale: float = Field(1.0, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    eps: float = Field(1e-5, gt=0)
+    clip: float = Field(100.0, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+
+
+class AgentConfig(_Strict):
+    horizon: int = Field(15, ge=1)
+    gamma: float = Field(0.99, gt=0, le=1)
+    lambda_: float = Field(0.95, ge=0, le=1)
+    actor_lr: float = Field(8e-5, gt=0)
+    critic_lr: float = Field(8e-5, gt=0)
+    slow_target_every: int = Field(100, ge=1)
+    actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
+    actor_ent: float = Field(1e-4, ge=0)
+    reward_transform: Literal["none", "tanh"] = "none"
+    units: int = Field(400, ge=1)
+    layers: int = Field(4, ge=1)
+    eps: float = Field(1e-5, gt=0)
+    clip: float = Field(100.0, gt=0)
+    weight_decay: float = Field(1e-6, ge=0)
+
+
+class ReplayConfig(_Strict):
+    capacity: int = Field(2_000_000, ge=1)
+    batch: int = Field(16, ge=1)
+    length: int = Field(50, ge=2)
+    prioritize_ends: bool = False
+
+
+class TempoConfig(_Strict):
+    """The task-aware part: how samples are weighted and by what upper loss."""
+
+    weighting: Literal["meta", "naive", "none"] = "meta"
+    upper_loss: str = Field("vvaml", description="'vvaml', 'vagram' or 'module.path:ClassName'")
+    value_norm: Literal["batch", "moving", "none"] = Field(
+        "batch", description="values standardised jointly over the batch (official code) or moving stats (paper)"
+    )
+    weighter_inputs: Literal["DSV", "SV", "S", "DS", "DV", "D", "V"] = "DSV"
+    bilevel: BilevelConfig = BilevelConfig()
+
+
+class RunConfig(_Strict):
+    steps: int = Field(1_000_000, ge=0, description="environment steps (after action repeat)")
+    prefill: int = Field(1000, ge=0)
+    pretrain: int = Field(100, ge=0)
+    train_every: int = Field(5, ge=1)
+    eval_every: int = Field(10_000, ge=1)
+    eval_episodes: int = Field(1, ge=1)
+    log_every: int = Field(1000, ge=1)
+    video_every: int = Field(5, ge=0, description="save an eval video every N evaluations (0 = never)")
+    checkpoint_every: int = Field(10_000, ge=1)
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    logdir: str = "runs/default"
+    max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")
+
+
+class Config(_Strict):
+    preset: Literal["dmc_pixels", "dmc_state", "atari", "debug"] = "dmc_pixels"
+    env: EnvConfig = EnvConfig()
+    world_model: WorldModelConfig = WorldModelConfig()
+    agent: AgentConfig = AgentConfig()
+    replay: ReplayConfig = ReplayConfig()
+    tempo: TempoConfig = TempoConfig()
+    run: RunConfig = RunConfig()
+
+    @field_validator("preset", mode="before")
+    @classmethod
+    def _preset(cls, v: Any) -> Any:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; accepted: {list(PRESETS)}")
+        return v
+
+    @property
+    def method(self) -> str:
+        """A label for plots: tempo / naive / dreamerv2 (+ non-default hypergradient)."""
+        w = self.tempo.weighting
+        if w == "none":
+            return "dreamerv2"
+        if w == "naive":
+            return f"naive-{self.tempo.upper_loss}"
+        b = self.tempo.bilevel
+        tag = "tempo" if self.tempo.upper_loss == "vvaml" else f"tempo-{self.tempo.upper_loss}"
+        if b.strategy != "approx":
+            tag += f"-{b.strategy}"
+        if self.tempo.weighter_inputs != "DSV":
+            tag += f"-{self.tempo.weighter_inputs}"
+        if b.sign != "correct":
+            tag += "-official"
+        return tag
+
+
+PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dmc_pixels": {"env": {"obs": "pixels"}},
+    # Proprioceptive DMC: the same agent on state vectors (pixel updates are ~100x slower on CPU).
+    "dmc_state": {"env": {"obs": "state"}},
+    "atari": {
+        "env": {"obs": "pixels", "task": "atari:pong"},
+        "world_model": {"deter": 600, "hidden": 600, "discrete": 32, "discount_head": True, "kl_free": 0.0,
+                        "kl_scale": 0.1, "discount_scale": 5.0, "lr": 2e-4},
+        "agent": {"gamma": 0.999, "actor_lr": 4e-5, "critic_lr": 1e-4, "actor_ent": 1e-3,
+                  "actor_grad": "reinforce", "reward_transform": "tanh"},
+        "replay": {"prioritize_ends": True},
+        "run": {"prefill": 50_000, "train_every": 16, "eval_every": 250_000, "steps": 10_000_000},
+    },
+    # Tiny everything: runs end to end in seconds on CPU (tests, smoke runs).
+    "debug": {
+        "env": {"obs": "state", "time_limit": 60},
+        "world_model": {"deter": 16, "stoch": 4, "hidden": 16, "depth": 4, "units": 32, "layers": 2},
+        "agent": {"horizon": 5, "units": 32, "layers": 2, "slow_target_every": 5},
+        "replay": {"batch": 4, "length": 10},
+        "tempo": {"bilevel": {"weighter": {"layers": 3, "units": 32}}},
+        "run": {"steps": 300, "prefill": 120, "pretrain": 2, "train_every": 20, "eval_every": 150,
+                "log_every": 60, "checkpoint_every": 100, "video_every": 1},
+    },
+}
+
+
+def deep_update(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build(preset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- preset <- overrides (nested dict), validated as a whole."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; accepted: {list(PRESETS)}")
+    data = deep_update(Config().model_dump(), PRESET_OVERRIDES[preset])
+    data = deep_update(data, overrides or {})
+    data["preset"] = preset
+    if preset == "atari" and not str(data["env"]["task"]).startswith("atari:"):
+        pass  # a user may run the atari preset on any discrete task
+    return Config.model_validate(data)
+
+
+def parse_dotted(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """[('world_model.lr', '1e-4')] -> {'world_model': {'lr': 1e-4}} (values parsed as JSON if possible)."""
+    out: dict[str, Any] = {}
+    for key, raw in pairs:
+        try:
+            val: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            val = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = val
+    return out
+
+
+def format_error(err: ValidationError) -> str:
+    """One readable line per problem: `field.path: message (got value)`."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if "input" in e and loc else ""))
+    return "; ".join(lines)

@@ -1,0 +1,148 @@
+"""Recurrent State-Space Model (TEMPO eq. 1, DreamerV2):
+
+    h_t = f(h_{t-1}, s_{t-1}, a_{t-1})      deterministic state (norm-GRU)
+    s_t ~ p(s_t | h_t)                      prior        (img_step)
+    s_t ~ q(s_t | h_t, o_t)                 posterior    (obs_step)
+
+A state is a plain dict of tensors so it can be stacked, flattened and detached with dict comprehensions:
+    Gaussian    {'h': [..., deter], 's': [..., stoch], 'mean': [..., stoch], 'std': [..., stoch]}
+    categorical {'h': [..., deter], 's': [..., stoch*discrete], 'logits': [..., stoch, discrete]}
+Sampling is reparameterised (Gaussian) or straight-through (categorical), so every state depends on θ
+differentiably - the task loss V(s_post) - V(s_prior) is differentiated through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal, OneHotCategoricalStraightThrough
+
+from worldmodels.nets import GRUCell, dreamer_init, sg
+
+State = dict[str, Tensor]
+
+
+def stack_states(states: list[State]) -> State:
+    """[{k: [B, ...]}] * T -> {k: [T, B, ...]} (stacking, never writing into preallocated tensors)."""
+    return {k: torch.stack([s[k] for s in states], 0) for k in states[0]}
+
+
+class RSSM(nn.Module):
+    """DreamerV2 RSSM with Gaussian (`discrete=0`) or categorical (`discrete>0`) stochastic latents."""
+
+    def __init__(self, action_dim: int, embed_dim: int, deter: int = 200, stoch: int = 32, discrete: int = 0,
+                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.01,
+                 act: type[nn.Module] = nn.ELU):
+        super().__init__()
+        self.action_dim, self.embed_dim = action_dim, embed_dim
+        self.deter, self.stoch, self.discrete = deter, stoch, discrete
+        self.min_std, self.unimix = min_std, unimix
+        self.stoch_flat = stoch * discrete if discrete else stoch
+        self.feat_dim = deter + self.stoch_flat
+        stats = stoch * discrete if discrete else 2 * stoch
+        self.img_in = nn.Sequential(nn.Linear(self.stoch_flat + action_dim, hidden), act())
+        self.cell = GRUCell(hidden, deter)
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), act(), nn.Linear(hidden, stats))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), act(), nn.Linear(hidden, stats))
+        dreamer_init(self)
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        return ("h", "s", "logits") if self.discrete else ("h", "s", "mean", "std")
+
+    def initial(self, batch_size: int) -> State:
+        """All-zeros state (DreamerV2 resets to zeros, not to a learned state)."""
+        w = self.img_in[0].weight  # dtype/device follow the (possibly functional_call'ed) parameters
+        z = lambda *shape: torch.zeros(batch_size, *shape, dtype=w.dtype, device=w.device)  # noqa: E731
+        if self.discrete:
+            return {"h": z(self.deter), "s": z(self.stoch_flat), "logits": z(self.stoch, self.discrete)}
+        return {"h": z(self.deter), "s": z(self.stoch), "mean": z(self.stoch), "std": z(self.stoch)}
+
+    def _stats(self, x: Tensor) -> State:
+        if self.discrete:
+            logits = x.reshape(*x.shape[:-1], self.stoch, self.discrete)  # [B, stoch, discrete]
+            if self.unimix > 0:  # 1% uniform mixture keeps every class probability >= unimix/K: finite KL
+                probs = (1 - self.unimix) * torch.softmax(logits, -1) + self.unimix / self.discrete
+                logits = torch.log(probs)
+            return {"logits": logits}
+        mean, std = x.chunk(2, -1)
+        return {"mean": mean, "std": F.softplus(std) + self.min_std}
+
+    def _sample(self, stats: State) -> Tensor:
+        if self.discrete:
+            logits = stats["logits"]
+            probs = torch.softmax(logits, -1)
+            # Gumbel-max one-hot sample (elementwise + argmax only, so it also runs under torch.func).
+            u = torch.rand_like(logits).clamp(1e-20, 1.0 - 1e-7)
+            idx = (sg(logits) - torch.log(-torch.log(u))).argmax(-1)
+            onehot = F.one_hot(idx, self.discrete).to(logits.dtype)
+            s = onehot + probs - sg(probs)  # straight-through: value one-hot, gradient of probs
+            return s.reshape(*s.shape[:-2], self.stoch_flat)
+        return stats["mean"] + stats["std"] * torch.randn_like(stats["mean"])
+
+    def img_step(self, state: State, action: Tensor) -> State:
+        """Prior: h_t = f(h_{t-1}, s_{t-1}, a_{t-1}), s_t ~ p(s_t | h_t).  [B, ...], [B, A] -> [B, ...]"""
+        x = self.img_in(torch.cat([state["s"], action], -1))  # [B, hidden]
+        h = self.cell(x, state["h"])  # [B, deter]
+        stats = self._stats(self.img_out(h))
+        return {"h": h, "s": self._sample(stats), **stats}
+
+    def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> tuple[State, State]:
+        """Posterior q(s_t | h_t, embed_t) and prior p(s_t | h_t); state and action zeroed where is_first."""
+        keep = 1.0 - is_first.to(action.dtype)  # [B]
+        mask = lambda v: v * keep.reshape(-1, *([1] * (v.dim() - 1)))  # noqa: E731
+        state = {k: mask(state[k]) for k in self.state_keys}
+        prior = self.img_step(state, mask(action))
+        stats = self._stats(self.obs_out(torch.cat([prior["h"], embed], -1)))
+        post = {"h": prior["h"], "s": self._sample(stats), **stats}
+        return post, prior
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor,
+                state: State | None = None) -> tuple[State, State]:
+        """Filter a sequence.  embed [T, B, E], action [T, B, A] (action[t] led to obs t), is_first [T, B].
+
+        Returns (post, prior), dicts of [T, B, ...] tensors.
+        """
+        if state is None:
+            state = self.initial(embed.shape[1])
+        posts, priors = [], []
+        for t in range(embed.shape[0]):
+            post, prior = self.obs_step(state, action[t], embed[t], is_first[t])
+            posts.append(post)
+            priors.append(prior)
+            state = post
+        return stack_states(posts), stack_states(priors)
+
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int,
+                detach_policy_input: bool = True) -> dict[str, Tensor]:
+        """Roll the prior `horizon` steps from `start` ([N, ...]) under `policy(feat [N, F]) -> [N, A]`.
+
+        Returns {'feat': [H+1, N, F], 'action': [H+1, N, A], state keys: [H+1, N, ...]}; index 0 is the
+        start state and action[i] is the action taken at feat[i] (the last one is sampled too). Actions
+        enter img_step as produced and states are not detached, so actor gradients can flow through the
+        dynamics; as in DreamerV2 the policy's *input* is detached by default.
+        """
+        state = {k: start[k] for k in self.state_keys}
+        states, feats, actions = [state], [self.feat(state)], []
+        for _ in range(horizon):
+            action = policy(feats[-1].detach() if detach_policy_input else feats[-1])
+            state = self.img_step(state, action)
+            actions.append(action)
+            states.append(state)
+            feats.append(self.feat(state))
+        actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1]))
+        return {**stack_states(states), "feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
+
+    def feat(self, state: State) -> Tensor:
+        """cat(h, s): [..., deter + stoch_flat] - the input of every head, the critic and the weighter."""
+        return torch.cat([state["h"], state["s"]], -1)
+
+    def dist(self, state: State) -> Distribution:
+        """p or q over s as a torch.distributions object (event dim = the stochastic dims)."""
+        if self.discrete:
+            cat = OneHotCategoricalStraightThrough(logits=state["logits"], validate_args=False)
+            return Independent(cat, 1)
+        return Independent(Normal(state["mean"], state["std"], validate_args=False), 1)

@@ -1,0 +1,105 @@
+"""TEMPO as a `BilevelProblem`: weighted ELBO below, a task-aware (value) loss above.
+
+    lower:  Σ_t w_t · ELBO_t(θ)              (weights enter every NLL term and both KL-balance terms)
+    upper:  e.g. V-VAML  mean_t |V(s_post_t) − V(s_prior_t)|²  through encoder + RSSM only
+    w_t  =  N_α( sg[h_t, s_post_t, s_prior_t, V(s_post_t), V(s_prior_t)] )    (paper eq. 5)
+
+Everything comes from ONE pass of the world model (`observe` + `elbo_terms`), which is what lets the
+θ'≈θ approximation infer the states once per update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bilevel.problem import BilevelProblem, Params
+from worldmodels.elbo import weighted_elbo_loss
+from worldmodels.rssm import State
+from worldmodels.world_model import WorldModel
+
+INPUT_FLAGS = ("DSV", "SV", "S", "DS", "DV", "D", "V")
+
+
+@dataclass
+class TempoContext:
+    post: State  # [T, B, ...]
+    prior: State
+    params: Params
+    _values: tuple[Tensor, Tensor] | None = None
+
+
+class WorldModelProblem(BilevelProblem):
+    """Binds a `WorldModel`, an upper loss from `losses/` and a value function (the slow critic)."""
+
+    def __init__(self, world_model: WorldModel, upper: Any, value_fn: Callable[[Tensor], Tensor],
+                 inputs: str = "DSV") -> None:
+        if inputs not in INPUT_FLAGS:
+            raise ValueError(f"unknown weighter inputs {inputs!r}; accepted: {list(INPUT_FLAGS)}")
+        self.model = world_model
+        self.upper = upper
+        self.value_fn = value_fn
+        self.inputs = inputs
+        rssm = world_model.rssm
+        self.discrete = bool(rssm.discrete)
+        self.input_dim = ("D" in inputs) * rssm.deter + ("S" in inputs) * 2 * rssm.stoch_flat + ("V" in inputs) * 2
+
+    # -- lower ---------------------------------------------------------------------------------------
+    def lower_losses(self, batch: Mapping[str, Tensor], params: Params) -> tuple[dict[str, Tensor], TempoContext]:
+        _, terms, post, prior, _ = self.call(params, batch)  # WorldModel.forward: observe + elbo_terms
+        return terms, TempoContext(post, prior, params)
+
+    def lower_objective(self, losses: Mapping[str, Tensor], w: Tensor) -> Tensor:
+        wm = self.model
+        return weighted_elbo_loss(dict(losses), w, wm.kl_balance, wm.kl_free, wm.kl_scale, wm.loss_scales)[0]
+
+    # -- weighter ------------------------------------------------------------------------------------
+    def _stoch(self, state: State) -> Tensor:
+        """The latent's distribution summary: Gaussian mean, or flattened categorical probabilities."""
+        if self.discrete:
+            return torch.softmax(state["logits"], -1).flatten(-2)
+        return state["mean"]
+
+    def values(self, ctx: TempoContext) -> tuple[Tensor, Tensor]:
+        """(v_post, v_prior) [T, B] as the upper loss normalises them (cached per forward pass)."""
+        if ctx._values is None:
+            post, prior = ctx.post, ctx.prior
+            if hasattr(self.upper, "values"):
+                ctx._values = self.upper.values(post["h"], post["s"], prior["s"], self.value_fn)
+            else:
+                ctx._values = (self.value_fn(torch.cat([post["h"], post["s"]], -1)),
+                               self.value_fn(torch.cat([prior["h"], prior["s"]], -1)))
+        return ctx._values
+
+    def weighter_inputs(self, ctx: TempoContext) -> Tensor:
+        parts = []
+        if "D" in self.inputs:
+            parts.append(ctx.post["h"])
+        if "S" in self.inputs:
+            parts += [self._stoch(ctx.post), self._stoch(ctx.prior)]
+        if "V" in self.inputs:
+            v_post, v_prior = self.values(ctx)
+            parts += [v_post.unsqueeze(-1), v_prior.unsqueeze(-1)]
+        return torch.cat(parts, -1).detach()  # [T, B, F]
+
+    # -- upper ---------------------------------------------------------------------------------------
+    def _upper_states(self, ctx: TempoContext) -> tuple[Tensor, Tensor, Tensor]:
+        post, prior = ctx.post, ctx.prior
+        if self.discrete and getattr(self.upper, "use_probs", False):
+            return post["h"], self._stoch(post), self._stoch(prior)
+        return post["h"], post["s"], prior["s"]
+
+    def upper_loss(self, batch: Any, ctx: TempoContext) -> Tensor:
+        return self.upper(*self._upper_states(ctx), self.value_fn)
+
+    def upper_losses(self, batch: Any, ctx: TempoContext) -> Tensor:
+        return self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
+
+    def upper_parameter_names(self) -> list[str]:
+        """The task loss sees the model only through the states: encoder + RSSM."""
+        prefixes = tuple(f"{m}." for m in self.model.upper_modules)
+        return [n for n, _ in self.model.named_parameters() if n.startswith(prefixes)]

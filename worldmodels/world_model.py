@@ -1,0 +1,139 @@
+"""DreamerV2 world model M_θ: encoder + RSSM + decoder/reward/discount heads, trained on the weighted ELBO.
+
+Batches are dicts of time-major tensors [T, B, ...]:
+    'image'  uint8 [T, B, 64, 64, C] (channel-last)   or   'state' float [T, B, D]
+    'action' float [T, B, A]  (one-hot if discrete; action[t] produced obs t, zeros at episode start)
+    'reward' [T, B], 'is_first' bool [T, B], 'is_terminal' bool [T, B]
+The float dtype of 'action' sets the compute dtype (float32, or float64 for finite-difference checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from worldmodels.elbo import kl_balance_terms, weighted_elbo_loss
+from worldmodels.nets import (
+    MLP,
+    ConvDecoder,
+    ConvEncoder,
+    bernoulli_log_prob,
+    dreamer_init,
+    unit_normal_log_prob,
+)
+from worldmodels.rssm import RSSM, State
+
+
+class WorldModel(nn.Module):
+    """Config-agnostic: plain kwargs with DreamerV2/TEMPO-DMC defaults (Atari: deter=600, discrete=32,
+    kl_scale=0.1, loss_scales={'discount': 5.0}, discount_head=True)."""
+
+    # Submodules the task (upper) loss V(s_post) - V(s_prior) is differentiated through.
+    upper_modules = ["encoder", "rssm"]
+
+    def __init__(self, obs_space: dict[str, tuple[int, ...]], action_dim: int,
+                 discrete_actions: bool = False, *, deter: int = 200, stoch: int = 32, discrete: int = 0,
+                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.01, depth: int = 48,
+                 mlp_units: int = 400, mlp_layers: int = 4,
+                 discount_head: bool = False, kl_balance: float = 0.8, kl_free: float = 1.0,
+                 kl_scale: float = 1.0, loss_scales: dict[str, float] | None = None,
+                 act: type[nn.Module] = nn.ELU):
+        super().__init__()
+        keys = [k for k in ("image", "state") if k in obs_space]
+        if len(keys) != 1:
+            raise ValueError(f"obs_space needs exactly one of 'image' or 'state', got {list(obs_space)}")
+        self.obs_key = keys[0]
+        self.obs_shape = tuple(obs_space[self.obs_key])
+        self.action_dim, self.discrete_actions = action_dim, discrete_actions
+        self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
+        self.loss_scales = dict(loss_scales or {})
+
+        if self.obs_key == "image":
+            if len(self.obs_shape) != 3 or self.obs_shape[:2] != (64, 64):
+                raise ValueError(f"image obs must be (64, 64, C), got {self.obs_shape}")
+            channels = self.obs_shape[-1]
+            self.encoder: nn.Module = ConvEncoder(channels, depth, act=act)
+        else:
+            if len(self.obs_shape) != 1:
+                raise ValueError(f"state obs must be (D,), got {self.obs_shape}")
+            self.encoder = MLP(self.obs_shape[0], None, mlp_layers, mlp_units, act)
+        self.rssm = RSSM(action_dim, self.encoder.out_dim, deter, stoch, discrete, hidden, min_std, unimix,
+                         act)
+        feat = self.rssm.feat_dim
+        if self.obs_key == "image":
+            self.decoder: nn.Module = ConvDecoder(feat, channels, depth, act=act)
+        else:
+            self.decoder = MLP(feat, self.obs_shape[0], mlp_layers, mlp_units, act)
+        self.reward_head = MLP(feat, 1, mlp_layers, mlp_units, act)
+        self.discount_head = MLP(feat, 1, mlp_layers, mlp_units, act) if discount_head else None
+        for m in (self.encoder, self.decoder, self.reward_head, self.discount_head):
+            if m is not None:
+                dreamer_init(m)
+
+    # -- inference --------------------------------------------------------------------------------------
+    def preprocess(self, obs: Tensor, dtype: torch.dtype) -> Tensor:
+        """uint8 [..., 64, 64, C] -> float [..., C, 64, 64] in [-0.5, 0.5]; vectors just cast."""
+        if self.obs_key == "image":
+            return (obs.to(dtype) / 255.0 - 0.5).movedim(-1, -3)
+        return obs.to(dtype)
+
+    def observe(self, batch: dict[str, Tensor], state: State | None = None) -> tuple[State, State, Tensor]:
+        """(post, prior, embed) for a [T, B] batch; post/prior dicts of [T, B, ...], embed [T, B, E]."""
+        action = batch["action"]
+        embed = self.encoder(self.preprocess(batch[self.obs_key], action.dtype))  # [T, B, E]
+        post, prior = self.rssm.observe(embed, action, batch["is_first"], state)
+        return post, prior, embed
+
+    def elbo_terms(self, batch: dict[str, Tensor], post: State, prior: State) -> dict[str, Tensor]:
+        """Per-step negative log-likelihoods and KL-balancing terms, each [T, B] (heads read feat(post))."""
+        feat = self.rssm.feat(post)  # [T, B, F]
+        dtype = feat.dtype
+        target = self.preprocess(batch[self.obs_key], dtype)
+        event = 3 if self.obs_key == "image" else 1
+        terms = {self.obs_key: -unit_normal_log_prob(self.decoder(feat), target, event)}
+        reward = batch["reward"].to(dtype)
+        terms["reward"] = -unit_normal_log_prob(self.reward_head(feat).squeeze(-1), reward, 0)
+        if self.discount_head is not None:
+            cont = 1.0 - batch["is_terminal"].to(dtype)  # continue flag: target of the discount head
+            terms["discount"] = -bernoulli_log_prob(self.discount_head(feat).squeeze(-1), cont)
+        terms["kl_lhs"], terms["kl_rhs"], terms["kl"] = kl_balance_terms(post, prior, self.rssm)
+        return terms
+
+    def loss(self, batch: dict[str, Tensor], w: Tensor | None = None
+             ) -> tuple[Tensor, dict[str, Tensor], State, State, dict[str, Tensor]]:
+        """(loss, terms, post, prior, metrics): observe + elbo_terms + weighted_elbo_loss(w [T, B] | None)."""
+        post, prior, _ = self.observe(batch)
+        terms = self.elbo_terms(batch, post, prior)
+        loss, metrics = weighted_elbo_loss(terms, w, self.kl_balance, self.kl_free, self.kl_scale,
+                                           self.loss_scales)
+        return loss, terms, post, prior, metrics
+
+    def forward(self, batch: dict[str, Tensor], w: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor], State, State, dict[str, Tensor]]:
+        """Same as `loss`, so `torch.func.functional_call(wm, params, (batch, w))` gives the loss."""
+        return self.loss(batch, w)
+
+    # -- protocol for the agent ---------------------------------------------------------------------------
+    def feat(self, state: State) -> Tensor:
+        return self.rssm.feat(state)
+
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int,
+                detach_policy_input: bool = True) -> dict[str, Tensor]:
+        """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H+1, N, A], state keys [H+1, N, ...]}."""
+        return self.rssm.imagine(policy, start, horizon, detach_policy_input)
+
+    def reward(self, feat: Tensor) -> Tensor:
+        """Mean predicted reward [...] from feat [..., F]."""
+        return self.reward_head(feat).squeeze(-1)
+
+    def discount(self, feat: Tensor) -> Tensor | None:
+        """Predicted continue probability [...] (None without a discount head; caller then uses 1)."""
+        if self.discount_head is None:
+            return None
+        return torch.sigmoid(self.discount_head(feat).squeeze(-1))
+
+    def upper_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters of `upper_modules` (the ones the task loss depends on through s_post/s_prior)."""
+        return {n: p for n, p in self.named_parameters() if n.split(".")[0] in self.upper_modules}
