@@ -68,8 +68,9 @@ class Atari(Env):
 
         env_id = atari_games()[game]
         # frameskip=1: AtariPreprocessing repeats the action and max-pools the last two frames itself.
-        # The ALE frame cap is set just above our agent-step limit so the limit below is the binding one.
-        max_frames = (time_limit * action_repeat + 1) if time_limit else 108000
+        # The ALE frame cap (which also counts the reset no-ops) is set just above our agent-step limit so
+        # that the agent-step limit is the binding one; 0 disables it when time_limit is None.
+        max_frames = (time_limit * action_repeat + noop_max + 1) if time_limit else 0
         env = gymnasium.make(
             env_id,
             frameskip=1,

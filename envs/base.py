@@ -71,7 +71,7 @@ class Env(abc.ABC):
             )
         payload, reward, terminated, truncated = self._step(self._convert_action(action))
         self._agent_steps += 1
-        if self._time_limit is not None and self._agent_steps >= self._time_limit:
+        if self._time_limit and self._agent_steps >= self._time_limit:  # None or 0: no agent-step limit
             truncated = True
         self._done = bool(terminated or truncated)
         return self._make_obs(payload, reward, is_first=False, is_last=self._done, is_terminal=terminated)
@@ -85,9 +85,8 @@ class Env(abc.ABC):
             else:
                 action = np.asarray(action)
                 if action.shape != (self.action_dim,):
-                    raise ValueError(
-                        f"Expected one-hot action of shape ({self.action_dim},), got {action.shape}"
-                    )
+                    expected = (self.action_dim,)
+                    raise ValueError(f"Expected one-hot action of shape {expected}, got {action.shape}")
                 index = int(np.argmax(action))
             if not 0 <= index < self.action_dim:
                 raise ValueError(f"Discrete action {index} out of range [0, {self.action_dim})")
@@ -123,7 +122,5 @@ class Env(abc.ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(obs_space={self.obs_space}, action_dim={self.action_dim}, "
-            f"discrete={self.discrete})"
-        )
+        name = type(self).__name__
+        return f"{name}(obs_space={self.obs_space}, action_dim={self.action_dim}, discrete={self.discrete})"

@@ -92,9 +92,8 @@ class Gym(Env):
         if self.discrete:
             action = int(action) + self._start
         else:
-            action = (self._low + (action + 1.0) * 0.5 * (self._high - self._low)).astype(
-                self._env.action_space.dtype
-            )
+            scaled = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
+            action = scaled.astype(self._env.action_space.dtype)
         reward, terminated, truncated = 0.0, False, False
         for _ in range(self._repeat):
             raw, r, terminated, truncated, _ = self._env.step(action)

@@ -1,4 +1,4 @@
-"""Registry of upper losses: built-in names (`'vvaml'`, `'vagram'`) or a user class `'module.path:ClassName'`."""
+"""Registry of upper losses: built-in names (`'vvaml'`, `'vagram'`) or a user class `'module:ClassName'`."""
 
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ def get_upper_loss(name_or_path: str, **kwargs: Any) -> UpperLoss:
     try:
         loss = cls(**kwargs)
     except TypeError as e:
-        raise ValueError(f"upper loss {name_or_path!r}: cannot build with kwargs {sorted(kwargs)}: {e}") from e
+        raise ValueError(
+            f"upper loss {name_or_path!r}: cannot build with kwargs {sorted(kwargs)}: {e}"
+        ) from e
     if not isinstance(loss, UpperLoss) and not callable(loss):
         raise ValueError(
             f"upper loss {name_or_path!r} built a non-callable {type(loss).__name__}; "

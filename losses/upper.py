@@ -102,7 +102,12 @@ class UpperLoss(nn.Module, abc.ABC):
     Stateful normalisation (`norm='moving'`) updates its statistics once per `loss(...)` / `per_sample`
     call in training mode; use `.eval()` or `values(..., update=False)` for extra evaluations (e.g. the
     weighter's inputs) so the statistics are not updated twice per step.
+
+    `use_probs` tells the caller which stochastic states to pass for categorical latents: straight-through
+    one-hot samples (False) or class probabilities (True).
     """
+
+    use_probs: bool = False
 
     def __init__(self, norm: NormMode = "none", momentum: float = 0.99, eps: float = 1e-8) -> None:
         super().__init__()
@@ -113,7 +118,9 @@ class UpperLoss(nn.Module, abc.ABC):
     ) -> tuple[Tensor, Tensor]:
         """(Norm(V(h, s_post)), Norm(V(h, s_prior))) `[T, B]` each; `update=None` means `self.training`."""
         if s_post.shape != s_prior.shape:
-            raise ValueError(f"s_post {tuple(s_post.shape)} and s_prior {tuple(s_prior.shape)} differ in shape")
+            raise ValueError(
+                f"s_post {tuple(s_post.shape)} and s_prior {tuple(s_prior.shape)} differ in shape"
+            )
         v_post = evaluate_value(value_fn, h, s_post)  # [T, B]
         v_prior = evaluate_value(value_fn, h, s_prior)  # [T, B]
         return self.value_norm(v_post, v_prior, update=self.training if update is None else update)
@@ -166,6 +173,8 @@ class VaGraM(UpperLoss):
     `norm` only affects `values()` (the weighter's inputs); the loss uses raw value gradients.
     """
 
+    use_probs = True
+
     def __init__(
         self,
         clip_quantile: float | None = 0.95,
@@ -198,6 +207,8 @@ class VaGraM(UpperLoss):
 
     def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
         if s_post.shape != s_prior.shape:
-            raise ValueError(f"s_post {tuple(s_post.shape)} and s_prior {tuple(s_prior.shape)} differ in shape")
+            raise ValueError(
+                f"s_post {tuple(s_post.shape)} and s_prior {tuple(s_prior.shape)} differ in shape"
+            )
         g = self.value_gradient(h, s_post, value_fn)  # [T, B, S]
         return (g * (s_prior - s_post.detach())).square().sum(-1)  # [T, B]

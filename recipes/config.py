@@ -178,8 +178,9 @@ def build(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     data = deep_update(Config().model_dump(), PRESET_OVERRIDES[preset])
     data = deep_update(data, overrides or {})
     data["preset"] = preset
-    if preset == "atari" and not str(data["env"]["task"]).startswith("atari:"):
-        pass  # a user may run the atari preset on any discrete task
+    explicit_obs = (overrides or {}).get("env", {}).get("obs")
+    if str(data["env"]["task"]).startswith("atari:") and explicit_obs is None:
+        data["env"]["obs"] = "pixels"  # Atari has no state observations (e.g. the debug preset on pong)
     return Config.model_validate(data)
 
 

@@ -157,7 +157,8 @@ def validate(noise: float, seed: int, epochs: int, strategy: str, contraction: s
         raise ValueError(f"meta_per_class must be in [1, 50], got {meta_per_class}")
 
 
-def make_config(strategy: str, contraction: str, engine: str, meta_lr: float) -> BilevelConfig:
+def make_config(strategy: str, contraction: str, engine: str, meta_lr: float,
+                sign: str = "correct") -> BilevelConfig:
     """The weighter: 2 dense layers of 100 units, no normalisation (tiny inputs, per-sample function).
 
     Output range (0, 2) = 2σ(z) instead of the default 0.5σ+0.75 ∈ (0.75, 1.25): with 40% noise a
@@ -170,7 +171,8 @@ def make_config(strategy: str, contraction: str, engine: str, meta_lr: float) ->
     """
     weighter = WeighterConfig(layers=2, units=100, act="relu", norm="none", out_scale=2.0, out_shift=0.0,
                               lr=meta_lr, eps=1e-8, weight_decay=0.0)
-    return BilevelConfig(strategy=strategy, contraction=contraction, engine=engine, weighter=weighter)
+    return BilevelConfig(strategy=strategy, contraction=contraction, engine=engine, sign=sign,
+                         weighter=weighter)
 
 
 @torch.no_grad()
@@ -180,13 +182,33 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def run(noise: float = 0.4, seed: int = 0, epochs: int = 40, strategy: str = "approx",
         contraction: str = "double_backward", engine: str = "native", batch_size: int = 100,
-        lr: float = 1e-3, meta_lr: float = 1e-3, meta_per_class: int = 10, verbose: bool = False,
-        log_every: int = 10) -> dict[str, Any]:
-    """Train uniform and meta-weighted classifiers; return test accuracies and weight/noise ROC AUC."""
+        lr: float = 1e-3, meta_lr: float = 1e-3, meta_per_class: int = 10, sign: str = "correct",
+        verbose: bool = False, log_every: int = 10, num_threads: int | None = 1) -> dict[str, Any]:
+    """Train uniform and meta-weighted classifiers; return test accuracies and weight/noise ROC AUC.
+
+    `sign='official'` (approx only) flips the hypergradient's sign as the deng-ai-lab TEMPO code does;
+    here it serves as a negative control (it wrecks the meta-weighted classifier).
+    `num_threads`: torch intra-op threads during the run (restored after); 1 is fastest for this tiny
+    MLP and robust on a shared CPU. None leaves torch's setting alone."""
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    validate(noise, seed, epochs, strategy, contraction, engine, batch_size, lr, meta_lr, meta_per_class)
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run(noise, seed, epochs, strategy, contraction, engine, batch_size, lr, meta_lr,
+                    meta_per_class, sign, verbose, log_every)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(noise: float, seed: int, epochs: int, strategy: str, contraction: str, engine: str,
+         batch_size: int, lr: float, meta_lr: float, meta_per_class: int, sign: str, verbose: bool,
+         log_every: int) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
 
-    validate(noise, seed, epochs, strategy, contraction, engine, batch_size, lr, meta_lr, meta_per_class)
-    cfg = make_config(strategy, contraction, engine, meta_lr)  # pydantic: bad combinations fail here
+    cfg = make_config(strategy, contraction, engine, meta_lr, sign)  # pydantic: bad combinations fail here
     t0 = time.perf_counter()
     data = load_data(noise, seed, meta_per_class)
     n_train = len(data["y_train"])
@@ -243,7 +265,7 @@ def run(noise: float = 0.4, seed: int = 0, epochs: int = 40, strategy: str = "ap
         "n_train": n_train, "n_meta": len(data["y_meta"]), "n_test": len(data["y_test"]),
         "seconds": round(time.perf_counter() - t0, 2),
         "noise": noise, "seed": seed, "epochs": epochs, "strategy": strategy,
-        "contraction": contraction, "engine": engine, "lr": lr, "meta_lr": meta_lr,
+        "contraction": contraction, "engine": engine, "sign": sign, "lr": lr, "meta_lr": meta_lr,
     }
 
 
@@ -261,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the classifier (η)")
     ap.add_argument("--meta-lr", type=float, default=1e-3, help="Adam lr of the weighter")
     ap.add_argument("--meta-per-class", type=int, default=10, help="clean meta samples per class")
+    ap.add_argument("--sign", choices=("correct", "official"), default="correct",
+                    help="'official' flips the approx hypergradient (negative control)")
     ap.add_argument("--log-every", type=int, default=10, help="epochs between progress lines")
     args = ap.parse_args(argv)
     kwargs = dict(noise=args.noise, seed=args.seed, epochs=args.epochs, strategy=args.strategy,
@@ -268,12 +292,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   meta_lr=args.meta_lr, meta_per_class=args.meta_per_class)
     try:
         validate(**kwargs)
-        make_config(args.strategy, args.contraction, args.engine, args.meta_lr)
-    except (ValueError, ValidationError) as e:
+        make_config(args.strategy, args.contraction, args.engine, args.meta_lr, args.sign)
+    except ValidationError as e:  # a bad strategy/contraction/engine combination
+        ap.error("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors()))
+    except ValueError as e:
         ap.error(str(e))  # exit code 2, message on stderr, before any work
     if args.log_every < 1:
         ap.error(f"--log-every must be >= 1, got {args.log_every}")
-    result = run(**kwargs, verbose=True, log_every=args.log_every)
+    result = run(**kwargs, sign=args.sign, verbose=True, log_every=args.log_every)
     print(json.dumps(result), flush=True)
     return result
 

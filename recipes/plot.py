@@ -103,9 +103,7 @@ def load_run(path: str | Path) -> dict:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                warnings.warn(
-                    f"{met_path}:{lineno}: skipping unparsable line (truncated write?)", stacklevel=2
-                )
+                warnings.warn(f"{met_path}:{lineno}: skipping unparsable line (truncated write?)", stacklevel=2)
                 continue
             if not isinstance(rec, dict) or "eval_return" not in rec:
                 continue  # training log
@@ -137,10 +135,7 @@ def group_runs(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         groups[(run["task"], run["method"])].append(run)
-    return {
-        key: sorted(v, key=lambda r: (str(r["seed"]), r.get("path", "")))
-        for key, v in sorted(groups.items())
-    }
+    return {key: sorted(v, key=lambda r: (str(r["seed"]), r.get("path", ""))) for key, v in sorted(groups.items())}
 
 
 def common_grid(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -150,9 +145,9 @@ def common_grid(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     grid = runs[0]["steps"]
     for run in runs[1:]:
         grid = np.intersect1d(grid, run["steps"])
-    mat = np.stack([r["returns"][np.searchsorted(r["steps"], grid)] for r in runs]) if len(grid) else (
-        np.zeros((len(runs), 0))
-    )
+    if not len(grid):
+        return np.zeros(0, dtype=np.int64), np.zeros((len(runs), 0))
+    mat = np.stack([r["returns"][np.searchsorted(r["steps"], grid)] for r in runs])
     return np.asarray(grid, dtype=np.int64), mat
 
 
@@ -216,9 +211,7 @@ def welch_table(groups: dict[tuple[str, str], list[dict]], baseline: str = "drea
                 else:
                     ts, ps = [], []
                     for i, j in zip(ia, ib, strict=True):
-                        res = stats.ttest_ind(
-                            mat[:, i], b_mat[:, j], equal_var=False, alternative="greater"
-                        )
+                        res = stats.ttest_ind(mat[:, i], b_mat[:, j], equal_var=False, alternative="greater")
                         ts.append(float(res.statistic))
                         ps.append(float(res.pvalue))
                     row["mean_t"] = float(np.mean(ts))
@@ -255,8 +248,7 @@ def _fmt(x: float, spec: str = ".3f") -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Human-readable fixed-width table of :func:`welch_table` rows."""
-    header = ["task", "method", "baseline", "n_evals", "mean t", "mean p", "final (method)", "final (base)",
-              "note"]
+    header = ["task", "method", "baseline", "n_evals", "mean t", "mean p", "final (method)", "final (base)", "note"]
     body = []
     for r in rows:
         body.append(
@@ -297,8 +289,7 @@ def _json_safe(obj):
 # --------------------------------------------------------------------------------------------
 
 
-def plot_curves(groups: dict[tuple[str, str], list[dict]], out_path: str | Path,
-                baseline: str | None = None) -> Path:
+def plot_curves(groups: dict[tuple[str, str], list[dict]], out_path: str | Path, baseline: str | None = None) -> Path:
     """One subplot per task, one line per method: mean ± std (shaded) over seeds on the common grid."""
     out_path = Path(out_path)
     tasks = sorted({task for task, _ in groups})
@@ -321,8 +312,9 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], out_path: str | Path,
             mean, std = mat.mean(axis=0), mat.std(axis=0)
             label = f"{method} (n={len(runs)})"
             style = "--" if method == baseline else "-"
-            ax.plot(grid, mean, style, color=colors[method], label=label, lw=2, marker="o" if len(grid) < 30
-                    else None, ms=3)
+            ax.plot(
+                grid, mean, style, color=colors[method], label=label, lw=2, marker="o" if len(grid) < 30 else None, ms=3
+            )
             if len(runs) > 1:
                 ax.fill_between(grid, mean - std, mean + std, color=colors[method], alpha=0.2, lw=0)
         ax.set_title(task)
@@ -332,7 +324,7 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], out_path: str | Path,
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     fig.suptitle("Evaluation return (mean ± std over seeds)", fontsize=11)
     fig.tight_layout()
@@ -360,14 +352,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = []
     for p in args.runs:
-        try:
-            runs.append(load_run(p))
-        except RunDirError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                runs.append(load_run(p))
+            except RunDirError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        for w in caught:  # CLI: plain one-line warnings on stderr
+            print(f"warning: {w.message}", file=sys.stderr)
     for run in runs:
         if not len(run["steps"]):
-            warnings.warn(f"{run['path']}: no evaluation records (eval_return)", stacklevel=1)
+            print(f"warning: {run['path']}: no evaluation records (eval_return)", file=sys.stderr)
 
     groups = group_runs(runs)
     out = Path(args.out) if args.out else Path(args.runs[0]).resolve().parent / "curves.png"

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,10 @@ def preflight(cfg: Config) -> None:
     parent = logdir
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--logdir {str(logdir)!r} is not writable (no write permission on {str(parent)!r})")
+    try:  # really try: permission bits lie for root and read-only mounts
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise UsageError(f"--logdir {str(logdir)!r} is not writable ({str(parent)!r}: {e.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,8 +198,7 @@ class Run:
         self.device = torch.device(cfg.run.device)
         self.seed_everything(cfg.run.seed)
         e = cfg.env
-        obs_mode = "state" if e.obs == "state" else "pixels"
-        kw = dict(obs=obs_mode, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit)
+        kw = dict(obs=e.obs, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit)
         self.env = make_env(e.task, seed=cfg.run.seed, **kw)
         self.eval_env = make_env(e.task, seed=cfg.run.seed + 10_000, **kw)
         self.repeat = e.action_repeat or (4 if e.task.startswith("atari:") else 1 if e.task.startswith("gym:") else 2)

@@ -79,7 +79,7 @@ class RSSM(nn.Module):
             u = torch.rand_like(logits).clamp(1e-20, 1.0 - 1e-7)
             idx = (sg(logits) - torch.log(-torch.log(u))).argmax(-1)
             onehot = F.one_hot(idx, self.discrete).to(logits.dtype)
-            s = onehot + probs - sg(probs)  # straight-through: value one-hot, gradient of probs
+            s = onehot + (probs - sg(probs))  # straight-through: value exactly one-hot, gradient of probs
             return s.reshape(*s.shape[:-2], self.stoch_flat)
         return stats["mean"] + stats["std"] * torch.randn_like(stats["mean"])
 

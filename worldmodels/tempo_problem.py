@@ -69,7 +69,8 @@ class WorldModelProblem(BilevelProblem):
         if ctx._values is None:
             post, prior = ctx.post, ctx.prior
             if hasattr(self.upper, "values"):
-                ctx._values = self.upper.values(post["h"], post["s"], prior["s"], self.value_fn)
+                # update=False: the upper loss itself updates any moving statistics, once per step
+                ctx._values = self.upper.values(post["h"], post["s"], prior["s"], self.value_fn, update=False)
             else:
                 ctx._values = (self.value_fn(torch.cat([post["h"], post["s"]], -1)),
                                self.value_fn(torch.cat([prior["h"], prior["s"]], -1)))

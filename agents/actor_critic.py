@@ -1,0 +1,398 @@
+"""DreamerV2 actor-critic learned purely in imagination (Hafner et al., 2020), as used unchanged by TEMPO.
+
+The agent never sees the world model's internals: it programs against the small `LatentModel` protocol
+(imagine / reward / discount / feat), so `worldmodels` and `agents` do not import each other.
+
+Time alignment (DreamerV2's, kept on purpose because TEMPO leaves the agent untouched):
+
+    Actions:      a0    a1    a2    .. a_{H-1}   (a_t is taken at z_t and leads to z_{t+1})
+    States:       z0 -> z1 -> z2 -> .. -> z_H     (z0 = posterior start state from replay)
+    Rewards:      r0    r1    r2    .. r_H       (r_t = reward head at z_t: the reward of *arriving* at z_t)
+    Discounts:    d0    d1    d2    .. d_H       (d_t = gamma * P(episode continues after z_t))
+    Values:       v0    v1    v2    .. v_H       (slow critic at z_t)
+    Targets:      R0    R1    R2    .. R_{H-1}   (lambda-returns, R_H := v_H is the bootstrap)
+    Weights:      1     d0   d0d1   ..           (cumprod of the *previous* discounts: is z_t still reachable)
+
+So a state's value includes the reward that came with it, V(z_t) = r_t + d_t V(z_{t+1}). The critic regresses
+v_0..v_{H-1} to R_0..R_{H-1}; the actor is scored on R_1..R_{H-1} for the decisions a_0..a_{H-2} made at
+z_0..z_{H-2} (the last state only bootstraps and its action leads nowhere).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Normal, OneHotCategoricalStraightThrough
+from torch.func import functional_call
+
+ActorGrad = Literal["dynamics", "reinforce", "auto"]
+RewardTransform = Literal["none", "tanh"]
+PolicyMode = Literal["explore", "eval", "random"]
+
+
+@runtime_checkable
+class LatentModel(Protocol):
+    """What the agent needs from a world model (implemented by `worldmodels.WorldModel`)."""
+
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor],
+                horizon: int) -> dict[str, Tensor]:
+        """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H+1, N, A], ...}.
+
+        Index 0 is the start state and action[i] is the action taken at feat[i].
+        """
+        ...
+
+    def reward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...] mean predicted reward
+        ...
+
+    def discount(self, feat: Tensor) -> Tensor | None:  # [..., F] -> [...] continue prob, or None
+        ...
+
+    def feat(self, state: dict[str, Tensor]) -> Tensor:  # state -> [..., F]
+        ...
+
+
+def lambda_return(reward: Tensor, value: Tensor, discount: Tensor | float, lambda_: float,
+                  bootstrap: Tensor | None = None) -> Tensor:
+    """TD(lambda) targets along the leading (time) axis, DreamerV2's recursion.
+
+        R_t = r_t + d_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}),   R_H = v_H
+
+    reward [H, N], discount [H, N] (or a float), value [H+1, N] (v_0..v_H), or value [H, N] (v_0..v_{H-1})
+    plus bootstrap [N] (v_H). r_t and d_t belong to the transition out of step t, v_t to step t, so v_0 is
+    never used (it is the quantity being estimated). lambda=0 gives one-step TD targets r_t + d_t v_{t+1};
+    lambda=1 the discounted Monte Carlo return over the horizon plus the discounted bootstrap v_H.
+    Returns [H, N].
+    """
+    horizon = reward.shape[0]
+    if bootstrap is None:
+        if value.shape[0] != horizon + 1:
+            raise ValueError(f"value needs H+1={horizon + 1} steps without a bootstrap, got {value.shape[0]}")
+        value, bootstrap = value[:-1], value[-1]
+    elif value.shape[0] != horizon:
+        raise ValueError(f"value needs H={horizon} steps with a bootstrap, got {value.shape[0]}")
+    if not isinstance(discount, Tensor):
+        discount = torch.full_like(reward, float(discount))
+    next_value = torch.cat([value[1:], bootstrap[None]], 0)  # [H, N] v_{t+1}
+    inputs = reward + discount * (1 - lambda_) * next_value  # [H, N]
+    ret, out = bootstrap, []
+    for t in reversed(range(horizon)):
+        ret = inputs[t] + discount[t] * lambda_ * ret
+        out.append(ret)
+    return torch.stack(out[::-1], 0)
+
+
+def mlp(inp: int, out: int, layers: int, units: int, act: type[nn.Module]) -> nn.Sequential:
+    """`layers` x (Linear(units) + act) then Linear(out), with Keras' glorot-uniform/zero-bias init."""
+    mods: list[nn.Module] = []
+    dim = inp
+    for _ in range(layers):
+        mods += [nn.Linear(dim, units), act()]
+        dim = units
+    mods.append(nn.Linear(dim, out))
+    net = nn.Sequential(*mods)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+class TruncNormal:
+    """Normal(mean, std) truncated to [low, high] per action dim (an `Independent(..., 1)`: log_prob and
+    entropy sum over the last axis), like DreamerV2's `TruncNormalDist`.
+
+    rsample uses the inverse CDF, x = mean + std * ndtri(U(Phi(alpha), Phi(beta))), which is
+    reparameterised. The uniform is kept in [1e-6, 1 - 1e-6] so ndtri stays finite and its gradient bounded
+    (this drops < 1e-6 of the mass, beyond 4.75 std). As in DreamerV2, samples are then clipped to
+    [low + 1e-6, high - 1e-6] with a straight-through gradient.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0, clip: float = 1e-6):
+        self.mean, self.std, self.low, self.high, self.clip = mean, std, low, high, clip
+        self.alpha = (low - mean) / std
+        self.beta = (high - mean) / std
+        self.cdf_low, self.cdf_high = torch.special.ndtr(self.alpha), torch.special.ndtr(self.beta)
+        self.z = (self.cdf_high - self.cdf_low).clamp_min(1e-8)  # normaliser, >= ~0.3 for |mean| < 1
+
+    @property
+    def mode(self) -> Tensor:
+        return self.mean.clamp(self.low, self.high)
+
+    def rsample(self) -> Tensor:
+        u = torch.rand_like(self.mean)
+        u = (self.cdf_low + u * (self.cdf_high - self.cdf_low)).clamp(1e-6, 1 - 1e-6)
+        x = self.mean + self.std * torch.special.ndtri(u)
+        clipped = x.clamp(self.low + self.clip, self.high - self.clip)
+        return x + (clipped - x).detach()
+
+    def sample(self) -> Tensor:
+        with torch.no_grad():
+            return self.rsample()
+
+    def log_prob(self, x: Tensor) -> Tensor:  # [..., A] -> [...]
+        y = (x - self.mean) / self.std
+        logp = -0.5 * y**2 - 0.5 * math.log(2 * math.pi) - self.std.log() - self.z.log()
+        return logp.sum(-1)
+
+    def entropy(self) -> Tensor:  # [...]
+        def pdf(v: Tensor) -> Tensor:
+            return torch.exp(-0.5 * v**2) / math.sqrt(2 * math.pi)
+
+        ent = (0.5 * math.log(2 * math.pi * math.e) + self.std.log() + self.z.log()
+               + (self.alpha * pdf(self.alpha) - self.beta * pdf(self.beta)) / (2 * self.z))
+        return ent.sum(-1)
+
+
+Dist = TruncNormal | OneHotCategoricalStraightThrough
+
+
+class Actor(nn.Module):
+    """pi(a | feat): MLP -> TruncNormal on [-1, 1] (continuous) or straight-through one-hot (discrete).
+
+    Continuous (DreamerV2 'trunc_normal'): mean = tanh(x), std = 2 * sigmoid((x_std + init_std) / 2) + min_std.
+    DreamerV2's DistLayer default is init_std = 0, giving an initial std of ~1.1.
+    Discrete (DreamerV2 'onehot'): rsample() = sample + probs - probs.detach(), so the sampled one-hot can
+    carry gradients into the dynamics.
+    """
+
+    def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 400,
+                 act: type[nn.Module] = nn.ELU, min_std: float = 0.1, init_std: float = 0.0):
+        super().__init__()
+        self.discrete, self.action_dim = discrete, action_dim
+        self.min_std, self.init_std = min_std, init_std
+        self.net = mlp(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
+
+    def forward(self, feat: Tensor) -> Dist:  # [..., F] -> dist over [..., A]
+        out = self.net(feat)
+        if self.discrete:
+            return OneHotCategoricalStraightThrough(logits=out, validate_args=False)
+        mean, std = out.chunk(2, -1)
+        std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
+        return TruncNormal(torch.tanh(mean), std)
+
+
+class Critic(nn.Module):
+    """v(feat): MLP -> mean of Normal(mean, 1) (DreamerV2 'mse' head)."""
+
+    def __init__(self, feat_dim: int, layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU):
+        super().__init__()
+        self.net = mlp(feat_dim, 1, layers, units, act)
+
+    def forward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...]
+        return self.net(feat).squeeze(-1)
+
+
+class ActorCritic(nn.Module):
+    """DreamerV2 behaviour learning: actor and critic trained on H-step imagined rollouts of a LatentModel.
+
+    Defaults are the paper's DMC agent (appendix C / DreamerV2 'dmc'). The Atari preset is set by the caller:
+    gamma=0.999, actor_lr=4e-5, critic_lr=1e-4, actor_ent=1e-3, actor_grad='reinforce',
+    use_discount_head=True (and DreamerV2 applies tanh to the replay rewards that train the reward head;
+    reward_transform='tanh' applies it to the *predicted* reward instead, don't do both).
+
+    Optimisers: Adam(eps) on each of actor and critic, global-norm clipping at `clip`, and DreamerV2's
+    decoupled weight decay p <- (1 - weight_decay) * p applied before each Adam step (not scaled by the
+    learning rate, unlike torch.optim.AdamW, to match dreamerv2/common/tfutils.py).
+
+    The actor's gradient comes either from backpropagating the lambda-returns through the learned dynamics
+    ('dynamics', DMC) or from REINFORCE with the slow critic as baseline ('reinforce', Atari); 'auto' picks
+    dynamics for continuous and reinforce for discrete actions.
+    """
+
+    def __init__(self, feat_dim: int, action_dim: int, discrete: bool, *, horizon: int = 15,
+                 gamma: float = 0.99, lambda_: float = 0.95, actor_lr: float = 8e-5, critic_lr: float = 8e-5,
+                 slow_target_every: int = 100, slow_target_fraction: float = 1.0,
+                 actor_grad: ActorGrad = "auto", actor_ent: float = 1e-4,
+                 reward_transform: RewardTransform = "none", use_discount_head: bool = False,
+                 layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
+                 init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
+                 expl_noise: float = 0.0, eval_noise: float = 0.0):
+        super().__init__()
+        if actor_grad not in ("dynamics", "reinforce", "auto"):
+            raise ValueError(f"actor_grad must be dynamics|reinforce|auto, got {actor_grad!r}")
+        if reward_transform not in ("none", "tanh"):
+            raise ValueError(f"reward_transform must be none|tanh, got {reward_transform!r}")
+        if slow_target_every < 1 or not 0 < slow_target_fraction <= 1:
+            raise ValueError("need slow_target_every >= 1 and 0 < slow_target_fraction <= 1")
+        self.feat_dim, self.action_dim, self.discrete = feat_dim, action_dim, discrete
+        self.horizon, self.gamma, self.lambda_ = horizon, gamma, lambda_
+        self.actor_grad = ("reinforce" if discrete else "dynamics") if actor_grad == "auto" else actor_grad
+        self.actor_ent, self.reward_transform = actor_ent, reward_transform
+        self.use_discount_head = use_discount_head
+        self.slow_target_every, self.slow_target_fraction = slow_target_every, slow_target_fraction
+        self.clip, self.weight_decay = clip, weight_decay
+        self.expl_noise, self.eval_noise = expl_noise, eval_noise
+
+        self.actor = Actor(feat_dim, action_dim, discrete, layers, units, act, min_std, init_std)
+        self.critic = Critic(feat_dim, layers, units, act)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)  # only ever hard/soft-copied
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, eps=eps)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, eps=eps)
+        self.updates = 0  # train_step calls so far; drives the slow-target schedule
+
+    # ---------------------------------------------------------------- acting / values used elsewhere
+
+    @torch.no_grad()
+    def policy(self, feat: Tensor, mode: PolicyMode = "explore") -> Tensor:
+        """feat [..., F] -> action [..., A]: a sample ('explore'), the distribution's mode ('eval'), or
+        uniform ('random', for prefilling). Optional DreamerV2 action noise (expl_noise / eval_noise)."""
+        shape = (*feat.shape[:-1], self.action_dim)
+        if mode == "random":
+            if self.discrete:
+                idx = torch.randint(self.action_dim, shape[:-1], device=feat.device)
+                return F.one_hot(idx, self.action_dim).to(feat.dtype)
+            return torch.rand(shape, device=feat.device, dtype=feat.dtype) * 2 - 1
+        dist = self.actor(feat)
+        if mode == "eval":
+            return self._noise(dist.mode, self.eval_noise)
+        if mode == "explore":
+            return self._noise(dist.sample(), self.expl_noise)
+        raise ValueError(f"mode must be explore|eval|random, got {mode!r}")
+
+    def _noise(self, action: Tensor, amount: float) -> Tensor:
+        """DreamerV2 `action_noise`: epsilon-random one-hot (discrete) or clipped Gaussian (continuous)."""
+        if amount == 0:
+            return action
+        if self.discrete:
+            idx = torch.randint(self.action_dim, action.shape[:-1], device=action.device)
+            rand = F.one_hot(idx, self.action_dim).to(action.dtype)
+            pick = torch.rand(action.shape[:-1], device=action.device)[..., None] < amount
+            return torch.where(pick, rand, action)
+        return (action + amount * torch.randn_like(action)).clamp(-1, 1)
+
+    def value(self, feat: Tensor, slow: bool = True) -> Tensor:
+        """Critic mean v(feat) [...] from feat [..., F], differentiable w.r.t. feat only.
+
+        Used by TEMPO's V-VAML upper loss: gradients flow into `feat` (hence the world model) but the critic
+        parameters are detached, so no backward pass through this call ever writes a critic .grad.
+        """
+        net = self.slow_critic if slow else self.critic
+        params = {k: v.detach() for k, v in net.named_parameters()}
+        return functional_call(net, params, (feat,))
+
+    # ---------------------------------------------------------------- learning
+
+    def train_step(self, model: LatentModel, start: dict[str, Tensor],
+                   is_terminal: Tensor | None = None) -> dict[str, float]:
+        """One actor and one critic update from H-step imaginations starting at every posterior state.
+
+        start: state dict [T, B, ...] (detached here); is_terminal: [T, B] or None. Only the agent's
+        parameters receive gradients (via torch.autograd.grad restricted to them): the world model's .grad
+        is never touched, although with actor_grad='dynamics' the actor's gradient flows through it.
+        """
+        start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in start.items()}  # [N, ...]
+
+        def act(feat: Tensor) -> Tensor:  # [N, F] -> [N, A]; sample keeps a path to the actor params
+            return self.actor(feat.detach()).rsample()
+
+        # REINFORCE needs no gradient through the rollout: skip building that graph.
+        with torch.set_grad_enabled(self.actor_grad == "dynamics"):
+            seq = model.imagine(act, start, self.horizon)
+            feat = seq["feat"]  # [H+1, N, F]
+            reward = model.reward(feat)  # [H+1, N]
+            if self.reward_transform == "tanh":
+                reward = torch.tanh(reward)
+            disc = self._discount(model, feat, is_terminal)  # [H+1, N]
+            value = self.value(feat, slow=True)  # [H+1, N]
+            target = lambda_return(reward[:-1], value, disc[:-1], self.lambda_)  # [H, N]
+        # weight_t = prod_{k<t} d_k: probability-weighted discount of reaching z_t at all.
+        weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0).detach()  # [H+1, N]
+
+        # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}.
+        pi = self.actor(feat[:-2].detach())
+        if self.actor_grad == "dynamics":
+            objective = target[1:]  # [H-1, N]
+        else:
+            advantage = (target[1:] - value[:-2]).detach()
+            objective = pi.log_prob(seq["action"][:-2].detach()) * advantage
+        ent = pi.entropy()  # [H-1, N]
+        actor_loss = -(weight[:-2] * (objective + self.actor_ent * ent)).mean()
+
+        # Critic: v(z_0..z_{H-1}) -> R_0..R_{H-1} on detached states.
+        v = self.critic(feat[:-1].detach())  # [H, N]
+        critic_loss = -(Normal(v, 1.0).log_prob(target.detach()) * weight[:-1]).mean()
+
+        actor_norm = self._grads(actor_loss, self.actor)
+        critic_norm = self._grads(critic_loss, self.critic)
+        self._step(self.actor, self.actor_opt)
+        self._step(self.critic, self.critic_opt)
+        self._update_slow_target()
+
+        with torch.no_grad():
+            imag_return = (weight[1:] * reward[1:]).sum(0).mean()  # discounted reward the policy collects
+        return {
+            "actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(),
+            "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
+            "actor_ent": ent.mean().item(), "imag_return": imag_return.item(),
+            "imag_reward": reward.mean().item(), "critic_target": target.mean().item(),
+            "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
+            "discount": disc.mean().item(),
+        }
+
+    def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None) -> Tensor:
+        """d_t [H+1, N]: gamma * predicted continue prob, or the constant gamma without a discount head.
+
+        As in DreamerV2, when the discount head is used the start states' d_0 is replaced by the true
+        gamma * (1 - is_terminal) from replay (without a head, DreamerV2 ignores is_terminal).
+        """
+        cont = model.discount(feat) if self.use_discount_head else None
+        if cont is None:
+            return torch.full(feat.shape[:-1], self.gamma, device=feat.device, dtype=feat.dtype)
+        disc = self.gamma * cont
+        if is_terminal is not None:
+            first = self.gamma * (1 - is_terminal.reshape(-1).to(disc.dtype))
+            disc = torch.cat([first[None], disc[1:]], 0)
+        return disc
+
+    def _grads(self, loss: Tensor, module: nn.Module) -> float:
+        """Write d loss / d module params into their .grad (and only theirs); clip; return the pre-clip norm."""
+        params = list(module.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = torch.zeros_like(p) if g is None else g
+        return float(nn.utils.clip_grad_norm_(params, self.clip))
+
+    def _step(self, module: nn.Module, opt: torch.optim.Optimizer) -> None:
+        if self.weight_decay:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.mul_(1 - self.weight_decay)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _update_slow_target(self) -> None:
+        """Copy (mix=1 on the very first update, else slow_target_fraction) every `slow_target_every` updates,
+        counting from update 0, after that update's critic step (DreamerV2 `update_slow_target`)."""
+        if self.updates % self.slow_target_every == 0:
+            mix = 1.0 if self.updates == 0 else self.slow_target_fraction
+            for s, d in zip(self.critic.parameters(), self.slow_critic.parameters(), strict=True):
+                d.copy_(mix * s + (1 - mix) * d)
+        self.updates += 1
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Put the update counter and both optimizer states into `state_dict()` (resumable runs)."""
+        return {"updates": self.updates, "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Deep copy of state_dict() (networks, slow critic, optimizers, counter): later training won't
+        mutate it, unlike torch's state_dict which shares storage. RNG state is the caller's business."""
+        return copy.deepcopy(self.state_dict())
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.load_state_dict(ckpt)

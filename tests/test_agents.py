@@ -1,0 +1,315 @@
+"""Tests of agents/: lambda-returns by hand, the slow-target schedule, learning on a known 1-D latent
+dynamics (continuous/dynamics and discrete/reinforce), gradient isolation, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from agents import ActorCritic, LatentModel, TruncNormal, lambda_return
+
+GOAL = 0.5
+STEPS = torch.tensor([-1.0, 0.0, 1.0])  # discrete actions: left / stay / right
+
+
+class PointModel(nn.Module):
+    """Exact latent dynamics of a 1-D point: x' = x + 0.1 * a, reward r(x) = -(x - GOAL)^2, feat = [x].
+
+    `dummy` (= 0) enters the dynamics and the reward heads the way world model parameters would, so any
+    gradient the agent leaks into the model shows up as dummy.grad.
+    """
+
+    def __init__(self, discrete: bool, discount_head: bool = False):
+        super().__init__()
+        self.discrete, self.discount_head = discrete, discount_head
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def step(self, x: Tensor, action: Tensor) -> Tensor:  # [N, 1], [N, A] -> [N, 1]
+        move = action @ STEPS[:, None] if self.discrete else action
+        return x + 0.1 * move * (1 + self.dummy)
+
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor],
+                horizon: int) -> dict[str, Tensor]:
+        feats, actions = [self.feat(start)], []
+        for _ in range(horizon):
+            actions.append(policy(feats[-1].detach()))
+            feats.append(self.step(feats[-1], actions[-1]))
+        actions.append(policy(feats[-1].detach()))
+        return {"feat": torch.stack(feats), "action": torch.stack(actions)}
+
+    def reward(self, feat: Tensor) -> Tensor:
+        return -((feat[..., 0] - GOAL) ** 2) * (1 + self.dummy)
+
+    def discount(self, feat: Tensor) -> Tensor | None:
+        return torch.sigmoid(3 + self.dummy + 0 * feat[..., 0]) if self.discount_head else None
+
+    def feat(self, state: dict[str, Tensor]) -> Tensor:
+        return state["x"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """These nets are tiny: intra-op threads only add contention on a shared 2-core machine (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_start(T: int = 8, B: int = 16) -> dict[str, Tensor]:
+    return {"x": torch.rand(T, B, 1) * 2 - 1}  # [T, B, 1] posterior "states" in [-1, 1]
+
+
+def small_agent(discrete: bool, **kw) -> ActorCritic:
+    cfg = dict(layers=2, units=64, actor_lr=1e-3, critic_lr=1e-3, slow_target_every=5, horizon=15)
+    cfg.update(kw)
+    return ActorCritic(1, 3 if discrete else 1, discrete, **cfg)
+
+
+def rollout_return(agent: ActorCritic | None, model: PointModel, steps: int = 30) -> float:
+    """Return of the eval-mode (distribution mode) policy in the true dynamics from 41 fixed starts in [-1, 1].
+
+    agent=None plays the optimal policy (full speed towards the goal, greedy is optimal here)."""
+    x = torch.linspace(-1, 1, 41)[:, None]
+    total = torch.zeros(41)
+    with torch.no_grad():
+        for _ in range(steps):
+            if agent is None:
+                x = x + (GOAL - x).clamp(-0.1, 0.1)
+            else:
+                x = model.step(x, agent.policy(x, "eval"))
+            total += model.reward(x)
+    return total.mean().item()
+
+
+def imagined_return(agent: ActorCritic | None, model: PointModel, start: dict[str, Tensor]) -> float:
+    """Undiscounted imagined reward over the horizon (15) under the eval-mode policy (None: optimal)."""
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in start.items()}
+    if agent is None:
+        x, total = flat["x"], 0.0
+        for _ in range(15):
+            x = x + (GOAL - x).clamp(-0.1, 0.1)
+            total += model.reward(x).mean().item()
+        return total
+    with torch.no_grad():
+        seq = model.imagine(lambda f: agent.policy(f, "eval"), flat, agent.horizon)
+        return model.reward(seq["feat"][1:]).sum(0).mean().item()
+
+
+# ------------------------------------------------------------------------------------------------ lambda
+
+
+def test_protocol_is_satisfied_by_toy_model():
+    assert isinstance(PointModel(False), LatentModel)
+    assert not isinstance(nn.Linear(1, 1), LatentModel)
+    model: LatentModel = PointModel(False)
+    assert model.feat({"x": torch.ones(2, 1)}).shape == (2, 1)
+
+
+def test_lambda_return_by_hand():
+    # H = 3, N = 1.  r = [1, 2, 3], d = [0.9, 0.8, 0.5], v = [v0, v1, v2, v3] = [0.5, 1.0, 1.5, 2.0]
+    r = torch.tensor([[1.0], [2.0], [3.0]])
+    d = torch.tensor([[0.9], [0.8], [0.5]])
+    v = torch.tensor([[0.5], [1.0], [1.5], [2.0]])
+    # lambda = 0.95, R_3 = v3 = 2:
+    #   R_2 = 3 + 0.5 * (0.05 * 2.0 + 0.95 * 2.0)   = 3 + 0.5 * 2.0   = 4.0
+    #   R_1 = 2 + 0.8 * (0.05 * 1.5 + 0.95 * 4.0)   = 2 + 0.8 * 3.875 = 5.1
+    #   R_0 = 1 + 0.9 * (0.05 * 1.0 + 0.95 * 5.1)   = 1 + 0.9 * 4.895 = 5.4055
+    expect = torch.tensor([[5.4055], [5.1], [4.0]])
+    torch.testing.assert_close(lambda_return(r, v, d, 0.95), expect)
+    # lambda = 0: one-step TD targets r_t + d_t v_{t+1} = [1 + 0.9*1.0, 2 + 0.8*1.5, 3 + 0.5*2.0]
+    torch.testing.assert_close(lambda_return(r, v, d, 0.0), torch.tensor([[1.9], [3.2], [4.0]]))
+    # lambda = 1: discounted Monte Carlo + bootstrap: R_2 = 3 + 0.5*2 = 4, R_1 = 2 + 0.8*4 = 5.2,
+    #   R_0 = 1 + 0.9*5.2 = 5.68 (v0, v1, v2 unused)
+    torch.testing.assert_close(lambda_return(r, v, d, 1.0), torch.tensor([[5.68], [5.2], [4.0]]))
+    torch.testing.assert_close(lambda_return(r, v + torch.tensor([[9.0], [9.0], [9.0], [0.0]]), d, 1.0),
+                               torch.tensor([[5.68], [5.2], [4.0]]))
+    # [H, N] value + explicit bootstrap is the same thing; a float discount broadcasts.
+    torch.testing.assert_close(lambda_return(r, v[:-1], d, 0.95, bootstrap=v[-1]), expect)
+    torch.testing.assert_close(lambda_return(r, v, 0.5, 0.0), torch.tensor([[1.5], [2.75], [4.0]]))
+    with pytest.raises(ValueError):
+        lambda_return(r, v[:-1], d, 0.95)
+
+
+def test_lambda_return_columns_independent_and_differentiable():
+    r, d, v = torch.randn(5, 4), torch.rand(5, 4), torch.randn(6, 4, requires_grad=True)
+    out = lambda_return(r, v, d, 0.95)
+    for n in range(4):
+        torch.testing.assert_close(out[:, n], lambda_return(r[:, n:n + 1], v[:, n:n + 1], d[:, n:n + 1], 0.95)[:, 0])
+    (g,) = torch.autograd.grad(out[0].sum(), v)
+    assert g[0].abs().sum() == 0 and g[1:].abs().sum() > 0  # v_0 never enters its own target
+
+
+# ------------------------------------------------------------------------------------------------ dists
+
+
+def test_trunc_normal_matches_scipy_and_reparameterises():
+    stats = pytest.importorskip("scipy.stats")
+    mean = torch.tensor([[0.3, -0.9, 0.0]], dtype=torch.float64, requires_grad=True)
+    std = torch.tensor([[0.5, 0.1, 2.0]], dtype=torch.float64)
+    dist = TruncNormal(mean, std)
+    x = torch.tensor([[0.1, -0.95, 0.7]], dtype=torch.float64)
+    a, b = ((-1 - mean) / std).detach().numpy(), ((1 - mean) / std).detach().numpy()
+    ref = stats.truncnorm(a, b, loc=mean.detach().numpy(), scale=std.numpy())
+    assert dist.log_prob(x).item() == pytest.approx(ref.logpdf(x.numpy()).sum(), rel=1e-9)
+    assert dist.entropy().item() == pytest.approx(ref.entropy().sum(), rel=1e-9)
+    torch.manual_seed(0)
+    many = TruncNormal(mean.expand(20000, 3), std.expand(20000, 3)).rsample()
+    assert many.min() > -1 and many.max() < 1
+    torch.testing.assert_close(many.mean(0), torch.as_tensor(ref.mean()[0]), atol=0.02, rtol=0)
+    (g,) = torch.autograd.grad(many.sum(), mean)
+    assert torch.all(g > 0)
+
+
+def test_policy_modes_and_shapes():
+    cont, disc = small_agent(False), small_agent(True)
+    feat = torch.zeros(7, 1)
+    for mode in ("explore", "eval", "random"):
+        a = cont.policy(feat, mode)
+        assert a.shape == (7, 1) and a.abs().max() <= 1
+        b = disc.policy(feat, mode)
+        assert b.shape == (7, 3) and torch.all(b.sum(-1) == 1) and torch.all((b == 0) | (b == 1))
+    assert torch.equal(cont.policy(feat, "eval"), cont.policy(feat, "eval"))
+    with pytest.raises(ValueError):
+        cont.policy(feat, "greedy")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ slow critic
+
+
+def test_slow_critic_copies_on_schedule():
+    torch.manual_seed(0)
+    agent, model = small_agent(False, slow_target_every=3), PointModel(False)
+
+    def equal() -> bool:
+        return all(torch.equal(a, b) for a, b in zip(agent.critic.parameters(), agent.slow_critic.parameters(), strict=True))
+
+    copied_at = []
+    for k in range(1, 9):  # k-th train_step is update k-1: copies after updates 0, 3, 6 -> k = 1, 4, 7
+        agent.train_step(model, make_start(2, 4))
+        if equal():
+            copied_at.append(k)
+            snapshot = [p.clone() for p in agent.slow_critic.parameters()]
+        else:  # between copies the slow critic holds the last copy exactly
+            assert all(torch.equal(a, b) for a, b in zip(agent.slow_critic.parameters(), snapshot, strict=True))
+    assert copied_at == [1, 4, 7]
+    assert agent.updates == 8
+    assert all(not p.requires_grad for p in agent.slow_critic.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ isolation
+
+
+@pytest.mark.parametrize(("discrete", "grad", "head"), [(False, "dynamics", False), (True, "reinforce", True),
+                                                        (True, "dynamics", False)])
+def test_no_gradient_reaches_latent_model(discrete: bool, grad: str, head: bool):
+    torch.manual_seed(0)
+    agent = small_agent(discrete, actor_grad=grad, use_discount_head=head)
+    model = PointModel(discrete, discount_head=head)
+    before = [p.clone() for p in agent.actor.parameters()]
+    start = make_start(2, 4)
+    start["x"].requires_grad_(True)  # even a start that requires grad is cut off
+    metrics = agent.train_step(model, start, is_terminal=torch.zeros(2, 4))
+    assert model.dummy.grad is None and start["x"].grad is None
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
+
+
+def test_value_differentiable_wrt_feat_only():
+    agent = small_agent(False)
+    feat = torch.randn(4, 3, 1, requires_grad=True)
+    for slow in (True, False):
+        v = agent.value(feat, slow=slow)
+        assert v.shape == (4, 3)
+        (g,) = torch.autograd.grad(v.sum(), feat, retain_graph=True)
+        assert g.abs().sum() > 0
+        v.sum().backward()  # a plain backward (as the V-VAML loss does) writes no critic .grad
+    assert all(p.grad is None for p in agent.critic.parameters())
+    assert all(p.grad is None for p in agent.slow_critic.parameters())
+
+
+def test_discount_head_and_terminal_first_step():
+    agent = small_agent(True, use_discount_head=True, gamma=0.9)
+    model = PointModel(True, discount_head=True)
+    feat = torch.zeros(4, 6, 1)
+    term = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # [T=2, B=3] -> N = 6
+    disc = agent._discount(model, feat, term)
+    torch.testing.assert_close(disc[0], 0.9 * (1 - term.reshape(-1)))
+    torch.testing.assert_close(disc[1:], torch.full((3, 6), 0.9 * torch.sigmoid(torch.tensor(3.0)).item()))
+    no_head = small_agent(True, gamma=0.9)._discount(model, feat, term)  # DreamerV2 ignores is_terminal then
+    torch.testing.assert_close(no_head, torch.full((4, 6), 0.9))
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+@pytest.mark.parametrize("discrete", [False, True], ids=["continuous-dynamics", "discrete-reinforce"])
+def test_learns_on_point_dynamics(discrete: bool):
+    torch.manual_seed(0)
+    model = PointModel(discrete)
+    agent = small_agent(discrete, actor_ent=1e-3 if discrete else 1e-4)
+    assert agent.actor_grad == ("reinforce" if discrete else "dynamics")  # 'auto'
+    probe = make_start(4, 16)
+    imag0, eval0 = imagined_return(agent, model, probe), rollout_return(agent, model)
+    imag_opt, eval_opt = imagined_return(None, model, probe), rollout_return(None, model)
+    imag_stay = 15 * model.reward(probe["x"]).mean().item()  # never moving
+    eval_stay = 30 * model.reward(torch.linspace(-1, 1, 41)[:, None]).mean().item()
+    tic = time.perf_counter()
+    metrics = [agent.train_step(model, make_start()) for _ in range(500)]
+    elapsed = time.perf_counter() - tic
+    imag1, eval1 = imagined_return(agent, model, probe), rollout_return(agent, model)
+    first = sum(m["imag_return"] for m in metrics[:20]) / 20
+    last = sum(m["imag_return"] for m in metrics[-20:]) / 20
+    print(f"\n{'discrete' if discrete else 'continuous'}: 500 updates {elapsed:.1f}s | imagined 15 steps (eval): "
+          f"{imag0:.2f} -> {imag1:.2f} (stay {imag_stay:.2f}, optimal {imag_opt:.2f}) | true rollout 30 steps "
+          f"(eval): {eval0:.2f} -> {eval1:.2f} (stay {eval_stay:.2f}, optimal {eval_opt:.2f}) | "
+          f"train imag_return metric {first:.2f} -> {last:.2f}")
+    assert elapsed < 20
+    assert imag1 > imag0 + 1.0 and eval1 > eval0 + 2.0 and last > first + 0.5
+    # Close most of the gap between standing still and the optimal policy.
+    assert (imag1 - imag_stay) / (imag_opt - imag_stay) > 0.85
+    assert (eval1 - eval_stay) / (eval_opt - eval_stay) > 0.85
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_checkpoint_restore_reproduces_next_update(discrete: bool):
+    torch.manual_seed(0)
+    model = PointModel(discrete)
+    agent = small_agent(discrete, slow_target_every=2)
+    for _ in range(3):  # counter = 3: a restored counter of 0 would copy the slow critic on the next step
+        agent.train_step(model, make_start(2, 4))
+    ckpt = agent.checkpoint()
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+
+    start = make_start(2, 4)
+    torch.manual_seed(123)
+    m1 = agent.train_step(model, start)
+
+    torch.manual_seed(99)  # different init everywhere
+    other = small_agent(discrete, slow_target_every=2)
+    other.restore(loaded)
+    assert other.updates == 3
+    torch.manual_seed(123)
+    m2 = other.train_step(model, start)
+    assert m1 == m2
+    for (n, a), b in zip(agent.state_dict().items(), other.state_dict().values(), strict=True):
+        if n != "_extra_state":
+            assert torch.equal(a, b), n
+    for opt_a, opt_b in ((agent.actor_opt, other.actor_opt), (agent.critic_opt, other.critic_opt)):
+        for sa, sb in zip(opt_a.state.values(), opt_b.state.values(), strict=True):
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # The checkpoint was a copy: training after it did not change it.
+    assert ckpt["_extra_state"]["updates"] == 3
+    assert not torch.equal(ckpt["critic.net.0.weight"], agent.critic.net[0].weight)

@@ -1,0 +1,151 @@
+"""Tests for recipes/plot.py: loading, plotting, and the averaged one-tailed Welch t-test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from scipy import stats
+
+from recipes import plot
+
+TASK = "cartpole_swingup"
+STEPS = [10_000, 20_000, 30_000, 40_000, 50_000]
+SEEDS = [0, 1, 2]
+
+
+def _returns(method: str, seed: int) -> list[float]:
+    """Deterministic returns; tempo has a higher mean, both vary over seeds."""
+    if method == "tempo":
+        return [100.0 + 150.0 * i + 13.0 * seed + 7.0 * (i * seed % 3) for i in range(len(STEPS))]
+    return [80.0 + 110.0 * i + 21.0 * seed - 5.0 * ((i + seed) % 2) for i in range(len(STEPS))]
+
+
+def _write_run(root, method, seed, steps=STEPS, returns=None, extra_lines=()):
+    d = root / f"{TASK}-{method}-s{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"task": TASK, "method": method, "seed": seed, "lr": 3e-4}))
+    returns = _returns(method, seed) if returns is None else returns
+    lines = []
+    for s, r in zip(steps, returns, strict=True):
+        lines.append(json.dumps({"step": s - 500, "loss": 1.0}))  # training log
+        lines.append(json.dumps({"step": s, "eval_return": r}))
+    lines += list(extra_lines)
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+@pytest.fixture
+def run_dirs(tmp_path):
+    root = tmp_path / "runs"
+    return [_write_run(root, m, s) for m in ("tempo", "dreamerv2") for s in SEEDS]
+
+
+def test_main_end_to_end(run_dirs, tmp_path, capsys):
+    out = tmp_path / "figs" / "curves.png"
+    rc = plot.main([str(d) for d in run_dirs] + ["--out", str(out), "--baseline", "dreamerv2"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "tempo" in printed
+
+    # Valid, non-trivial PNG.
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 5_000
+    img = mpimg.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 10
+    assert float(img[..., :3].std()) > 0.01
+
+    # Independent computation of the averaged one-tailed Welch t-test.
+    a = np.array([_returns("tempo", s) for s in SEEDS])
+    b = np.array([_returns("dreamerv2", s) for s in SEEDS])
+    ts, ps = [], []
+    for i in range(len(STEPS)):
+        r = stats.ttest_ind(a[:, i], b[:, i], equal_var=False, alternative="greater")
+        ts.append(r.statistic)
+        ps.append(r.pvalue)
+    exp_t, exp_p = sum(ts) / len(ts), sum(ps) / len(ps)
+
+    saved = json.loads((out.parent / "stats.json").read_text())
+    rows = [r for r in saved["rows"] if r["task"] == TASK and r["method"] == "tempo"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["baseline"] == "dreamerv2" and row["n_evals"] == len(STEPS)
+    assert row["mean_t"] == pytest.approx(exp_t, abs=1e-9)
+    assert row["mean_p"] == pytest.approx(exp_p, abs=1e-9)
+    assert exp_t > 0 and 0 < exp_p < 0.5
+    assert row["final_mean"] == pytest.approx(a[:, -1].mean(), abs=1e-9)
+    assert row["final_std"] == pytest.approx(a[:, -1].std(), abs=1e-9)
+    assert row["baseline_final_mean"] == pytest.approx(b[:, -1].mean(), abs=1e-9)
+    assert all(r["method"] != "dreamerv2" for r in saved["rows"])  # baseline is not tested against itself
+
+
+def test_default_out_is_parent_curves_png(run_dirs, capsys):
+    assert plot.main([str(d) for d in run_dirs]) == 0
+    expected = run_dirs[0].parent / "curves.png"
+    assert expected.is_file() and (run_dirs[0].parent / "stats.json").is_file()
+    assert str(expected) in capsys.readouterr().out
+
+
+def test_truncated_last_line_is_skipped_with_warning(tmp_path):
+    d = _write_run(tmp_path, "tempo", 0, extra_lines=['{"step": 60000, "eval_ret'])
+    with pytest.warns(UserWarning, match="unparsable"):
+        run = plot.load_run(d)
+    assert run["task"] == TASK and run["method"] == "tempo" and run["seed"] == 0
+    np.testing.assert_array_equal(run["steps"], STEPS)
+    np.testing.assert_allclose(run["returns"], _returns("tempo", 0))
+
+
+def test_non_run_path_exits_2(run_dirs, tmp_path, capsys):
+    bogus = tmp_path / "not_a_run"
+    bogus.mkdir()
+    (bogus / "config.json").write_text("{}")
+    rc = plot.main([str(run_dirs[0]), str(bogus), "--out", str(tmp_path / "x.png")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(bogus) in err and "metrics.jsonl" in err
+    assert plot.main([str(tmp_path / "missing_dir")]) == 2
+    assert "missing_dir" in capsys.readouterr().err
+
+
+def test_common_grid_intersection_and_single_seed_nan(tmp_path):
+    root = tmp_path / "r"
+    # tempo seed 1 stops one evaluation early -> tempo grid is the first 4 steps.
+    runs = [plot.load_run(_write_run(root, "tempo", 0))]
+    runs.append(plot.load_run(_write_run(root, "tempo", 1, steps=STEPS[:4], returns=_returns("tempo", 1)[:4])))
+    runs.append(plot.load_run(_write_run(root, "dreamerv2", 0)))  # single baseline seed
+    groups = plot.group_runs(runs)
+    grid, mat = plot.common_grid(groups[(TASK, "tempo")])
+    np.testing.assert_array_equal(grid, STEPS[:4])
+    assert mat.shape == (2, 4)
+    rows = plot.welch_table(groups, "dreamerv2")
+    assert len(rows) == 1
+    assert math.isnan(rows[0]["mean_t"]) and math.isnan(rows[0]["mean_p"])
+    assert "< 2 seeds" in rows[0]["note"] and rows[0]["n_evals"] == 4
+    assert "nan" in plot.format_table(rows)
+    plot.plot_curves(groups, tmp_path / "c.png")  # does not crash with 1 seed
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_missing_baseline_reported(tmp_path, capsys):
+    root = tmp_path / "r"
+    dirs = [_write_run(root, "tempo", s) for s in SEEDS]
+    assert plot.main([str(d) for d in dirs] + ["--baseline", "dreamerv2"]) == 0
+    out = capsys.readouterr().out
+    assert "no baseline runs" in out
+    saved = json.loads((root / "stats.json").read_text())
+    assert saved["rows"][0]["mean_t"] is None and "no baseline" in saved["rows"][0]["note"]
+
+
+def test_cli_prints_truncation_warning(tmp_path, capsys):
+    root = tmp_path / "r"
+    dirs = [_write_run(root, m, s) for m in ("tempo", "dreamerv2") for s in SEEDS[:2]]
+    with open(dirs[0] / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 6')
+    assert plot.main([str(d) for d in dirs]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "unparsable" in err and str(dirs[0]) in err

@@ -1,0 +1,164 @@
+"""End-to-end runs of `python -m recipes.tempo` at the debug preset: outputs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "recipes.tempo", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def records(logdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_debug_state_dmc_writes_all_outputs(tmp_path):
+    logdir = tmp_path / "run"
+    p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 300 and summary["updates"] > 0 and summary["method"] == "tempo"
+    cfg = json.loads((logdir / "config.json").read_text())
+    assert cfg["task"] == "cartpole_swingup" and cfg["preset"] == "debug" and cfg["method"] == "tempo"
+    assert cfg["tempo"]["bilevel"]["weighter"]["lr"] == 1e-4  # the paper's default survives the preset
+    recs = records(logdir)
+    steps = [r["step"] for r in recs]
+    assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 300
+    evals = [r for r in recs if "eval_return" in r]
+    assert len(evals) >= 3 and all(np.isfinite(r["eval_return"]) for r in evals)
+    trained = [r for r in recs if "wm/upper_loss" in r]
+    assert trained, "no trainer metrics logged"
+    last = trained[-1]
+    for key in ("wm/lower_loss", "wm/lower_loss_unweighted", "wm/weight_mean", "wm/weight_std", "wm/weight_min",
+                "wm/weight_max", "wm/hypergrad_norm", "agent/critic_loss"):
+        assert key in last and np.isfinite(last[key]), key
+    assert 0.75 <= last["wm/weight_min"] <= last["wm/weight_max"] <= 1.25
+    assert (logdir / "checkpoint.pt").exists()
+    assert list((logdir / "tb").glob("events.out.tfevents.*"))
+    assert list(logdir.glob("eval_*.gif"))
+    assert len(list((logdir / "replay").glob("*.npz"))) >= 2
+
+
+def test_debug_baseline_and_atari(tmp_path):
+    p = run_cli(["--task", "atari:pong", "--preset", "debug", "--weighting", "none", "--logdir",
+                 str(tmp_path / "pong"), "--run.steps", "600", "--run.prefill", "240", "--run.eval_every", "600",
+                 "--env.time_limit", "30"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    cfg = json.loads((tmp_path / "pong" / "config.json").read_text())
+    assert cfg["method"] == "dreamerv2" and cfg["env"]["obs"] == "pixels"
+    last = [r for r in records(tmp_path / "pong") if "wm/lower_loss" in r][-1]
+    assert last["wm/weight_min"] == last["wm/weight_max"] == 1.0  # uniform weights: plain DreamerV2
+    assert "wm/hypergrad_norm" not in last
+
+
+def test_debug_pixel_dmc_renders_real_frames(tmp_path):
+    import imageio.v2 as imageio
+
+    logdir = tmp_path / "pix"
+    p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--env.obs", "pixels", "--logdir", str(logdir),
+                 "--run.steps", "160", "--run.eval_every", "1000", "--env.time_limit", "40"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    gif = sorted(logdir.glob("eval_*.gif"))[0]
+    frames = np.stack(imageio.mimread(gif))
+    assert frames.shape[1:3] == (64, 64) and frames.std() > 5  # real rendered content
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # the pole moved
+
+
+def test_kill_and_resume_loses_nothing(tmp_path):
+    logdir = tmp_path / "kill"
+    args = ["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir), "--run.steps", "1200",
+            "--run.checkpoint_every", "40", "--run.log_every", "40", "--run.eval_every", "400"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.tempo", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = logdir / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once a few checkpoints and episodes exist
+        if ckpt.exists() and len(list((logdir / "replay").glob("*.npz"))) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    episodes_before = {f.name for f in (logdir / "replay").glob("*.npz")}
+    assert episodes_before, "the run was killed before storing an episode"
+    p = run_cli(args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming" in p.stderr
+    recs = records(logdir)
+    steps = [r["step"] for r in recs]
+    assert len(steps) == len(set(steps)), "duplicate steps after resume"
+    assert steps == sorted(steps) and steps[-1] == 1200
+    log_steps = [s for s in steps if s % 40 == 0]
+    assert log_steps == list(range(0, 1201, 40)), "missing log steps after resume"
+    assert episodes_before <= {f.name for f in (logdir / "replay").glob("*.npz")}  # no stored episode lost
+    updates = [r["updates"] for r in recs if "updates" in r]
+    assert updates == sorted(updates)  # update counter continued, never restarted
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
+    logdir = tmp_path / "int"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.tempo", "--task", "cartpole_swingup", "--preset", "debug",
+                             "--logdir", str(logdir), "--run.steps", "100000", "--run.checkpoint_every", "100000"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (logdir / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err and "Traceback" not in err
+    assert (logdir / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "finger_spn"], "finger_spin"),
+    (["--preset", "huge"], "huge"),
+    (["--upper-loss", "nope"], "vvaml"),
+    (["--upper-loss", "no_such_module_xyz:Loss"], "no_such_module_xyz"),
+    (["--steps", "-5"], "steps"),
+    (["--weighting", "meta2"], "'naive'"),
+    (["--hypergrad", "unroll", "--engine", "betty"], "supported strategies for 'betty'"),
+    (["--device", "cuda"], "cuda"),
+    (["--world_model.lr", "0"], "world_model.lr"),
+    (["--bogus.field", "1"], "bogus"),
+])
+def test_bad_input_fails_before_creating_anything(tmp_path, args, needle):
+    import torch
+
+    if needle == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA present: --device cuda is valid here")
+    logdir = tmp_path / "never"
+    p = run_cli(["--preset", "debug", "--logdir", str(logdir), *args], timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert needle in p.stderr and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+    assert not logdir.exists()
+
+
+def test_unwritable_logdir():
+    target = Path("/proc/tempo-test-run")  # /proc refuses new files even for root
+    p = run_cli(["--preset", "debug", "--logdir", str(target)], timeout=120)
+    assert p.returncode == 2 and "not writable" in p.stderr, p.stderr
+    assert not target.exists()
+
+
+def test_logdir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    p = run_cli(["--preset", "debug", "--logdir", str(f)], timeout=120)
+    assert p.returncode == 2 and "not a directory" in p.stderr
