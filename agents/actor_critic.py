@@ -156,7 +156,7 @@ Dist = TruncNormal | OneHotCategoricalStraightThrough
 class Actor(nn.Module):
     """pi(a | feat): MLP -> TruncNormal on [-1, 1] (continuous) or straight-through one-hot (discrete).
 
-    Continuous (DreamerV2 'trunc_normal'): mean = tanh(x), std = 2 * sigmoid((x_std + init_std) / 2) + min_std.
+    Continuous (DreamerV2 'trunc_normal'): mean = tanh(x), std = 2 sigmoid((x_std + init_std) / 2) + min_std.
     DreamerV2's DistLayer default is init_std = 0, giving an initial std of ~1.1.
     Discrete (DreamerV2 'onehot'): rsample() = sample + probs - probs.detach(), so the sampled one-hot can
     carry gradients into the dynamics.
@@ -352,7 +352,7 @@ class ActorCritic(nn.Module):
         return disc
 
     def _grads(self, loss: Tensor, module: nn.Module) -> float:
-        """Write d loss / d module params into their .grad (and only theirs); clip; return the pre-clip norm."""
+        """Write d loss / d params into the module's .grad (and nobody else's); clip; return the raw norm."""
         params = list(module.parameters())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for p, g in zip(params, grads, strict=True):

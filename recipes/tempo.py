@@ -43,8 +43,13 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, our format, exit 2 (not argparse's usage dump)
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m recipes.tempo", description=__doc__.split("\n\n")[0],
         epilog="Any config field can be set as --section.field VALUE, e.g. --world_model.lr 1e-4 "
                "--tempo.bilevel.weighter.units 200 (see recipes/config.py).")
@@ -216,7 +221,8 @@ class Run:
         self.agent = ActorCritic(
             self.wm.rssm.feat_dim, self.env.action_dim, self.env.discrete, horizon=a.horizon, gamma=a.gamma,
             lambda_=a.lambda_, actor_lr=a.actor_lr, critic_lr=a.critic_lr, slow_target_every=a.slow_target_every,
-            actor_grad=a.actor_grad, actor_ent=a.actor_ent, reward_transform=a.reward_transform, layers=a.layers,
+            # DreamerV2 squashes replay rewards before the world model sees them (to_torch), not predictions
+            actor_grad=a.actor_grad, actor_ent=a.actor_ent, reward_transform="none", layers=a.layers,
             units=a.units, eps=a.eps, clip=a.clip, weight_decay=a.weight_decay, use_discount_head=m.discount_head,
         ).to(self.device)
         norm = cfg.tempo.value_norm
@@ -254,6 +260,8 @@ class Run:
             if t.dtype == torch.float64:
                 t = t.float()
             out[k] = t.to(self.device)
+        if self.cfg.agent.reward_transform == "tanh":
+            out["reward"] = torch.tanh(out["reward"])
         return out
 
     def obs_tensor(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -423,6 +431,10 @@ class Progress:
             self.bar.close()
 
 
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def run_eval(run: Run, logdir: Path) -> float:
     ret, frames = run.evaluate()
     while run.next_eval <= run.step:
@@ -496,9 +508,9 @@ def train(cfg: Config, notice: str | None = None) -> int:
                     rec["eval_return"] = run.last_eval
                 run.pending.clear()
                 log.write(rec)
-                progress.update(run.step, {"fps": f"{fps:.0f}", "eval": run.last_eval}, force_line=True)
+                progress.update(run.step, {"fps": f"{fps:.0f}", "eval": fmt(run.last_eval)}, force_line=True)
             else:
-                progress.update(run.step, {"eval": run.last_eval})
+                progress.update(run.step, {"eval": fmt(run.last_eval)})
             if run.step - last_ckpt >= r.checkpoint_every or run.step >= r.steps:
                 run.save()
                 last_ckpt = run.step

@@ -73,7 +73,7 @@ def small_agent(discrete: bool, **kw) -> ActorCritic:
 
 
 def rollout_return(agent: ActorCritic | None, model: PointModel, steps: int = 30) -> float:
-    """Return of the eval-mode (distribution mode) policy in the true dynamics from 41 fixed starts in [-1, 1].
+    """Return of the eval-mode (distribution mode) policy in the true dynamics, 41 fixed starts in [-1, 1].
 
     agent=None plays the optimal policy (full speed towards the goal, greedy is optimal here)."""
     x = torch.linspace(-1, 1, 41)[:, None]
@@ -141,7 +141,8 @@ def test_lambda_return_columns_independent_and_differentiable():
     r, d, v = torch.randn(5, 4), torch.rand(5, 4), torch.randn(6, 4, requires_grad=True)
     out = lambda_return(r, v, d, 0.95)
     for n in range(4):
-        torch.testing.assert_close(out[:, n], lambda_return(r[:, n:n + 1], v[:, n:n + 1], d[:, n:n + 1], 0.95)[:, 0])
+        col = lambda_return(r[:, n:n + 1], v[:, n:n + 1], d[:, n:n + 1], 0.95)
+        torch.testing.assert_close(out[:, n], col[:, 0])
     (g,) = torch.autograd.grad(out[0].sum(), v)
     assert g[0].abs().sum() == 0 and g[1:].abs().sum() > 0  # v_0 never enters its own target
 
@@ -176,6 +177,10 @@ def test_policy_modes_and_shapes():
         b = disc.policy(feat, mode)
         assert b.shape == (7, 3) and torch.all(b.sum(-1) == 1) and torch.all((b == 0) | (b == 1))
     assert torch.equal(cont.policy(feat, "eval"), cont.policy(feat, "eval"))
+    noisy = small_agent(False, eval_noise=0.5), small_agent(True, eval_noise=1.0)
+    a, b = noisy[0].policy(torch.zeros(500, 1), "eval"), noisy[1].policy(torch.zeros(500, 1), "eval")
+    assert a.abs().max() <= 1 and a.std() > 0.1  # clipped Gaussian around the mode
+    assert torch.all(b.sum(-1) == 1) and (b.sum(0) > 100).all()  # epsilon = 1: uniform one-hots
     with pytest.raises(ValueError):
         cont.policy(feat, "greedy")  # type: ignore[arg-type]
 
@@ -188,7 +193,8 @@ def test_slow_critic_copies_on_schedule():
     agent, model = small_agent(False, slow_target_every=3), PointModel(False)
 
     def equal() -> bool:
-        return all(torch.equal(a, b) for a, b in zip(agent.critic.parameters(), agent.slow_critic.parameters(), strict=True))
+        pairs = zip(agent.critic.parameters(), agent.slow_critic.parameters(), strict=True)
+        return all(torch.equal(a, b) for a, b in pairs)
 
     copied_at = []
     for k in range(1, 9):  # k-th train_step is update k-1: copies after updates 0, 3, 6 -> k = 1, 4, 7
@@ -197,7 +203,8 @@ def test_slow_critic_copies_on_schedule():
             copied_at.append(k)
             snapshot = [p.clone() for p in agent.slow_critic.parameters()]
         else:  # between copies the slow critic holds the last copy exactly
-            assert all(torch.equal(a, b) for a, b in zip(agent.slow_critic.parameters(), snapshot, strict=True))
+            pairs = zip(agent.slow_critic.parameters(), snapshot, strict=True)
+            assert all(torch.equal(a, b) for a, b in pairs)
     assert copied_at == [1, 4, 7]
     assert agent.updates == 8
     assert all(not p.requires_grad for p in agent.slow_critic.parameters())
@@ -246,6 +253,43 @@ def test_discount_head_and_terminal_first_step():
     torch.testing.assert_close(no_head, torch.full((4, 6), 0.9))
 
 
+def test_train_step_alignment():
+    """REINFORCE scores action[i] under pi(feat[i]) for i < H-1; targets use r_0..r_{H-1} (reward at z_t)."""
+    torch.manual_seed(0)
+    agent, model = small_agent(True, gamma=0.9), PointModel(True)
+    for p in agent.slow_critic.parameters():
+        p.data.zero_()  # v == 0: the targets are plain lambda-discounted sums of the imagined rewards
+    seen: dict[str, tuple[Tensor, ...] | dict[str, Tensor]] = {}
+    imagine, forward = model.imagine, agent.actor.forward
+
+    def spy_imagine(*args, **kwargs):
+        seen["seq"] = imagine(*args, **kwargs)
+        return seen["seq"]
+
+    def spy_forward(feat: Tensor):
+        dist = forward(feat)
+        log_prob = dist.log_prob
+
+        def spy_log_prob(action: Tensor) -> Tensor:
+            seen["scored"] = (feat, action)
+            return log_prob(action)
+
+        dist.log_prob = spy_log_prob
+        return dist
+
+    model.imagine, agent.actor.forward = spy_imagine, spy_forward  # type: ignore[method-assign]
+    metrics = agent.train_step(model, make_start(2, 4))
+    seq = seen["seq"]
+    assert isinstance(seq, dict)
+    feat, action = seen["scored"]
+    assert torch.equal(feat, seq["feat"][:-2]) and torch.equal(action, seq["action"][:-2])
+    reward = model.reward(seq["feat"]).detach()  # [H+1, N]
+    target = lambda_return(reward[:-1], torch.zeros_like(reward), 0.9, 0.95)
+    assert metrics["critic_target"] == pytest.approx(target.mean().item(), rel=1e-5)
+    weight = 0.9 ** torch.arange(16.0)[:, None]
+    assert metrics["imag_return"] == pytest.approx((weight[1:] * reward[1:]).sum(0).mean().item(), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ learning
 
 
@@ -266,9 +310,9 @@ def test_learns_on_point_dynamics(discrete: bool):
     imag1, eval1 = imagined_return(agent, model, probe), rollout_return(agent, model)
     first = sum(m["imag_return"] for m in metrics[:20]) / 20
     last = sum(m["imag_return"] for m in metrics[-20:]) / 20
-    print(f"\n{'discrete' if discrete else 'continuous'}: 500 updates {elapsed:.1f}s | imagined 15 steps (eval): "
-          f"{imag0:.2f} -> {imag1:.2f} (stay {imag_stay:.2f}, optimal {imag_opt:.2f}) | true rollout 30 steps "
-          f"(eval): {eval0:.2f} -> {eval1:.2f} (stay {eval_stay:.2f}, optimal {eval_opt:.2f}) | "
+    print(f"\n{'discrete' if discrete else 'continuous'}: 500 updates {elapsed:.1f}s | imagined 15 steps "
+          f"(eval): {imag0:.2f} -> {imag1:.2f} (stay {imag_stay:.2f}, optimal {imag_opt:.2f}) | true rollout "
+          f"30 steps (eval): {eval0:.2f} -> {eval1:.2f} (stay {eval_stay:.2f}, optimal {eval_opt:.2f}) | "
           f"train imag_return metric {first:.2f} -> {last:.2f}")
     assert elapsed < 20
     assert imag1 > imag0 + 1.0 and eval1 > eval0 + 2.0 and last > first + 0.5
