@@ -317,13 +317,18 @@ class ActorCritic(nn.Module):
 
         # Critic: v(z_0..z_{H-1}) -> R_0..R_{H-1} on detached states.
         v = self.critic(feat[:-1].detach())  # [H, N]
-        critic_loss = -(Normal(v, 1.0).log_prob(target.detach()) * weight[:-1]).mean()
+        critic_loss = -(Normal(v, 1.0, validate_args=False).log_prob(target.detach()) * weight[:-1]).mean()
 
         actor_norm = self._grads(actor_loss, self.actor)
         critic_norm = self._grads(critic_loss, self.critic)
-        self._step(self.actor, self.actor_opt)
-        self._step(self.critic, self.critic_opt)
-        self._update_slow_target()
+        finite = math.isfinite(actor_norm) and math.isfinite(critic_norm)
+        if finite:  # a non-finite update (e.g. a diverged world model) is skipped, never applied
+            self._step(self.actor, self.actor_opt)
+            self._step(self.critic, self.critic_opt)
+            self._update_slow_target()
+        else:
+            self.actor_opt.zero_grad(set_to_none=True)
+            self.critic_opt.zero_grad(set_to_none=True)
 
         with torch.no_grad():
             imag_return = (weight[1:] * reward[1:]).sum(0).mean()  # discounted reward the policy collects
@@ -333,7 +338,7 @@ class ActorCritic(nn.Module):
             "actor_ent": ent.mean().item(), "imag_return": imag_return.item(),
             "imag_reward": reward.mean().item(), "critic_target": target.mean().item(),
             "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
-            "discount": disc.mean().item(),
+            "discount": disc.mean().item(), "skipped_nonfinite": float(not finite),
         }
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None) -> Tensor:

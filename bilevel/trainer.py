@@ -35,6 +35,8 @@ class MovingNorm(nn.Module):
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         m, v = x.mean(), x.var(unbiased=False)
+        if not (torch.isfinite(m) and torch.isfinite(v)):
+            return  # a non-finite batch is skipped by the trainer; it must not poison the statistics
         if int(self.count) == 0:
             self.mean.copy_(m)
             self.var.copy_(v)
@@ -188,19 +190,26 @@ class BilevelTrainer:
         t4 = time.perf_counter()
         self.step_count += 1
 
+        if sc._upper is not None:  # already computed for the hypergradient
+            upper_loss = sc._upper.detach()
+        else:  # logged for every strategy (baselines too), without building a graph
+            with torch.no_grad():
+                upper_loss = problem.upper_loss(batch, sc.ctx)
         with torch.no_grad():
             w = sc.w.detach()
             metrics.update({
                 "lower_loss": float(sc.lower.detach()),
                 "lower_loss_unweighted": float(problem.lower_objective(sc.losses, torch.ones_like(w))),
-                "upper_loss": float(sc.upper().detach()),
+                "upper_loss": float(upper_loss),
                 "weight_mean": float(w.mean()), "weight_std": float(w.std()) if w.numel() > 1 else 0.0,
                 "weight_min": float(w.min()), "weight_max": float(w.max()),
                 "meta_step": float(g_alpha is not None), "nonfinite_steps": float(self.nonfinite),
                 "time_forward": t1 - t0, "time_hypergrad": t2 - t1,
                 "time_lower_update": t3 - t2, "time_meta_update": t4 - t3,
             })
-        self.last = sc
+        # The step's context (e.g. posterior states for an actor-critic). It holds the forward graph:
+        # callers should take what they need and set `trainer.last = None` before the next step.
+        self.last: StepContext | None = sc
         return metrics
 
     # ------------------------------------------------------------------------------------------------

@@ -244,6 +244,7 @@ class Run:
         self.train_returns: list[float] = []
         self.pending: dict[str, list[float]] = {}
         self.nonfinite_agent = 0
+        self.nonfinite_actions = 0
 
     # -- helpers -----------------------------------------------------------------------------------
     @staticmethod
@@ -278,6 +279,9 @@ class Run:
         is_first = torch.tensor([bool(obs["is_first"])], device=self.device)
         post, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first)
         action = self.agent.policy(self.wm.rssm.feat(post), mode)  # [1, A]
+        if not bool(torch.isfinite(action).all()):  # a diverged model: act randomly, the trainer reports it
+            self.nonfinite_actions += 1
+            action = torch.as_tensor(self.random_action(), device=self.device)[None]
         return action[0].cpu().numpy(), (post, action)
 
     def random_action(self) -> np.ndarray:
@@ -294,15 +298,17 @@ class Run:
         """One world-model update through the bilevel trainer, then one actor-critic update."""
         batch = self.to_torch(self.replay.sample(self.cfg.replay.batch, self.cfg.replay.length))
         metrics = self.trainer.step(self.problem, batch)
-        post = self.trainer.last.ctx.post
-        start = {k: v.detach() for k, v in post.items()}
-        ac = self.agent.train_step(self.wm, start, batch["is_terminal"])
-        ac = {f"agent/{k}": float(v) for k, v in ac.items()}
-        if not all(math.isfinite(v) for v in ac.values()):
-            self.nonfinite_agent += 1
+        start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
+        self.trainer.last = None  # free the world-model graph before imagination
         self.record({f"wm/{k}": v for k, v in metrics.items()})
-        self.record(ac)
-        self.record({"agent/nonfinite_steps": self.nonfinite_agent})
+        if all(bool(torch.isfinite(v).all()) for v in start.values()):
+            ac = self.agent.train_step(self.wm, start, batch["is_terminal"])
+            ac = {f"agent/{k}": float(v) for k, v in ac.items()}
+            self.nonfinite_agent += int(ac.pop("agent/skipped_nonfinite"))
+            self.record(ac)
+        else:  # states from a skipped (non-finite) world-model step: no actor-critic update either
+            self.nonfinite_agent += 1
+        self.record({"agent/nonfinite_steps": self.nonfinite_agent, "nonfinite_actions": self.nonfinite_actions})
         self.updates += 1
 
     def evaluate(self) -> tuple[float, list[np.ndarray]]:

@@ -357,3 +357,15 @@ def test_checkpoint_restore_reproduces_next_update(discrete: bool):
     # The checkpoint was a copy: training after it did not change it.
     assert ckpt["_extra_state"]["updates"] == 3
     assert not torch.equal(ckpt["critic.net.0.weight"], agent.critic.net[0].weight)
+
+
+def test_nonfinite_update_is_skipped_not_applied():
+    torch.manual_seed(0)
+    model = PointModel(discrete=False)
+    agent = small_agent(False)
+    before = [p.detach().clone() for p in agent.parameters()]
+    start = {"x": torch.full((2, 3, 1), float("nan"))}
+    m = agent.train_step(model, start)
+    assert m["skipped_nonfinite"] == 1.0 and agent.updates == 0
+    assert all(torch.equal(b, p) for b, p in zip(before, agent.parameters(), strict=True))
+    assert agent.train_step(model, make_start())["skipped_nonfinite"] == 0.0

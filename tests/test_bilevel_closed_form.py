@@ -188,3 +188,22 @@ def test_none_and_naive_weights():
     expect = 1 + (per - per.mean()) / torch.sqrt(per.var(unbiased=False) + 1e-8)  # first step: batch stats
     assert torch.allclose(sc.w, expect)
     assert float(sc.w.mean()) == pytest.approx(1.0)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_when_persistent():
+    problem, trainer = make({"strategy": "approx"}, 0.1)
+    trainer.max_nonfinite = 2
+    bad = {**problem.batch, "y": problem.batch["y"].clone()}
+    bad["y"][0] = float("nan")
+    theta = problem.model.weight.detach().clone()
+    alpha = [p.detach().clone() for p in trainer.weighter.parameters()]
+    m = trainer.step(problem, bad)
+    assert m["nonfinite_steps"] == 1
+    assert torch.equal(problem.model.weight.detach(), theta)  # θ and α untouched
+    assert all(torch.equal(a, p) for a, p in zip(alpha, trainer.weighter.parameters(), strict=True))
+    m = trainer.step(problem, problem.batch)  # a finite step resets the streak and trains
+    assert m["nonfinite_steps"] == 1 and not torch.equal(problem.model.weight.detach(), theta)
+    trainer.step(problem, bad)
+    trainer.step(problem, bad)
+    with pytest.raises(FloatingPointError, match="3 consecutive non-finite bilevel steps"):
+        trainer.step(problem, bad)

@@ -162,3 +162,14 @@ def test_logdir_that_is_a_file(tmp_path):
     f.write_text("x")
     p = run_cli(["--preset", "debug", "--logdir", str(f)], timeout=120)
     assert p.returncode == 2 and "not a directory" in p.stderr
+
+
+def test_persistent_nonfinite_stops_with_a_clear_message(tmp_path):
+    logdir = tmp_path / "nan"
+    p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir),
+                 "--world_model.lr", "1e30", "--run.max_nonfinite", "3"])
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "consecutive non-finite bilevel steps" in p.stderr and "Traceback" not in p.stderr
+    assert (logdir / "checkpoint.pt").exists()
+    skipped = [r["wm/nonfinite_steps"] for r in records(logdir) if "wm/nonfinite_steps" in r]
+    assert skipped and max(skipped) >= 1  # skipped updates were counted in the metrics before stopping

@@ -1,0 +1,106 @@
+"""Whole training step, TEMPO vs DreamerV2 on the same code, as RATIOS measured in the same run.
+
+* `test_train_step_tempo_vs_none`: one step = the bilevel world-model step + one actor-critic update
+  from the posterior states of that pass (`Bench.train_step` = `recipes.tempo.Run.train_once`).
+  TEMPO (approx, double_backward) and weighting `none` run interleaved A, B, A, B, ... for
+  `--bench-rounds` rounds; the headline is the MEDIAN of the per-round ratios A/B (paired, so load
+  drifts on a shared machine cancel). Memory: fresh processes (`benchmarks.memory --train-step`),
+  also interleaved A, B, ... for `--bench-mem-rounds` rounds; ratio of peak memory.
+  Goals (issue): time ratio <= 1.15, peak-memory ratio <= 1.10 (paper: 1.40x time, 1.80x RAM).
+* `test_approx_vs_unroll1`: the bilevel world-model step alone, approx (θ'≈θ) vs exact one-step
+  unrolling (native), interleaved the same way. Goal: <= 0.6.
+
+The pytest-benchmark stats of these entries time one PAIR (A step + B step); the per-arm medians and
+ratios are in `extra_info` (and printed), and `python -m benchmarks.report` shows them separately.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from benchmarks.common import BASELINE, REFERENCE, TEMPO, build, machine
+from benchmarks.memory import measure_subprocess
+
+GOAL_TIME = 1.15
+GOAL_MEM = 1.10
+GOAL_APPROX_VS_UNROLL = 0.6
+
+
+def _paired(benchmark, a, b, fn_name: str, rounds: int) -> dict:
+    fa, fb = getattr(a, fn_name), getattr(b, fn_name)
+    fa()  # warm-up both arms (optimiser state, lazy initialisation)
+    fb()
+    ta: list[float] = []
+    tb: list[float] = []
+
+    def one_round() -> None:
+        ta.append(a.timed(fa))
+        tb.append(b.timed(fb))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    ratios = [x / y for x, y in zip(ta, tb, strict=True)]
+    return {"rounds": len(ratios), "times_a_s": ta, "times_b_s": tb, "ratios": ratios,
+            "median_a_s": statistics.median(ta), "median_b_s": statistics.median(tb),
+            "time_ratio": statistics.median(ratios)}
+
+
+def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
+    o = bench_opts
+    dev = torch.device(o.device)
+    a, b = build(o.size, TEMPO, dev), build(o.size, BASELINE, dev)
+    benchmark.group = f"ratio-{o.size}-{dev.type}"
+    res = _paired(benchmark, a, b, "train_step", o.rounds)
+    del a, b
+    info = benchmark.extra_info
+    info.update(kind="ratio", what="whole train step", a=TEMPO, b=BASELINE, size=o.size, device=str(dev),
+                goal_time_ratio=GOAL_TIME, goal_mem_ratio=GOAL_MEM, machine=machine(dev), **res)
+    info["meets_time_goal"] = res["time_ratio"] <= GOAL_TIME
+    line = (f"[{o.size}/{dev.type}] train step TEMPO/none time ratio: median {res['time_ratio']:.3f} over "
+            f"{res['rounds']} interleaved rounds (goal <= {GOAL_TIME}; TEMPO {1e3 * res['median_a_s']:.1f} ms, "
+            f"none {1e3 * res['median_b_s']:.1f} ms)")
+    if o.memory:
+        ma, mb = [], []
+        for _ in range(o.mem_rounds):
+            ma.append(measure_subprocess(TEMPO, o.size, o.device, o.mem_steps, train_step=True))
+            mb.append(measure_subprocess(BASELINE, o.size, o.device, o.mem_steps, train_step=True))
+        mem_ratio = statistics.median(x["peak_mb"] / y["peak_mb"] for x, y in zip(ma, mb, strict=True))
+        step_ratio = statistics.median(x["step_peak_mb"] / y["step_peak_mb"] for x, y in zip(ma, mb, strict=True))
+        info.update(mem_a=ma, mem_b=mb, mem_ratio=mem_ratio, step_mem_ratio=step_ratio,
+                    peak_mem_a_mb=statistics.median(x["peak_mb"] for x in ma),
+                    peak_mem_b_mb=statistics.median(x["peak_mb"] for x in mb),
+                    meets_mem_goal=mem_ratio <= GOAL_MEM)
+        line += (f"; peak memory ratio {mem_ratio:.3f} (goal <= {GOAL_MEM}; TEMPO "
+                 f"{info['peak_mem_a_mb']:.1f} MB, none {info['peak_mem_b_mb']:.1f} MB; step-only ratio "
+                 f"{step_ratio:.3f})")
+    with capsys.disabled():
+        print("\n" + line)
+    assert res["time_ratio"] > 0
+
+
+def test_approx_vs_unroll1(benchmark, bench_opts, capsys):
+    o = bench_opts
+    dev = torch.device(o.device)
+    a, b = build(o.size, TEMPO, dev), build(o.size, REFERENCE, dev)
+    benchmark.group = f"ratio-{o.size}-{dev.type}"
+    res = _paired(benchmark, a, b, "step", o.rounds)
+    info = benchmark.extra_info
+    info.update(kind="ratio", what="bilevel world-model step", a=TEMPO, b=REFERENCE, size=o.size,
+                device=str(dev), goal_time_ratio=GOAL_APPROX_VS_UNROLL, machine=machine(dev),
+                meets_time_goal=res["time_ratio"] <= GOAL_APPROX_VS_UNROLL, **res)
+    with capsys.disabled():
+        print(f"\n[{o.size}/{dev.type}] bilevel step approx/unroll-1 time ratio: median {res['time_ratio']:.3f} "
+              f"over {res['rounds']} interleaved rounds (goal <= {GOAL_APPROX_VS_UNROLL}; approx "
+              f"{1e3 * res['median_a_s']:.1f} ms, unroll-1 {1e3 * res['median_b_s']:.1f} ms)")
+    assert res["time_ratio"] > 0
+
+
+@pytest.fixture(autouse=True)
+def _free_memory():
+    yield
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
