@@ -317,7 +317,27 @@ def machine(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "device": str(dev), "python": platform.python_version(),
         "platform": platform.platform(),
+        "flush_denormal": os.environ.get(FLUSH_ENV, "0") == "1",
     }
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
     return info
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU denormals
+# ---------------------------------------------------------------------------------------------------
+FLUSH_ENV = "TEMPO_BENCH_FLUSH_DENORMAL"
+
+
+def set_flush_denormal(flush: bool) -> bool:
+    """Flush denormal floats to zero on CPU (`torch.set_flush_denormal`), here and in memory subprocesses.
+
+    Measured (tiny size, 2-core CPU): second-order graphs (double backward, jvp, finite differences)
+    produce denormal intermediates, and x86 arithmetic on denormals is ~100x slower, so the SAME step
+    took 0.06 s or 3 s depending on the process (e.g. approx-double_backward 0.12 s with flushing vs 2.8 s
+    without; approx-finite_difference 0.08 s vs 3.0 s). Timings are only comparable with flushing on, which
+    is also what GPU kernels effectively do; pass --bench-keep-denormals to measure without it.
+    Returns whether the CPU supports it (SSE3)."""
+    os.environ[FLUSH_ENV] = "1" if flush else "0"
+    return torch.set_flush_denormal(flush)

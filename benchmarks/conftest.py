@@ -12,8 +12,10 @@ Options: --bench-size tiny|dmc|atari (default tiny), --bench-device cpu|cuda (de
 --bench-rounds N (interleaved A/B rounds of test_train_step.py; default 10 tiny, 3 otherwise),
 --bench-mem-steps N (steps per fresh memory process; default 3 tiny, 2 otherwise),
 --bench-mem-rounds N (interleaved A/B memory processes; default 2 tiny, 1 otherwise),
---bench-no-memory / --bench-no-fidelity to skip those extras. pytest-benchmark's own options
-(--benchmark-min-rounds, --benchmark-max-time, --benchmark-json, ...) control the timed rounds.
+--bench-no-memory / --bench-no-fidelity to skip those extras, --bench-keep-denormals to keep CPU
+denormals (by default they are flushed to zero: see `set_flush_denormal` in common.py).
+pytest-benchmark's own options (--benchmark-min-rounds, --benchmark-max-time, --benchmark-json, ...)
+control the timed rounds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmarks.common import SIZES
+from benchmarks.common import SIZES, set_flush_denormal
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,12 +38,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="interleaved A/B fresh memory processes (2 tiny, else 1)")
     g.addoption("--bench-no-memory", action="store_true", help="skip the peak-memory measurements")
     g.addoption("--bench-no-fidelity", action="store_true", help="skip the α-gradient fidelity check")
+    g.addoption("--bench-keep-denormals", action="store_true",
+                help="do NOT flush denormal floats to zero on CPU (default: flush, see benchmarks/common.py)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     device = config.getoption("--bench-device", default="cpu")
     if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("--bench-device cuda was asked for but torch sees no CUDA device")
+    set_flush_denormal(not config.getoption("--bench-keep-denormals", default=False))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import CONFIGS, REPO_ROOT, SIZES, build
+from benchmarks.common import CONFIGS, FLUSH_ENV, REPO_ROOT, SIZES, build, set_flush_denormal
 
 
 def maxrss_mb() -> float:
@@ -65,7 +65,8 @@ def measure(config: str, size: str, device: str = "cpu", steps: int = 3, train_s
     rss_peak = maxrss_mb()
     out: dict[str, Any] = {
         "config": config, "size": size, "device": str(dev), "steps": steps, "train_step": train_step,
-        "threads": torch.get_num_threads(), "rss_start_mb": rss_start, "rss_built_mb": rss_built,
+        "threads": torch.get_num_threads(), "flush_denormal": os.environ.get(FLUSH_ENV, "1") == "1",
+        "rss_start_mb": rss_start, "rss_built_mb": rss_built,
         "rss_peak_mb": rss_peak, "peak_mb": rss_peak - rss_start, "step_peak_mb": rss_peak - rss_built,
     }
     if cuda:
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    set_flush_denormal(os.environ.get(FLUSH_ENV, "1") == "1")  # the parent's setting (env is inherited)
     print(json.dumps(measure(a.config, a.size, a.device, a.steps, a.train_step, a.seed)))
 
 

@@ -63,7 +63,6 @@ def test_hypergrad(benchmark, bench_opts, config):
             info["peak_mem_mb"] = mem["peak_mb"]
             info["step_peak_mem_mb"] = mem["step_peak_mb"]
             info["mem_method"] = f"fresh-process ru_maxrss delta over build + {o.mem_steps} steps"
-    del bench
     if o.fidelity:
         fid = alpha_grad_fidelity(o.size, config, o.device)
         info.update(fid)

@@ -14,13 +14,6 @@ from worldmodels.tempo_problem import WorldModelProblem
 T, B, OBS, ACT = 5, 3, 6, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make(cfg: dict, discrete: int = 0, eta: float = 1e-2, kl_free: float = 1.0, upper: str = "vvaml",
          inputs: str = "DSV", dtype=torch.float64):

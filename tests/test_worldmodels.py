@@ -18,14 +18,6 @@ from worldmodels import RSSM, GRUCell, WorldModel, kl_balance_terms, weighted_el
 LOG_2PI = math.log(2 * math.pi)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: intra-op threads only contend on a shared machine (measured 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_wm(discrete: int = 0, dtype: torch.dtype = torch.float32, **kw) -> WorldModel:
     cfg = dict(deter=8, stoch=4, discrete=discrete, hidden=8, mlp_units=8, mlp_layers=2, discount_head=True)
