@@ -502,7 +502,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
                     pretrained = True
                 if run.step // r.train_every > prev // r.train_every:
                     run.train_once()
-            evaluated = run.step >= run.next_eval
+            evaluated = run.step >= run.next_eval or run.step >= r.steps  # always score the final agent
             if evaluated:
                 run.last_eval = run_eval(run, logdir)
             if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= r.steps:
