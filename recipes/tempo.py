@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +35,14 @@ STEP_FLAGS = {  # CLI switch -> dotted config field
     "engine": "tempo.bilevel.engine", "weighter_inputs": "tempo.weighter_inputs", "sign": "tempo.bilevel.sign",
     "device": "run.device", "seed": "run.seed", "steps": "run.steps", "logdir": "run.logdir",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's pre-emption, `kill`) handled like Ctrl-C: checkpoint, then exit."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 class UsageError(Exception):
@@ -476,6 +485,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
     obs, state = run.env.reset(), None
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
     ep_ret, last_ckpt = 0.0, run.step
+    signal.signal(signal.SIGTERM, _on_sigterm)
     pretrained = run.updates > 0
     try:
         if run.step == 0 and run.evals == 0:  # score of the untrained agent at step 0
@@ -520,13 +530,13 @@ def train(cfg: Config, notice: str | None = None) -> int:
             if run.step - last_ckpt >= r.checkpoint_every or run.step >= r.steps:
                 run.save()
                 last_ckpt = run.step
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         run.save()
         progress.close()
         log.close()
         print(f"\ninterrupted: checkpoint saved at step {run.step}; rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except FloatingPointError as e:
         run.save()
         progress.close()

@@ -109,7 +109,8 @@ def test_kill_and_resume_loses_nothing(tmp_path):
     assert updates == sorted(updates)  # update counter continued, never restarted
 
 
-def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     logdir = tmp_path / "int"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "recipes.tempo", "--task", "cartpole_swingup", "--preset", "debug",
@@ -119,9 +120,9 @@ def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tmp_path):
     while time.time() < deadline and not (logdir / "metrics.jsonl").exists():
         time.sleep(0.2)
     time.sleep(3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     assert "checkpoint saved" in err and "Traceback" not in err
     assert (logdir / "checkpoint.pt").exists()
 
