@@ -526,7 +526,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
                 log.write(rec)
                 progress.update(run.step, {"fps": f"{fps:.0f}", "eval": fmt(run.last_eval)}, force_line=True)
             else:
-                progress.update(run.step, {"eval": fmt(run.last_eval)})
+                progress.update(run.step, {"eval": fmt(run.last_eval), "updates": run.updates})
             if run.step - last_ckpt >= r.checkpoint_every or run.step >= r.steps:
                 run.save()
                 last_ckpt = run.step
