@@ -190,15 +190,19 @@ class Bench:
             torch.cuda.synchronize(self.device)
 
     def step(self) -> dict[str, float]:
-        """One bilevel world-model step (weights -> θ -> α)."""
-        return self.trainer.step(self.problem, self.batch)
+        """One bilevel world-model step (weights -> θ -> α). Like every caller should (trainer.py), drop
+        `trainer.last` afterwards: it holds the step's whole autograd graph."""
+        metrics = self.trainer.step(self.problem, self.batch)
+        self.trainer.last = None
+        return metrics
 
     def train_step(self) -> dict[str, float]:
-        """One whole training step exactly as `recipes.tempo.Run.train_once` does it: the bilevel
-        world-model step, then one actor-critic update from the posterior states of that same pass."""
+        """One whole training step as `recipes.tempo.Run.train_once` does it: the bilevel world-model
+        step, take the posterior states of that pass, free the world-model graph (`trainer.last = None`),
+        then one actor-critic update from those states."""
         metrics = self.trainer.step(self.problem, self.batch)
-        post = self.trainer.last.ctx.post
-        start = {k: v.detach() for k, v in post.items()}
+        start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
+        self.trainer.last = None  # free the world-model graph before imagination (as the recipe does)
         ac = self.agent.train_step(self.wm, start, self.batch["is_terminal"])
         return {**metrics, **{f"agent/{k}": v for k, v in ac.items()}}
 

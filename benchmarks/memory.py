@@ -4,28 +4,30 @@
                                 [--train-step] [--threads N]
 
 prints one JSON line:
-    {"config", "size", "device", "steps", "train_step", "threads",
-     "rss_start_mb"  ru_maxrss after importing torch and the project (before building anything),
-     "rss_built_mb"  ru_maxrss after building world model, agent, trainer and batch,
-     "rss_peak_mb"   ru_maxrss after the steps,
+    {"config", "size", "device", "steps", "train_step", "threads", "flush_denormal",
+     "rss_start_mb"  peak RSS after importing torch and the project (before building anything),
+     "rss_built_mb"  peak RSS after building world model, agent, trainer and batch,
+     "rss_peak_mb"   peak RSS after the steps,
      "peak_mb"       rss_peak - rss_start: everything this config's model + steps needed at their peak,
      "step_peak_mb"  rss_peak - rss_built: the extra memory of the steps themselves (graphs, optimiser state),
      and on CUDA "cuda_peak_mb"/"cuda_built_mb" (torch.cuda.max_memory_allocated / memory_allocated);
      on CUDA "peak_mb"/"step_peak_mb" are the CUDA numbers.}
 
 Why a fresh process (on CPU): the only cheap, allocator-independent peak measure of a process is the
-kernel's RSS high-water mark (`resource.getrusage(RUSAGE_SELF).ru_maxrss`), and a high-water mark never
-goes down within a process. Inside the pytest process it would still hold the peak of whichever
-benchmark ran before (a larger config, or the same one with more rounds), and freed memory is not
-always returned to the OS (glibc arenas, torch's CPU allocator), so the "before" value is not a clean
-baseline either. A fresh process that imports, builds, records ru_maxrss, runs the steps and records it
-again measures exactly one config. On CUDA `torch.cuda.max_memory_allocated` can be reset, but a fresh
-process keeps the two devices' numbers comparable (nothing else allocated on the device).
+kernel's RSS high-water mark (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, or on Linux the equivalent
+per-address-space `VmHWM`, see `maxrss_mb`), and a high-water mark never goes down within a process.
+Inside the pytest process it would still hold the peak of whichever benchmark ran before (a larger
+config, or the same one with more rounds), and freed memory is not always returned to the OS (glibc
+arenas, torch's CPU allocator), so a "before" value is not a clean baseline either. A fresh process
+that imports, builds, records the high-water mark, runs the steps and records it again measures
+exactly one config. On CUDA `torch.cuda.max_memory_allocated` can be reset in process (test_hypergrad
+does that), but the train-step ratio uses fresh processes on both devices (nothing else allocated).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -39,7 +41,19 @@ from benchmarks.common import CONFIGS, FLUSH_ENV, REPO_ROOT, SIZES, build, set_f
 
 
 def maxrss_mb() -> float:
-    """The process' peak resident set size so far, MB (Linux reports KiB, macOS bytes)."""
+    """This process' peak resident set size so far, MB.
+
+    Linux: `VmHWM` of /proc/self/status, the high-water mark of the current address space. Not
+    `ru_maxrss`: Linux keeps the pre-exec high-water mark in it across exec (signal->maxrss), so a
+    child started from a big pytest process reports the PARENT's RSS as its own peak (measured: every
+    tiny config gave a delta of 0). Elsewhere `ru_maxrss` (macOS reports bytes, others KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2**20 if sys.platform == "darwin" else r / 2**10
 
@@ -49,8 +63,15 @@ def measure(config: str, size: str, device: str = "cpu", steps: int = 3, train_s
     """Run in THIS process (meant to be a fresh one: see the module docstring)."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    # One-time lazy initialisation (measured: ~75 MB of RSS at the first build of anything, the same for
+    # every config, 0.4 MB for a second build) would otherwise count as this config's memory: absorb it
+    # with a throwaway build of the tiny size of the same config first.
+    warm = build("tiny", config, dev, seed)
+    del warm
+    gc.collect()
     if cuda:
         torch.cuda.init()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     rss_start = maxrss_mb()
     cuda_start = torch.cuda.memory_allocated(dev) / 2**20 if cuda else 0.0

@@ -3,8 +3,8 @@
 
 `benchmark.extra_info` of each also holds:
 * peak memory: CUDA `torch.cuda.max_memory_allocated` (reset before the build) in this process; CPU the
-  ru_maxrss delta of a fresh `python -m benchmarks.memory` process running a few steps of the config
-  (see benchmarks/memory.py for why a fresh process);
+  peak-RSS delta of a fresh `python -m benchmarks.memory` process building the config and running a few
+  steps (see benchmarks/memory.py for why a fresh process; all measured before the first timing);
 * fidelity vs the exact one-step unrolled hypergradient: cosine and norm ratio of the α-gradient at
   the same θ, α, batch and sampling noise (n/a for `none`/`naive`, which have no α);
 * the mean phase times of the trainer's own metrics (time_forward, time_hypergrad, ...).
@@ -26,7 +26,7 @@ PHASES = ("time_forward", "time_hypergrad", "time_lower_update", "time_meta_upda
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_hypergrad(benchmark, bench_opts, config):
+def test_hypergrad(benchmark, bench_opts, cpu_memory, config):
     o = bench_opts
     dev = torch.device(o.device)
     cuda = dev.type == "cuda"
@@ -59,7 +59,7 @@ def test_hypergrad(benchmark, bench_opts, config):
             info["peak_mem_mb"] = (torch.cuda.max_memory_allocated(dev) - cuda_base) / 2**20
             info["mem_method"] = "cuda max_memory_allocated (in process, reset before build)"
         else:
-            mem = measure_subprocess(config, o.size, o.device, steps=o.mem_steps)
+            mem = cpu_memory.get(config) or measure_subprocess(config, o.size, o.device, steps=o.mem_steps)
             info["peak_mem_mb"] = mem["peak_mb"]
             info["step_peak_mem_mb"] = mem["step_peak_mb"]
             info["mem_method"] = f"fresh-process ru_maxrss delta over build + {o.mem_steps} steps"

@@ -17,6 +17,7 @@ ratios are in `extra_info` (and printed), and `python -m benchmarks.report` show
 from __future__ import annotations
 
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -69,9 +70,12 @@ def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
             f"none {1e3 * res['median_b_s']:.1f} ms)")
     if o.memory:
         ma, mb = [], []
-        for _ in range(o.mem_rounds):
-            ma.append(measure_subprocess(TEMPO, o.size, o.device, o.mem_steps, train_step=True))
-            mb.append(measure_subprocess(BASELINE, o.size, o.device, o.mem_steps, train_step=True))
+        run = lambda c: measure_subprocess(c, o.size, o.device, o.mem_steps, train_step=True)  # noqa: E731
+        with ThreadPoolExecutor(max(1, min(2, o.mem_workers))) as pool:  # after the timings: no interference
+            for _ in range(o.mem_rounds):  # A, B, A, B, ... (each pair at once with 2 workers)
+                ra, rb = pool.map(run, (TEMPO, BASELINE))
+                ma.append(ra)
+                mb.append(rb)
         mem_ratio = _median_ratio([x["peak_mb"] for x in ma], [y["peak_mb"] for y in mb])
         step_ratio = _median_ratio([x["step_peak_mb"] for x in ma], [y["step_peak_mb"] for y in mb])
         info.update(mem_a=ma, mem_b=mb, mem_ratio=mem_ratio, step_mem_ratio=step_ratio,
