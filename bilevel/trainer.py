@@ -145,6 +145,7 @@ class BilevelTrainer:
     def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
         cfg = self.cfg
         sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
+        self.last = None  # never hold two steps' graphs at once
         t0 = time.perf_counter()
         sc = self.forward(problem, batch)
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0

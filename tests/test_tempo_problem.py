@@ -167,3 +167,11 @@ def test_vvaml_is_zero_when_prior_equals_posterior():
     sc = trainer.forward(problem, batch)
     h, s = sc.ctx.post["h"], sc.ctx.post["s"]
     assert float(VVAML()(h, s, s, problem.value_fn)) == 0.0
+
+
+def test_implicit_contracts_through_all_parameters():
+    """H⁻¹v is dense even though v lives on encoder + RSSM: the contraction must not drop other blocks."""
+    cfg = {"strategy": "implicit", "implicit": "neumann", "implicit_iters": 2}
+    p1, t1, b1 = make(cfg)
+    p2, t2, b2 = make({**cfg, "contraction": "jvp"})
+    assert rel(hypergrad(p1, t1, b1), hypergrad(p2, t2, b2)) < 1e-4
