@@ -97,6 +97,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "naive": {"strategy": "naive"},
     "approx-double_backward": {"strategy": "approx", "contraction": "double_backward"},
     "approx-jvp": {"strategy": "approx", "contraction": "jvp"},
+    "approx-terms_jvp": {"strategy": "approx", "contraction": "terms_jvp"},
     "approx-finite_difference": {"strategy": "approx", "contraction": "finite_difference"},
     "unroll1-native": {"strategy": "unroll", "unroll_steps": 1, "engine": "native"},
     "unroll3-native": {"strategy": "unroll", "unroll_steps": 3, "engine": "native"},

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from benchmarks.common import SIZES, set_flush_denormal
+from benchmarks.common import SIZES, TEMPO, set_flush_denormal
 from benchmarks.memory import measure_subprocess
 
 
@@ -42,6 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="interleaved A/B fresh memory processes (2 tiny, else 1)")
     g.addoption("--bench-mem-workers", type=int, default=None,
                 help="fresh memory processes run at once (default 2 for tiny, else 1); they run before any timing")
+    g.addoption("--bench-tempo", default=None,
+                help="the TEMPO config of the ratio benchmarks (default approx-double_backward)")
     g.addoption("--bench-no-memory", action="store_true", help="skip the peak-memory measurements")
     g.addoption("--bench-no-fidelity", action="store_true", help="skip the α-gradient fidelity check")
     g.addoption("--bench-threads", type=int, default=None,
@@ -73,6 +75,7 @@ class BenchOptions:
     mem_workers: int
     memory: bool
     fidelity: bool
+    tempo: str
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +90,7 @@ def bench_opts(request: pytest.FixtureRequest) -> BenchOptions:
         mem_rounds=o("--bench-mem-rounds") or (2 if tiny else 1),
         mem_workers=o("--bench-mem-workers") or (2 if tiny else 1),
         memory=not o("--bench-no-memory"), fidelity=not o("--bench-no-fidelity"),
+        tempo=o("--bench-tempo") or TEMPO,
     )
 
 

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from benchmarks.common import BASELINE, REFERENCE, TEMPO, build, machine
+from benchmarks.common import BASELINE, REFERENCE, build, machine
 from benchmarks.memory import measure_subprocess
 
 GOAL_TIME = 1.15
@@ -57,12 +57,12 @@ def _median_ratio(a: list[float], b: list[float]) -> float:
 def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
     o = bench_opts
     dev = torch.device(o.device)
-    a, b = build(o.size, TEMPO, dev), build(o.size, BASELINE, dev)
+    a, b = build(o.size, o.tempo, dev), build(o.size, BASELINE, dev)
     benchmark.group = f"ratio-{o.size}-{dev.type}"
     res = _paired(benchmark, a, b, "train_step", o.rounds)
     del a, b
     info = benchmark.extra_info
-    info.update(kind="ratio", what="whole train step", a=TEMPO, b=BASELINE, size=o.size, device=str(dev),
+    info.update(kind="ratio", what="whole train step", a=o.tempo, b=BASELINE, size=o.size, device=str(dev),
                 goal_time_ratio=GOAL_TIME, goal_mem_ratio=GOAL_MEM, machine=machine(dev), **res)
     info["meets_time_goal"] = res["time_ratio"] <= GOAL_TIME
     line = (f"[{o.size}/{dev.type}] train step TEMPO/none time ratio: median {res['time_ratio']:.3f} over "
@@ -73,7 +73,7 @@ def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
         run = lambda c: measure_subprocess(c, o.size, o.device, o.mem_steps, train_step=True)  # noqa: E731
         with ThreadPoolExecutor(max(1, min(2, o.mem_workers))) as pool:  # after the timings: no interference
             for _ in range(o.mem_rounds):  # A, B, A, B, ... (each pair at once with 2 workers)
-                ra, rb = pool.map(run, (TEMPO, BASELINE))
+                ra, rb = pool.map(run, (o.tempo, BASELINE))
                 ma.append(ra)
                 mb.append(rb)
         mem_ratio = _median_ratio([x["peak_mb"] for x in ma], [y["peak_mb"] for y in mb])
@@ -94,11 +94,11 @@ def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
 def test_approx_vs_unroll1(benchmark, bench_opts, capsys):
     o = bench_opts
     dev = torch.device(o.device)
-    a, b = build(o.size, TEMPO, dev), build(o.size, REFERENCE, dev)
+    a, b = build(o.size, o.tempo, dev), build(o.size, REFERENCE, dev)
     benchmark.group = f"ratio-{o.size}-{dev.type}"
     res = _paired(benchmark, a, b, "step", o.rounds)
     info = benchmark.extra_info
-    info.update(kind="ratio", what="bilevel world-model step", a=TEMPO, b=REFERENCE, size=o.size,
+    info.update(kind="ratio", what="bilevel world-model step", a=o.tempo, b=REFERENCE, size=o.size,
                 device=str(dev), goal_time_ratio=GOAL_APPROX_VS_UNROLL, machine=machine(dev),
                 meets_time_goal=res["time_ratio"] <= GOAL_APPROX_VS_UNROLL, **res)
     with capsys.disabled():

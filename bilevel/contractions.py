@@ -5,6 +5,9 @@
 * double_backward: reverse-over-reverse on the graph of the shared forward pass (no re-evaluation).
 * jvp: forward-over-reverse, d/dε ∇α L_low(θ + εv, α) with torch.func — what the official TF code does.
   It re-runs the lower loss functionally (the "second RSSM pass").
+* terms_jvp: exact and second-order-free. L_low = F(losses(θ), w(α)), so
+  mixed(v) = ∂α[ ∂F/∂losses · u ] with u = J_losses(θ)·v, one forward-mode JVP of the per-sample losses
+  (re-runs the lower loss with dual numbers; no create_graph backward through the model).
 * finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
   both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
 """
@@ -12,9 +15,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel.context import StepContext, grads_or_zeros, norm
 
@@ -44,6 +49,24 @@ def jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
     return [out[n] for n in alpha]
 
 
+def terms_jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+    theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+    tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
+
+    def losses_at(th: dict[str, Tensor]) -> Any:
+        with sc.rng.replay():
+            return sc.problem.lower_losses(sc.batch, th)[0]
+
+    _, u = torch.func.jvp(losses_at, (theta,), (tangent,))  # J_losses v, same structure as the losses
+    flat_u, _ = tree_flatten(u)
+    flat_l, spec = tree_flatten(sc.losses)
+    leaves = [t.detach().requires_grad_() for t in flat_l]
+    objective = sc.problem.lower_objective(tree_unflatten(leaves, spec), sc.weights())  # graph to α only
+    g = torch.autograd.grad(objective, leaves, create_graph=True, allow_unused=True)
+    s = sum((gi * ui).sum() for gi, ui in zip(g, flat_u, strict=True) if gi is not None)
+    return grads_or_zeros(s, sc.alpha)
+
+
 def finite_difference(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:
     theta = sc.theta
     vnorm = float(norm(v))
@@ -71,6 +94,8 @@ def get(name: str, fd_radius: float = 1e-2) -> Contraction:
         return double_backward
     if name == "jvp":
         return jvp
+    if name == "terms_jvp":
+        return terms_jvp
     if name == "finite_difference":
         return lambda sc, v: finite_difference(sc, v, fd_radius)
-    raise ValueError(f"unknown contraction {name!r}; accepted: ['double_backward', 'jvp', 'finite_difference']")
+    raise ValueError(f"unknown contraction {name!r}; accepted: ['double_backward', 'jvp', 'terms_jvp', 'finite_difference']")

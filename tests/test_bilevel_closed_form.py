@@ -38,7 +38,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-TOL = {"double_backward": 1e-5, "jvp": 1e-5, "finite_difference": 1e-3}
+TOL = {"double_backward": 1e-5, "jvp": 1e-5, "terms_jvp": 1e-5, "finite_difference": 1e-3}
 
 CASES = []
 for engine, strategies in SUPPORTED.items():

@@ -55,10 +55,11 @@ def cos(a, b) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
+@pytest.mark.parametrize("contraction", ["jvp", "terms_jvp"])
 @pytest.mark.parametrize("discrete", [0, 4], ids=["gaussian", "categorical"])
-def test_double_backward_and_jvp_agree(discrete):
+def test_double_backward_and_forward_mode_agree(discrete, contraction):
     p1, t1, b1 = make({"strategy": "approx", "contraction": "double_backward"}, discrete)
-    p2, t2, b2 = make({"strategy": "approx", "contraction": "jvp"}, discrete)
+    p2, t2, b2 = make({"strategy": "approx", "contraction": contraction}, discrete)
     g1, g2 = hypergrad(p1, t1, b1), hypergrad(p2, t2, b2)
     assert float(g1.norm()) > 0
     assert rel(g2, g1) < 1e-4
@@ -89,6 +90,7 @@ def test_approx_vs_exact_one_step_unroll_cosine():
 CONFIGS = [
     {"strategy": "none"}, {"strategy": "naive"},
     {"strategy": "approx"}, {"strategy": "approx", "contraction": "jvp"},
+    {"strategy": "approx", "contraction": "terms_jvp"},
     {"strategy": "approx", "contraction": "finite_difference"}, {"strategy": "approx", "sign": "official"},
     {"strategy": "unroll"}, {"strategy": "unroll", "unroll_steps": 2},
     {"strategy": "unroll", "engine": "higher"},
