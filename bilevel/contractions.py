@@ -98,4 +98,5 @@ def get(name: str, fd_radius: float = 1e-2) -> Contraction:
         return terms_jvp
     if name == "finite_difference":
         return lambda sc, v: finite_difference(sc, v, fd_radius)
-    raise ValueError(f"unknown contraction {name!r}; accepted: ['double_backward', 'jvp', 'terms_jvp', 'finite_difference']")
+    accepted = ["double_backward", "jvp", "terms_jvp", "finite_difference"]
+    raise ValueError(f"unknown contraction {name!r}; accepted: {accepted}")
