@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bilevel import contractions, strategies
 from bilevel.config import BilevelConfig
-from bilevel.context import RngState, StepContext, norm
+from bilevel.context import RngState, StepContext
 from bilevel.problem import BilevelProblem
 from bilevel.weighter import MetaWeighter
 
@@ -98,6 +98,7 @@ class BilevelTrainer:
         self.mixed = contractions.get(cfg.contraction, cfg.fd_radius)
         if cfg.strategy == "unroll" and cfg.engine == "native":
             strategies.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
+        self.last: StepContext | None = None
         self.step_count = 0
         self.nonfinite = 0
         self.nonfinite_streak = 0
@@ -159,14 +160,19 @@ class BilevelTrainer:
         t2 = time.perf_counter()
 
         metrics: dict[str, float] = {}
-        finite = math.isfinite(float(sc.lower.detach())) and all(bool(torch.isfinite(g).all()) for g in g_theta)
-        if g_alpha is not None:
-            finite = finite and all(bool(torch.isfinite(g).all()) for g in g_alpha)
+        # One host sync decides finiteness: the gradient norms are needed for clipping anyway.
+        theta_norm = torch.nn.utils.get_total_norm(g_theta)
+        alpha_norm = torch.nn.utils.get_total_norm(g_alpha) if g_alpha is not None else theta_norm.new_zeros(())
+        lower_value, theta_norm_f, alpha_norm_f = torch.stack(
+            [sc.lower.detach(), theta_norm, alpha_norm.to(theta_norm)]).tolist()
+        finite = math.isfinite(lower_value) and math.isfinite(theta_norm_f) and math.isfinite(alpha_norm_f)
         if finite:
             self.nonfinite_streak = 0
-            for p, g in zip(self.model.parameters(), g_theta, strict=True):
+            params = list(self.model.parameters())
+            for p, g in zip(params, g_theta, strict=True):
                 p.grad = g
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.lower_clip))
+            torch.nn.utils.clip_grads_with_norm_(params, self.lower_clip, theta_norm)
+            metrics["grad_norm"] = theta_norm_f
             self.lower_opt.step()
             self.lower_opt.zero_grad(set_to_none=True)
         else:
@@ -175,16 +181,17 @@ class BilevelTrainer:
             if self.nonfinite_streak > self.max_nonfinite:
                 raise FloatingPointError(
                     f"{self.nonfinite_streak} consecutive non-finite bilevel steps (lower loss "
-                    f"{float(sc.lower.detach())}); stopping. Lower the learning rates or check the inputs."
+                    f"{lower_value}); stopping. Lower the learning rates or check the inputs."
                 )
         sync()
         t3 = time.perf_counter()
         if finite and g_alpha is not None:
             assert self.weighter is not None and self.meta_opt is not None
-            for p, g in zip(self.weighter.parameters(), g_alpha, strict=True):
+            alpha = list(self.weighter.parameters())
+            for p, g in zip(alpha, g_alpha, strict=True):
                 p.grad = g
-            metrics["hypergrad_norm"] = float(norm(g_alpha))
-            torch.nn.utils.clip_grad_norm_(self.weighter.parameters(), cfg.weighter.clip)
+            metrics["hypergrad_norm"] = alpha_norm_f
+            torch.nn.utils.clip_grads_with_norm_(alpha, cfg.weighter.clip, alpha_norm)
             self.meta_opt.step()
             self.meta_opt.zero_grad(set_to_none=True)
         sync()
@@ -199,7 +206,7 @@ class BilevelTrainer:
         with torch.no_grad():
             w = sc.w.detach()
             metrics.update({
-                "lower_loss": float(sc.lower.detach()),
+                "lower_loss": lower_value,
                 "lower_loss_unweighted": float(problem.lower_objective(sc.losses, torch.ones_like(w))),
                 "upper_loss": float(upper_loss),
                 "weight_mean": float(w.mean()), "weight_std": float(w.std()) if w.numel() > 1 else 0.0,
@@ -210,7 +217,7 @@ class BilevelTrainer:
             })
         # The step's context (e.g. posterior states for an actor-critic). It holds the forward graph:
         # callers should take what they need and set `trainer.last = None` before the next step.
-        self.last: StepContext | None = sc
+        self.last = sc
         return metrics
 
     # ------------------------------------------------------------------------------------------------
