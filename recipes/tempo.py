@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from recipes.config import PRESETS, Config, build, format_error, parse_dotted
+from recipes.config import PRESETS, Config, build, deep_update, format_error, parse_dotted
 
 STEP_FLAGS = {  # CLI switch -> dotted config field
     "task": "env.task", "weighting": "tempo.weighting", "upper_loss": "tempo.upper_loss",
@@ -97,9 +97,16 @@ def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
             key, val = tok[2:], rest[i + 1]
             i += 2
         pairs.append((key.replace("-", "_"), val))
-    explicit = {STEP_FLAGS[k]: str(v) for k, v in vars(args).items() if k in STEP_FLAGS and v is not None}
-    pairs = [(k, json.dumps(v) if k in ("run.seed", "run.steps") else v) for k, v in explicit.items()] + pairs
-    return args, parse_dotted(pairs)
+    switches: dict[str, Any] = {}  # typed by argparse, so never re-parsed as JSON
+    for name, value in vars(args).items():
+        if name in STEP_FLAGS and value is not None:
+            section, field = STEP_FLAGS[name].split(".", 1)
+            node = switches.setdefault(section, {})
+            *path, leaf = field.split(".")
+            for p in path:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return args, deep_update(switches, parse_dotted(pairs))  # --section.field wins over a switch
 
 
 def cuda_available() -> bool:
