@@ -31,8 +31,20 @@ GOAL_APPROX_VS_UNROLL = 0.6
 
 
 def _paired(benchmark, a, b, fn_name: str, rounds: int) -> dict:
-    fa, fb = getattr(a, fn_name), getattr(b, fn_name)
-    fa()  # warm-up both arms (optimiser state, lazy initialisation)
+    """A round = k steps of A then k steps of B, k = the larger `meta_every` of the two (so an amortised
+    config's round holds exactly one α update and its ratio is the per-step average cost)."""
+    k = max(a.trainer.cfg.meta_every, b.trainer.cfg.meta_every)
+    fa1, fb1 = getattr(a, fn_name), getattr(b, fn_name)
+
+    def fa() -> None:
+        for _ in range(k):
+            fa1()
+
+    def fb() -> None:
+        for _ in range(k):
+            fb1()
+
+    fa()  # warm-up both arms (optimiser state, lazy initialisation); A's next round starts on a meta step
     fb()
     ta: list[float] = []
     tb: list[float] = []
@@ -43,7 +55,8 @@ def _paired(benchmark, a, b, fn_name: str, rounds: int) -> dict:
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
     ratios = [x / y for x, y in zip(ta, tb, strict=True)]
-    return {"rounds": len(ratios), "times_a_s": ta, "times_b_s": tb, "ratios": ratios,
+    ta, tb = [t / k for t in ta], [t / k for t in tb]  # per step
+    return {"rounds": len(ratios), "steps_per_round": k, "times_a_s": ta, "times_b_s": tb, "ratios": ratios,
             "median_a_s": statistics.median(ta), "median_b_s": statistics.median(tb),
             "time_ratio": statistics.median(ratios)}
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 STRATEGIES = ("none", "naive", "approx", "unroll", "implicit")
-CONTRACTIONS = ("double_backward", "jvp", "terms_jvp", "finite_difference")
+CONTRACTIONS = ("double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference")
 ENGINES = ("native", "higher", "betty")
 IMPLICIT_METHODS = ("neumann", "cg")
 SIGNS = ("correct", "official")
@@ -51,7 +51,7 @@ class BilevelConfig(_Strict):
     """How weights are made and how α is updated."""
 
     strategy: Literal["none", "naive", "approx", "unroll", "implicit"] = "approx"
-    contraction: Literal["double_backward", "jvp", "terms_jvp", "finite_difference"] = "double_backward"
+    contraction: Literal["double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference"] = "double_backward"
     engine: Literal["native", "higher", "betty"] = "native"
     sign: Literal["correct", "official"] = Field(
         "correct", description="'official': apply +(d2L_low/dθdα)·∇θL_up as the deng-ai-lab code does"

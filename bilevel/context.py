@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel.problem import BilevelProblem, Params
+from bilevel.stopgrad import Tape
 
 
 @dataclass
@@ -64,9 +65,11 @@ class StepContext:
     w: Tensor  # weights [...] (graph to α when a weighter is used)
     lower: Tensor  # scalar weighted lower objective
     lr: float  # lower learning rate η
+    sg_tape: Tape | None = None  # stop-gradient values of the forward pass (kept for `terms_fd` only)
     _lower_grad: list[Tensor] | None = field(default=None, repr=False)
     _lower_grad_graph: bool = field(default=False, repr=False)
     _upper: Tensor | None = field(default=None, repr=False)
+    _upper_grad: list[Tensor] | None = field(default=None, repr=False)
 
     @property
     def names(self) -> list[str]:
@@ -81,11 +84,15 @@ class StepContext:
         assert self.weighter is not None
         return list(self.weighter.parameters())
 
-    def lower_grad(self, create_graph: bool = False) -> list[Tensor]:
-        """∇θ L_low at θ from the shared forward pass (cached; with a graph when asked)."""
+    def lower_grad(self, create_graph: bool = False, retain_graph: bool = True) -> list[Tensor]:
+        """∇θ L_low at θ from the shared forward pass (cached; with a graph when asked).
+
+        `retain_graph=False` frees the forward pass's saved tensors as the backward runs (lower peak
+        memory); only for callers that need no further backward through that pass.
+        """
         if self._lower_grad is None or (create_graph and not self._lower_grad_graph):
             self._lower_grad = grads_or_zeros(
-                self.lower, self.theta, create_graph=create_graph, retain_graph=True
+                self.lower, self.theta, create_graph=create_graph, retain_graph=retain_graph or create_graph
             )
             self._lower_grad_graph = create_graph
         return self._lower_grad
@@ -96,8 +103,10 @@ class StepContext:
         return self._upper
 
     def upper_grad(self) -> list[Tensor]:
-        """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params."""
-        return upper_grad_at(self.problem, self.upper(), self.theta, self.names)
+        """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params (cached)."""
+        if self._upper_grad is None:
+            self._upper_grad = upper_grad_at(self.problem, self.upper(), self.theta, self.names)
+        return self._upper_grad
 
     # -- functional re-evaluation (same noise, fixed weighter inputs) --------------------------------
     def lower_at(self, params: Params, alpha: Params | None = None) -> Tensor:

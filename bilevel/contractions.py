@@ -1,4 +1,4 @@
-"""Three ways to contract the mixed second derivative with a vector v over θ:
+"""Five ways to contract the mixed second derivative with a vector v over θ:
 
     mixed(v) = ∂/∂α [ ∇θ L_low(θ, α) · v ]   = (∂²L_low/∂θ∂α)ᵀ v      (one entry per α)
 
@@ -8,6 +8,10 @@
 * terms_jvp: exact and second-order-free. L_low = F(losses(θ), w(α)), so
   mixed(v) = ∂α[ ∂F/∂losses · u ] with u = J_losses(θ)·v, one forward-mode JVP of the per-sample losses
   (re-runs the lower loss with dual numbers; no create_graph backward through the model).
+* terms_fd: terms_jvp with u = (losses(θ + εv) - losses(θ)) / ε from ONE no-grad forward pass, ε = r/||v||.
+  The pass replays the stop-gradient values recorded at θ (`bilevel.stopgrad`), so it estimates the JVP
+  autograd would take (KL balancing, straight-through samples), with the step's noise. It needs no graph
+  through the model at all: the cheapest contraction in time and memory; first-order accurate in ε.
 * finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
   both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
 """
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from bilevel import stopgrad
 from bilevel.context import StepContext, grads_or_zeros, norm
 
 Contraction = Callable[[StepContext, list[Tensor]], list[Tensor]]
@@ -59,7 +64,29 @@ def terms_jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
             return sc.problem.lower_losses(sc.batch, th)[0]
 
     _, u = torch.func.jvp(losses_at, (theta,), (tangent,))  # J_losses v, same structure as the losses
-    flat_u, _ = tree_flatten(u)
+    return _contract_terms(sc, tree_flatten(u)[0])
+
+
+def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:
+    if sc.sg_tape is None:
+        raise RuntimeError("terms_fd needs the stop-gradient values of the forward pass: build the StepContext "
+                           "with BilevelTrainer (it records them when contraction='terms_fd')")
+    vnorm = float(norm(v))
+    if vnorm == 0.0:
+        return [torch.zeros_like(a) for a in sc.alpha]
+    eps = radius / vnorm
+    nonzero = torch.stack([vi.any() for vi in v]).tolist()
+    params = {n: p.detach() + eps * vi if nz else p.detach()
+              for (n, p), vi, nz in zip(sc.problem.model.named_parameters(), v, nonzero, strict=True)}
+    with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
+        shifted = sc.problem.lower_losses(sc.batch, params)[0]
+    flat_s, _ = tree_flatten(shifted)
+    flat_l, _ = tree_flatten(sc.losses)
+    return _contract_terms(sc, [(a - b.detach()) / eps for a, b in zip(flat_s, flat_l, strict=True)])
+
+
+def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
+    """∂α[ Σ_i ∂F/∂losses_i · u_i ] where F = lower_objective(losses, w(α)) and u = J_losses·v (flattened)."""
     flat_l, spec = tree_flatten(sc.losses)
     leaves = [t.detach().requires_grad_() for t in flat_l]
     objective = sc.problem.lower_objective(tree_unflatten(leaves, spec), sc.weights())  # graph to α only
@@ -97,7 +124,9 @@ def get(name: str, fd_radius: float = 1e-2) -> Contraction:
         return jvp
     if name == "terms_jvp":
         return terms_jvp
+    if name == "terms_fd":
+        return lambda sc, v: terms_fd(sc, v, fd_radius)
     if name == "finite_difference":
         return lambda sc, v: finite_difference(sc, v, fd_radius)
-    accepted = ["double_backward", "jvp", "terms_jvp", "finite_difference"]
+    accepted = ["double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference"]
     raise ValueError(f"unknown contraction {name!r}; accepted: {accepted}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bilevel import contractions, strategies
+from bilevel import contractions, stopgrad, strategies
 from bilevel.config import BilevelConfig
 from bilevel.context import RngState, StepContext
 from bilevel.problem import BilevelProblem
@@ -133,26 +133,39 @@ class BilevelTrainer:
             return strategies.unroll(sc, cfg.unroll_steps, self.lower_opt)
         raise AssertionError(cfg.strategy)
 
-    def forward(self, problem: BilevelProblem, batch: Any) -> StepContext:
-        """The single forward pass at θ that every later phase reuses."""
+    def forward(self, problem: BilevelProblem, batch: Any, record_sg: bool | None = None) -> StepContext:
+        """The single forward pass at θ that every later phase reuses. `record_sg` keeps its stop-gradient
+        values for a finite-difference re-evaluation (`bilevel.stopgrad`); default: when `terms_fd` is used."""
+        if record_sg is None:
+            record_sg = self.cfg.uses_weighter and self.cfg.contraction == "terms_fd"
         rng = RngState.capture()
         params = dict(problem.model.named_parameters())
-        losses, ctx = problem.lower_losses(batch, params)
+        tape = stopgrad.Tape() if record_sg else None
+        if tape is not None:
+            with stopgrad.record(tape):
+                losses, ctx = problem.lower_losses(batch, params)
+        else:
+            losses, ctx = problem.lower_losses(batch, params)
         x = problem.weighter_inputs(ctx).detach()
         w = self.weights(problem, batch, ctx, x, problem.sample_shape(losses))
         lower = problem.lower_objective(losses, w)
-        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr)
+        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr, tape)
 
     def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
         cfg = self.cfg
         sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
         self.last = None  # never hold two steps' graphs at once
         t0 = time.perf_counter()
-        sc = self.forward(problem, batch)
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
+        sc = self.forward(problem, batch, record_sg=meta and cfg.contraction == "terms_fd")
         needs_graph = meta and (cfg.strategy in ("implicit", "unroll") or
                                 (cfg.contraction == "double_backward" and cfg.engine == "native"))
-        g_theta = [g.detach() for g in sc.lower_grad(create_graph=needs_graph)]
+        # With a re-evaluating contraction, `approx` needs nothing from the forward graph but ∇θ L_up: take it
+        # first, then let the lower backward free the graph as it goes (peak memory as without a weighter).
+        free_graph = not meta or (cfg.strategy == "approx" and cfg.engine == "native" and not needs_graph)
+        if meta and free_graph:
+            sc.upper_grad()
+        g_theta = [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
         sync()
         t1 = time.perf_counter()
         g_alpha = self.alpha_grad(sc) if meta else None

@@ -13,14 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bilevel.stopgrad import sg as sg  # every stop-gradient of the model: replayable by finite differences
+
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def sg(x: Tensor) -> Tensor:
-    """Stop-gradient. One named function so every stop-gradient of the model can be found (and, in tests,
-    replayed with frozen values: a finite-difference HVP only agrees with double backward when the
-    detached values are held fixed, because autograd treats them as constants)."""
-    return x.detach()
 
 
 def dreamer_init(module: nn.Module) -> None:
