@@ -64,6 +64,9 @@ class BilevelConfig(_Strict):
     )
     cg_damping: float = Field(0.0, ge=0)
     fd_radius: float = Field(1e-2, gt=0, description="finite difference ε = radius / ||v|| (DARTS)")
+    terms_fd_radius: float = Field(
+        1e-4, gt=0, description="terms_fd's one-sided step ε = radius / ||v||; 1e-4 measured best in float32 "
+        "at DMC and Atari sizes (cosine to the exact contraction 0.999996 / 0.9999994)")
     meta_every: int = Field(1, ge=1, description="update α only every k steps")
     naive_momentum: float = Field(0.99, ge=0, lt=1, description="moving mean/var of the naive baseline")
     weighter: WeighterConfig = WeighterConfig()

@@ -8,7 +8,8 @@
 * terms_jvp: exact and second-order-free. L_low = F(losses(θ), w(α)), so
   mixed(v) = ∂α[ ∂F/∂losses · u ] with u = J_losses(θ)·v, one forward-mode JVP of the per-sample losses
   (re-runs the lower loss with dual numbers; no create_graph backward through the model).
-* terms_fd: terms_jvp with u = (losses(θ + εv) - losses(θ)) / ε from ONE no-grad forward pass, ε = r/||v||.
+* terms_fd: terms_jvp with u = (losses(θ + εv) - losses(θ)) / ε from ONE no-grad forward pass, ε = r/||v||
+  (`BilevelProblem.loss_deltas`, which a problem may shorten: TEMPO re-runs only encoder + RSSM).
   The pass replays the stop-gradient values recorded at θ (`bilevel.stopgrad`), so it estimates the JVP
   autograd would take (KL balancing, straight-through samples), with the step's noise. It needs no graph
   through the model at all: the cheapest contraction in time and memory; first-order accurate in ε.
@@ -67,7 +68,7 @@ def terms_jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
     return _contract_terms(sc, tree_flatten(u)[0])
 
 
-def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:
+def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-4) -> list[Tensor]:
     if sc.sg_tape is None:
         raise RuntimeError("terms_fd needs the stop-gradient values of the forward pass: build the StepContext "
                            "with BilevelTrainer (it records them when contraction='terms_fd')")
@@ -76,13 +77,12 @@ def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Ten
         return [torch.zeros_like(a) for a in sc.alpha]
     eps = radius / vnorm
     nonzero = torch.stack([vi.any() for vi in v]).tolist()
-    params = {n: p.detach() + eps * vi if nz else p.detach()
-              for (n, p), vi, nz in zip(sc.problem.model.named_parameters(), v, nonzero, strict=True)}
+    named = list(sc.problem.model.named_parameters())
+    params = {n: p.detach() + eps * vi if nz else p.detach() for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
+    shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
     with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
-        shifted = sc.problem.lower_losses(sc.batch, params)[0]
-    flat_s, _ = tree_flatten(shifted)
-    flat_l, _ = tree_flatten(sc.losses)
-    return _contract_terms(sc, [(a - b.detach()) / eps for a, b in zip(flat_s, flat_l, strict=True)])
+        deltas = sc.problem.loss_deltas(sc.batch, params, sc.ctx, sc.losses, shifted)
+    return _contract_terms(sc, [d / eps for d in tree_flatten(deltas)[0]])
 
 
 def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
@@ -117,7 +117,7 @@ def finite_difference(sc: StepContext, v: list[Tensor], radius: float = 1e-2) ->
     return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]
 
 
-def get(name: str, fd_radius: float = 1e-2) -> Contraction:
+def get(name: str, fd_radius: float = 1e-2, terms_fd_radius: float = 1e-4) -> Contraction:
     if name == "double_backward":
         return double_backward
     if name == "jvp":
@@ -125,7 +125,7 @@ def get(name: str, fd_radius: float = 1e-2) -> Contraction:
     if name == "terms_jvp":
         return terms_jvp
     if name == "terms_fd":
-        return lambda sc, v: terms_fd(sc, v, fd_radius)
+        return lambda sc, v: terms_fd(sc, v, terms_fd_radius)
     if name == "finite_difference":
         return lambda sc, v: finite_difference(sc, v, fd_radius)
     accepted = ["double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference"]

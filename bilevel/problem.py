@@ -56,6 +56,20 @@ class BilevelProblem(ABC):
             f"{type(self).__name__} does not define per-sample upper_losses, which 'naive' weighting needs"
         )
 
+    def loss_deltas(self, batch: Any, params: Params, ctx: Any, losses: Tensor | Mapping[str, Tensor],
+                    shifted: set[str]) -> Tensor | Mapping[str, Tensor]:
+        """losses(params) - losses(θ), same structure as `losses`, for `params` that differ from the forward
+        pass's θ only in the names `shifted` (the `terms_fd` contraction, under no_grad, with the pass's
+        noise and stop-gradient values replayed, after the lower backward of that pass).
+
+        Default: re-run `lower_losses` and subtract. Override to reuse what the shift cannot change; the
+        forward pass ran while `bilevel.stopgrad.recording()` was true, so it could keep what it needs.
+        """
+        new = self.lower_losses(batch, params)[0]
+        if isinstance(new, Tensor):
+            return new - losses.detach()
+        return {k: v - losses[k].detach() for k, v in new.items()}
+
     def upper_parameter_names(self) -> list[str] | None:
         """Names of θ the upper loss is differentiated through (None = all). E.g. encoder + RSSM."""
         return None

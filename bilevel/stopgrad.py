@@ -49,6 +49,12 @@ def sg(x: Tensor) -> Tensor:
     return y
 
 
+def recording() -> bool:
+    """True inside `record()`: the pass being run will be re-evaluated by a finite difference."""
+    tape: Tape | None = getattr(_active, "tape", None)
+    return tape is not None and not tape.replaying
+
+
 @contextmanager
 def _use(tape: Tape) -> Iterator[Tape]:
     prev = getattr(_active, "tape", None)

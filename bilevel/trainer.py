@@ -95,7 +95,7 @@ class BilevelTrainer:
                                          wc.out_scale, wc.out_shift).to(device, dtype)
             self.meta_opt = make_optimizer(self.weighter.parameters(), "adam", wc.lr, wc.eps, wc.weight_decay)
         self.naive_norm = MovingNorm(cfg.naive_momentum).to(device, dtype)
-        self.mixed = contractions.get(cfg.contraction, cfg.fd_radius)
+        self.mixed = contractions.get(cfg.contraction, cfg.fd_radius, cfg.terms_fd_radius)
         if cfg.strategy == "unroll" and cfg.engine == "native":
             strategies.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
         self.last: StepContext | None = None

@@ -74,23 +74,45 @@ def test_finite_difference_agrees_where_the_loss_is_smooth():
     assert rel(g2, g1) < 1e-3
 
 
+def fd_hypergrad(problem, trainer, batch, linearised: bool, seed: int = 7) -> torch.Tensor:
+    """terms_fd's α-gradient as `BilevelTrainer.step` forms it: ∇θ L_up, then the lower backward (which
+    leaves the heads' per-sample gradients for the linearised loss_deltas), then the contraction.
+    `linearised=False` skips the lower backward, so loss_deltas re-runs the whole model instead."""
+    torch.manual_seed(seed)
+    sc = trainer.forward(problem, batch)
+    sc.upper_grad()
+    if linearised:
+        sc.lower_grad(retain_graph=False)
+    decoder_calls = []
+    hook = problem.model.decoder.register_forward_hook(lambda *a: decoder_calls.append(1))
+    try:
+        g = torch.cat([x.reshape(-1) for x in trainer.alpha_grad(sc)])
+    finally:
+        hook.remove()
+    assert len(decoder_calls) == (0 if linearised else 1)  # the linearised path never runs the decoder
+    return g
+
+
+@pytest.mark.parametrize("linearised", [True, False], ids=["heads-linearised", "full-rerun"])
 @pytest.mark.parametrize("discrete", [0, 4], ids=["gaussian", "categorical"])
-def test_terms_fd_matches_autograd_with_replayed_stop_gradients(discrete):
+def test_terms_fd_matches_autograd_with_replayed_stop_gradients(discrete, linearised):
     """terms_fd's one no-grad pass replays the stop-gradient values (KL balancing, straight-through samples),
-    so it converges to autograd's exact mixed derivative, first order in the radius; a plain finite
-    difference of the same losses (no replay) converges to a different derivative."""
+    so it converges to autograd's exact mixed derivative, first order in the radius - both when it re-runs
+    the whole model and when TEMPO's loss_deltas linearises the heads; a plain finite difference of the
+    same losses (no replay) converges to a different derivative."""
     p1, t1, b1 = make({"strategy": "approx", "contraction": "double_backward"}, discrete, kl_free=0.0)
     exact = hypergrad(p1, t1, b1)
     errs = {}
     for r in (1e-3, 1e-5):
-        p2, t2, b2 = make({"strategy": "approx", "contraction": "terms_fd", "fd_radius": r}, discrete, kl_free=0.0)
-        errs[r] = rel(hypergrad(p2, t2, b2), exact)
+        cfg = {"strategy": "approx", "contraction": "terms_fd", "terms_fd_radius": r}
+        p2, t2, b2 = make(cfg, discrete, kl_free=0.0)
+        errs[r] = rel(fd_hypergrad(p2, t2, b2, linearised), exact)
     print("terms_fd rel err by radius:", errs)
     assert errs[1e-5] < 1e-4
     assert errs[1e-5] < 0.05 * errs[1e-3]  # first order: 100x smaller radius, ~100x smaller error
 
     # The same one-sided difference of the same losses WITHOUT the replay estimates another derivative.
-    p3, t3, b3 = make({"strategy": "approx", "contraction": "terms_fd", "fd_radius": 1e-5}, discrete, kl_free=0.0)
+    p3, t3, b3 = make({"strategy": "approx", "contraction": "terms_fd", "terms_fd_radius": 1e-5}, discrete, kl_free=0.0)
     torch.manual_seed(7)
     sc = t3.forward(p3, b3)
     v = sc.upper_grad()
@@ -115,7 +137,7 @@ def test_terms_fd_step_updates_theta_like_the_exact_contraction():
     """terms_fd frees the forward graph in the lower backward; θ must move exactly as with double_backward,
     and α almost so (the hypergradient differs only by the finite-difference error)."""
     p1, t1, b1 = make({"strategy": "approx"}, eta=1e-2, kl_free=0.0)
-    p2, t2, b2 = make({"strategy": "approx", "contraction": "terms_fd", "fd_radius": 1e-5}, eta=1e-2, kl_free=0.0)
+    p2, t2, b2 = make({"strategy": "approx", "contraction": "terms_fd", "terms_fd_radius": 1e-5}, eta=1e-2, kl_free=0.0)
     t1.meta_opt = torch.optim.SGD(t1.weighter.parameters(), lr=10.0)  # α moves visibly in one step
     t2.meta_opt = torch.optim.SGD(t2.weighter.parameters(), lr=10.0)
     a0 = torch.cat([q.detach().reshape(-1).clone() for q in t1.weighter.parameters()])

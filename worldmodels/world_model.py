@@ -86,34 +86,57 @@ class WorldModel(nn.Module):
         post, prior = self.rssm.observe(embed, action, batch["is_first"], state)
         return post, prior, embed
 
-    def elbo_terms(self, batch: dict[str, Tensor], post: State, prior: State) -> dict[str, Tensor]:
-        """Per-step negative log-likelihoods and KL-balancing terms, each [T, B] (heads read feat(post))."""
+    def elbo_terms(self, batch: dict[str, Tensor], post: State, prior: State,
+                   capture: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Per-step negative log-likelihoods and KL-balancing terms, each [T, B] (heads read feat(post)).
+
+        With `capture` (a dict) and autograd on, the backward of any loss of these terms fills it with, per
+        head k: 'dfeat/k' = ∂loss/∂feat through head k only [T, B, F] and 'dterm/k' = ∂loss/∂term_k [T, B];
+        plus 'feat' [T, B, F]. Heads are per-sample, so dfeat/dterm is each sample's own ∂term/∂feat
+        (`WorldModelProblem.loss_deltas` linearises the heads with it instead of re-running them).
+        """
         feat = self.rssm.feat(post)  # [T, B, F]
         dtype = feat.dtype
+        track = capture is not None and feat.requires_grad
+
+        def head_input(k: str) -> Tensor:  # a separate view per head, so its hook sees only that head
+            if not track:
+                return feat
+            x = feat.view_as(feat)
+            x.register_hook(lambda g: capture.__setitem__(f"dfeat/{k}", g))
+            return x
+
         target = self.preprocess(batch[self.obs_key], dtype)
         event = 3 if self.obs_key == "image" else 1
-        terms = {self.obs_key: -unit_normal_log_prob(self.decoder(feat), target, event)}
+        terms = {self.obs_key: -unit_normal_log_prob(self.decoder(head_input(self.obs_key)), target, event)}
         reward = batch["reward"].to(dtype)
-        terms["reward"] = -unit_normal_log_prob(self.reward_head(feat).squeeze(-1), reward, 0)
+        terms["reward"] = -unit_normal_log_prob(self.reward_head(head_input("reward")).squeeze(-1), reward, 0)
         if self.discount_head is not None:
             cont = 1.0 - batch["is_terminal"].to(dtype)  # continue flag: target of the discount head
-            terms["discount"] = -bernoulli_log_prob(self.discount_head(feat).squeeze(-1), cont)
+            terms["discount"] = -bernoulli_log_prob(self.discount_head(head_input("discount")).squeeze(-1), cont)
+        if track:
+            capture["feat"] = feat.detach()
+            for k, term in terms.items():
+                term.register_hook(lambda g, k=k: capture.__setitem__(f"dterm/{k}", g))
         terms["kl_lhs"], terms["kl_rhs"], terms["kl"] = kl_balance_terms(post, prior, self.rssm)
         return terms
 
-    def loss(self, batch: dict[str, Tensor], w: Tensor | None = None
+    def loss(self, batch: dict[str, Tensor], w: Tensor | None = None, capture: dict[str, Tensor] | None = None
              ) -> tuple[Tensor, dict[str, Tensor], State, State, dict[str, Tensor]]:
         """(loss, terms, post, prior, metrics): observe + elbo_terms + weighted_elbo_loss(w [T, B] | None)."""
         post, prior, _ = self.observe(batch)
-        terms = self.elbo_terms(batch, post, prior)
+        terms = self.elbo_terms(batch, post, prior, capture)
         loss, metrics = weighted_elbo_loss(terms, w, self.kl_balance, self.kl_free, self.kl_scale,
                                            self.loss_scales)
         return loss, terms, post, prior, metrics
 
-    def forward(self, batch: dict[str, Tensor], w: Tensor | None = None
-                ) -> tuple[Tensor, dict[str, Tensor], State, State, dict[str, Tensor]]:
-        """Same as `loss`, so `torch.func.functional_call(wm, params, (batch, w))` gives the loss."""
-        return self.loss(batch, w)
+    def forward(self, batch: dict[str, Tensor], w: Tensor | None = None, capture: dict[str, Tensor] | None = None,
+                observe_only: bool = False) -> tuple:
+        """Same as `loss`, so `torch.func.functional_call(wm, params, (batch, w))` gives the loss.
+        `observe_only=True` returns `observe(batch)` instead (functional inference without the heads)."""
+        if observe_only:
+            return self.observe(batch)
+        return self.loss(batch, w, capture)
 
     # -- protocol for the agent ---------------------------------------------------------------------------
     def feat(self, state: State) -> Tensor:
