@@ -111,7 +111,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "betty-approx-darts": {"strategy": "approx", "engine": "betty", "contraction": "finite_difference"},
     "betty-implicit-neumann": {"strategy": "implicit", "engine": "betty", "implicit": "neumann"},
 }
-TEMPO = "approx-double_backward"  # the paper's method with the default contraction
+TEMPO = "approx-terms_fd"  # the paper's method with the recipe's default contraction
 BASELINE = "none"  # DreamerV2 (weighting none) on the same code
 REFERENCE = "unroll1-native"  # exact one-step unrolled hypergradient
 
@@ -254,6 +254,7 @@ def alpha_grad_at(trainer: BilevelTrainer, problem: WorldModelProblem, batch: An
     """The α-gradient at the current θ (θ is not updated), with the step's sampling noise fixed by seed."""
     torch.manual_seed(noise_seed)
     sc = trainer.forward(problem, batch)
+    trainer.lower_grad(sc)  # as `step` does before the α-gradient (terms_fd then reuses that backward)
     return _flat(trainer.alpha_grad(sc))
 
 

@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-mem-workers", type=int, default=None,
                 help="fresh memory processes run at once (default 2 for tiny, else 1); they run before any timing")
     g.addoption("--bench-tempo", default=None,
-                help="the TEMPO config of the ratio benchmarks (default approx-double_backward)")
+                help="the TEMPO config of the ratio benchmarks (default approx-terms_fd, the recipe's)")
     g.addoption("--bench-no-memory", action="store_true", help="skip the peak-memory measurements")
     g.addoption("--bench-no-fidelity", action="store_true", help="skip the α-gradient fidelity check")
     g.addoption("--bench-threads", type=int, default=None,

@@ -2,7 +2,8 @@
 
 * `test_train_step_tempo_vs_none`: one step = the bilevel world-model step + one actor-critic update
   from the posterior states of that pass (`Bench.train_step` = `recipes.tempo.Run.train_once`).
-  TEMPO (approx, double_backward) and weighting `none` run interleaved A, B, A, B, ... for
+  TEMPO (`--bench-tempo`, default approx-terms_fd as the recipe runs it) and weighting `none` run
+  interleaved A, B, A, B, ... (a round is `meta_every` steps of each, see `_paired`) for
   `--bench-rounds` rounds; the headline is the MEDIAN of the per-round ratios A/B (paired, so load
   drifts on a shared machine cancel). Memory: fresh processes (`benchmarks.memory --train-step`),
   also interleaved A, B, ... for `--bench-mem-rounds` rounds; ratio of peak memory.

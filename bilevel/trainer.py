@@ -151,6 +151,20 @@ class BilevelTrainer:
         lower = problem.lower_objective(losses, w)
         return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr, tape)
 
+    def lower_grad(self, sc: StepContext, meta: bool = True) -> list[Tensor]:
+        """∇θ L_low of the pass (detached), taken so that what the α-gradient needs next is ready and the
+        forward graph is freed as early as the configured strategy allows."""
+        cfg = self.cfg
+        needs_graph = meta and (cfg.strategy in ("implicit", "unroll") or
+                                (cfg.contraction == "double_backward" and cfg.engine == "native"))
+        # With a re-evaluating contraction, `approx` needs nothing from the forward graph but ∇θ L_up: take it
+        # first, then let the lower backward free the graph as it goes (peak memory as without a weighter;
+        # for terms_fd that backward also leaves the problem what its loss_deltas may reuse).
+        free_graph = not meta or (cfg.strategy == "approx" and cfg.engine == "native" and not needs_graph)
+        if meta and free_graph and cfg.uses_weighter:
+            sc.upper_grad()
+        return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
+
     def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
         cfg = self.cfg
         sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
@@ -158,14 +172,7 @@ class BilevelTrainer:
         t0 = time.perf_counter()
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
         sc = self.forward(problem, batch, record_sg=meta and cfg.contraction == "terms_fd")
-        needs_graph = meta and (cfg.strategy in ("implicit", "unroll") or
-                                (cfg.contraction == "double_backward" and cfg.engine == "native"))
-        # With a re-evaluating contraction, `approx` needs nothing from the forward graph but ∇θ L_up: take it
-        # first, then let the lower backward free the graph as it goes (peak memory as without a weighter).
-        free_graph = not meta or (cfg.strategy == "approx" and cfg.engine == "native" and not needs_graph)
-        if meta and free_graph:
-            sc.upper_grad()
-        g_theta = [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
+        g_theta = self.lower_grad(sc, meta)
         sync()
         t1 = time.perf_counter()
         g_alpha = self.alpha_grad(sc) if meta else None

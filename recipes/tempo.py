@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", help="meta (TEMPO) | naive | none (DreamerV2)")
     p.add_argument("--upper-loss", dest="upper_loss", help="vvaml | vagram | module.path:ClassName")
     p.add_argument("--hypergrad", help="approx | unroll | implicit")
-    p.add_argument("--contraction", help="double_backward | jvp | finite_difference")
+    p.add_argument("--contraction", help="terms_fd (default) | double_backward | jvp | terms_jvp | finite_difference")
     p.add_argument("--engine", help="native | higher | betty")
     p.add_argument("--weighter-inputs", dest="weighter_inputs", help="DSV | SV | S (paper §3.5)")
     p.add_argument("--sign", help="correct | official")

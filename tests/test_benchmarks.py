@@ -138,3 +138,29 @@ def test_interleaved_alternates_and_takes_median_of_paired_ratios():
     res = interleaved(a, b, 3)
     assert calls == ["a", "b"] * 3
     assert res["ratios"] == [2.0, 4.0, 3.0] and res["median_ratio"] == 3.0
+
+
+def test_tiny_suites_run_and_report(tmp_path):
+    """The benchmark suites themselves, at `tiny` size, as a user runs them (subprocess: their own options
+    and conftest), then the report. Fewer rounds than by hand; the timings are not asserted (shared CI
+    machine), only that every config ran, measured memory and fidelity, and the report shows them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tiny.json"
+    cmd = [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "--benchmark-enable",
+           "--bench-size", "tiny", "--bench-rounds", "3", "--bench-mem-rounds", "1", "--benchmark-min-rounds", "3",
+           "--benchmark-max-time", "0.05", "--benchmark-warmup=off", f"--benchmark-json={out}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    infos = {b["extra_info"].get("config", b["name"]): b["extra_info"] for b in data["benchmarks"]}
+    assert set(CONFIGS) <= set(infos)
+    for name in CONFIGS:
+        assert infos[name]["peak_mem_mb"] > 0
+    assert infos["approx-terms_fd"]["cosine_vs_unroll1"] > 0.99
+    ratios = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("kind") == "ratio"]
+    assert {r["what"] for r in ratios} == {"whole train step", "bilevel world-model step"}
+    assert all(r["time_ratio"] > 0 for r in ratios)
+    md = report.main([str(out), "--out-dir", str(tmp_path)])  # what `python -m benchmarks.report` does
+    assert "approx-terms_fd" in md and "Interleaved ratios" in md
