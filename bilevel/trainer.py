@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -141,10 +142,7 @@ class BilevelTrainer:
         rng = RngState.capture()
         params = dict(problem.model.named_parameters())
         tape = stopgrad.Tape() if record_sg else None
-        if tape is not None:
-            with stopgrad.record(tape):
-                losses, ctx = problem.lower_losses(batch, params)
-        else:
+        with stopgrad.record(tape) if tape is not None else contextlib.nullcontext():
             losses, ctx = problem.lower_losses(batch, params)
         x = problem.weighter_inputs(ctx).detach()
         w = self.weights(problem, batch, ctx, x, problem.sample_shape(losses))

@@ -11,8 +11,7 @@ import torch
 from torch.distributions import kl_divergence as torch_kl
 from torch.func import functional_call, grad, jvp
 
-import worldmodels.elbo as elbo_mod
-import worldmodels.rssm as rssm_mod
+from bilevel import stopgrad
 from worldmodels import RSSM, GRUCell, WorldModel, kl_balance_terms, weighted_elbo_loss
 
 LOG_2PI = math.log(2 * math.pi)
@@ -314,23 +313,6 @@ def test_world_model_learns_moving_dot_images():
 # --------------------------------------------------------------------------------------------------------
 # Second-order derivatives (what the bilevel hypergradient needs)
 # --------------------------------------------------------------------------------------------------------
-class FrozenSG:
-    """Replays the stop-gradient values of a recorded pass. Autograd treats sg(x) as a constant, so the
-    double-backward HVP is the derivative of the gradient with those values frozen; a finite difference
-    of the gradient must freeze them too (this also freezes the categorical samples' argmax)."""
-
-    def __init__(self):
-        self.values: list[torch.Tensor] = []
-        self.replay, self.i = False, 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.replay:
-            self.values.append(x.detach().clone())
-            return x.detach()
-        self.i += 1
-        return self.values[self.i - 1]
-
-
 def _setup_second_order(discrete: int):
     torch.manual_seed(0)
     wm = tiny_wm(discrete, torch.float64, kl_free=0.0)  # free=0 so the KL terms are active
@@ -369,19 +351,18 @@ def _fd_hvp(loss_fn, params, v, eps=1e-6):
 
 
 @pytest.mark.parametrize("discrete", [0, 4])
-def test_hvp_double_backward_matches_finite_difference(discrete, monkeypatch):
+def test_hvp_double_backward_matches_finite_difference(discrete):
     wm, batch, params, v, loss_fn = _setup_second_order(discrete)
     hvp = _double_backward_hvp(loss_fn, params, v)
-    sg = FrozenSG()
-    monkeypatch.setattr(rssm_mod, "sg", sg)
-    monkeypatch.setattr(elbo_mod, "sg", sg)
-    with torch.no_grad():
+    # Autograd treats sg(x) as a constant, so the double-backward HVP is the derivative of the gradient with
+    # those values frozen; the finite difference must freeze them too (also the categorical samples' argmax).
+    tape = stopgrad.Tape()
+    with torch.no_grad(), stopgrad.record(tape):
         loss_fn(params)  # record the stop-gradient values at θ
-    sg.replay = True
 
     def replayed(p):
-        sg.i = 0
-        return loss_fn(p)
+        with stopgrad.replay(tape):
+            return loss_fn(p)
 
     fd = _fd_hvp(replayed, params, v)
     assert hvp.abs().max() > 1e-2
