@@ -31,7 +31,9 @@ from torch import Tensor, nn
 from torch.distributions import Normal, OneHotCategoricalStraightThrough
 from torch.func import functional_call
 
-ActorGrad = Literal["dynamics", "reinforce", "auto"]
+from agents import schedules
+
+ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
 RewardTransform = Literal["none", "tanh"]
 PolicyMode = Literal["explore", "eval", "random"]
 
@@ -203,20 +205,27 @@ class ActorCritic(nn.Module):
 
     The actor's gradient comes either from backpropagating the lambda-returns through the learned dynamics
     ('dynamics', DMC) or from REINFORCE with the slow critic as baseline ('reinforce', Atari); 'auto' picks
-    dynamics for continuous and reinforce for discrete actions.
+    dynamics for continuous and reinforce for discrete actions; 'both' mixes them as
+    mix * dynamics + (1 - mix) * reinforce with mix = `actor_grad_mix`. As in DreamerV2's `actor_loss`, 'both'
+    takes the log-probability of the imagined actions without stopping their gradient ('reinforce' stops it).
+
+    `actor_ent` and `actor_grad_mix` are DreamerV2 schedules (`agents.schedules`: a number or e.g.
+    'linear(3e-3,3e-4,2.5e6)'), evaluated at the `step` (agent steps) passed to `train_step`.
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, *, horizon: int = 15,
                  gamma: float = 0.99, lambda_: float = 0.95, actor_lr: float = 8e-5, critic_lr: float = 8e-5,
                  slow_target_every: int = 100, slow_target_fraction: float = 1.0,
-                 actor_grad: ActorGrad = "auto", actor_ent: float = 1e-4,
+                 actor_grad: ActorGrad = "auto", actor_ent: schedules.Schedule = 1e-4,
+                 actor_grad_mix: schedules.Schedule = 0.1,
                  reward_transform: RewardTransform = "none", use_discount_head: bool = False,
                  layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
                  init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
                  expl_noise: float = 0.0, eval_noise: float = 0.0):
         super().__init__()
-        if actor_grad not in ("dynamics", "reinforce", "auto"):
-            raise ValueError(f"actor_grad must be dynamics|reinforce|auto, got {actor_grad!r}")
+        if actor_grad not in ("dynamics", "reinforce", "both", "auto"):
+            raise ValueError(f"actor_grad must be dynamics|reinforce|both|auto, got {actor_grad!r}")
+        schedules.parse(actor_ent), schedules.parse(actor_grad_mix)  # bad schedule strings fail here
         if reward_transform not in ("none", "tanh"):
             raise ValueError(f"reward_transform must be none|tanh, got {reward_transform!r}")
         if slow_target_every < 1 or not 0 < slow_target_fraction <= 1:
@@ -224,7 +233,7 @@ class ActorCritic(nn.Module):
         self.feat_dim, self.action_dim, self.discrete = feat_dim, action_dim, discrete
         self.horizon, self.gamma, self.lambda_ = horizon, gamma, lambda_
         self.actor_grad = ("reinforce" if discrete else "dynamics") if actor_grad == "auto" else actor_grad
-        self.actor_ent, self.reward_transform = actor_ent, reward_transform
+        self.actor_ent, self.actor_grad_mix, self.reward_transform = actor_ent, actor_grad_mix, reward_transform
         self.use_discount_head = use_discount_head
         self.slow_target_every, self.slow_target_fraction = slow_target_every, slow_target_fraction
         self.clip, self.weight_decay = clip, weight_decay
@@ -280,10 +289,11 @@ class ActorCritic(nn.Module):
     # ---------------------------------------------------------------- learning
 
     def train_step(self, model: LatentModel, start: dict[str, Tensor],
-                   is_terminal: Tensor | None = None) -> dict[str, float]:
+                   is_terminal: Tensor | None = None, step: int = 0) -> dict[str, float]:
         """One actor and one critic update from H-step imaginations starting at every posterior state.
 
-        start: state dict [T, B, ...] (detached here); is_terminal: [T, B] or None. Only the agent's
+        start: state dict [T, B, ...] (detached here); is_terminal: [T, B] or None; step: the agent-step
+        counter the schedules (`actor_ent`, `actor_grad_mix`) are evaluated at. Only the agent's
         parameters receive gradients (via torch.autograd.grad restricted to them): the world model's .grad
         is never touched, although with actor_grad='dynamics' the actor's gradient flows through it.
         """
@@ -293,7 +303,7 @@ class ActorCritic(nn.Module):
             return self.actor(feat.detach()).rsample()
 
         # REINFORCE needs no gradient through the rollout: skip building that graph.
-        with torch.set_grad_enabled(self.actor_grad == "dynamics"):
+        with torch.set_grad_enabled(self.actor_grad in ("dynamics", "both")):
             seq = model.imagine(act, start, self.horizon)
             feat = seq["feat"]  # [H+1, N, F]
             reward = model.reward(feat)  # [H+1, N]
@@ -307,13 +317,18 @@ class ActorCritic(nn.Module):
 
         # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}.
         pi = self.actor(feat[:-2].detach())
+        mix = schedules.value(self.actor_grad_mix, step) if self.actor_grad == "both" else None
         if self.actor_grad == "dynamics":
             objective = target[1:]  # [H-1, N]
         else:
             advantage = (target[1:] - value[:-2]).detach()
-            objective = pi.log_prob(seq["action"][:-2].detach()) * advantage
+            action = seq["action"][:-2]
+            objective = pi.log_prob(action.detach() if mix is None else action) * advantage
+            if mix is not None:
+                objective = mix * target[1:] + (1 - mix) * objective
         ent = pi.entropy()  # [H-1, N]
-        actor_loss = -(weight[:-2] * (objective + self.actor_ent * ent)).mean()
+        ent_scale = schedules.value(self.actor_ent, step)
+        actor_loss = -(weight[:-2] * (objective + ent_scale * ent)).mean()
 
         # Critic: v(z_0..z_{H-1}) -> R_0..R_{H-1} on detached states.
         v = self.critic(feat[:-1].detach())  # [H, N]
@@ -335,10 +350,11 @@ class ActorCritic(nn.Module):
         return {
             "actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(),
             "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
-            "actor_ent": ent.mean().item(), "imag_return": imag_return.item(),
+            "actor_ent": ent.mean().item(), "actor_ent_scale": ent_scale, "imag_return": imag_return.item(),
             "imag_reward": reward.mean().item(), "critic_target": target.mean().item(),
             "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
             "discount": disc.mean().item(), "skipped_nonfinite": float(not finite),
+            **({"actor_grad_mix": mix} if mix is not None else {}),
         }
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None) -> Tensor:

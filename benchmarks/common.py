@@ -280,6 +280,8 @@ def alpha_grad_fidelity(size: str, config: str, device: str = "cpu", seed: int =
         ref_trainer.weighter.load_state_dict(bench.trainer.weighter.state_dict())
         ref = alpha_grad_at(ref_trainer, bench.problem, bench.batch, noise_seed)
         _REF_CACHE[key] = (alpha_state, ref)
+    # Compare derivatives at the derivative's scale: approx with -η, not the recipe's unit (official) scale.
+    bench.trainer.cfg = bench.trainer.cfg.model_copy(update={"approx_scale": "lr"})
     g = alpha_grad_at(bench.trainer, bench.problem, bench.batch, noise_seed)
     rn = float(ref.norm())
     return {

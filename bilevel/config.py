@@ -39,12 +39,16 @@ class WeighterConfig(_Strict):
     units: int = Field(400, ge=1)
     act: Literal["elu", "relu", "tanh", "silu", "leaky_relu"] = "elu"
     norm: Literal["batch", "layer", "none"] = "batch"
+    out_norm: Literal["batch", "none"] = Field(
+        "batch", description="BatchNorm on the output logit before the sigmoid, as the official code (it "
+        "standardises the logits over the batch, so the initial weights spread over the whole range)")
+    norm_eps: float = Field(1e-3, gt=0, description="eps of the weighter's Batch/LayerNorms (Keras' 1e-3)")
     out_scale: float = 0.5
     out_shift: float = 0.75
     lr: float = Field(1e-4, gt=0)
     eps: float = Field(1e-5, gt=0)
     clip: float = Field(100.0, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay: α <- (1 - wd)·α per step")
 
 
 class BilevelConfig(_Strict):
@@ -56,6 +60,9 @@ class BilevelConfig(_Strict):
     sign: Literal["correct", "official"] = Field(
         "correct", description="'official': apply +(d2L_low/dθdα)·∇θL_up as the deng-ai-lab code does"
     )
+    approx_scale: Literal["unit", "lr"] = Field(
+        "unit", description="(approx only) its α-gradient is -s·(d2L_low/dθdα)·∇θL_up with s = 1 ('unit', the official "
+        "code's step size) or s = η ('lr', the exact one-step derivative's scale)")
     unroll_steps: int = Field(1, ge=1, description="K differentiable lower steps for 'unroll'")
     implicit: Literal["neumann", "cg"] = "neumann"
     implicit_iters: int = Field(5, ge=1)
@@ -94,3 +101,13 @@ class BilevelConfig(_Strict):
     @property
     def uses_weighter(self) -> bool:
         return self.strategy in ("approx", "unroll", "implicit")
+
+    @property
+    def replays_stop_gradients(self) -> bool:
+        """The α-gradient re-evaluates the lower losses at a shifted θ by value (a finite difference), so the
+        forward pass must record its `bilevel.stopgrad` values for the shifted passes to replay."""
+        if not self.uses_weighter or self.strategy == "unroll":
+            return False
+        if self.engine == "betty":
+            return self.strategy == "approx"  # darts
+        return self.contraction in ("terms_fd", "finite_difference")

@@ -7,6 +7,7 @@ loss (forward-mode AD, finite differences, unrolling) sees exactly the same samp
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bilevel import stopgrad
 from bilevel.problem import BilevelProblem, Params
 from bilevel.stopgrad import Tape
 
@@ -110,8 +112,11 @@ class StepContext:
 
     # -- functional re-evaluation (same noise, fixed weighter inputs) --------------------------------
     def lower_at(self, params: Params, alpha: Params | None = None) -> Tensor:
-        """L_low(θ=params, α) re-evaluated with the step's noise and weighter inputs held fixed."""
-        with self.rng.replay():
+        """L_low(θ=params, α) re-evaluated with the step's noise and weighter inputs held fixed, and the forward
+        pass's stop-gradient values replayed when it recorded them (a finite difference then estimates the
+        derivative autograd takes)."""
+        replay = stopgrad.replay(self.sg_tape) if self.sg_tape is not None else contextlib.nullcontext()
+        with self.rng.replay(), replay:
             losses, _ = self.problem.lower_losses(self.batch, params)
         return self.problem.lower_objective(losses, self.weights(alpha))
 

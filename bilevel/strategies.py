@@ -4,11 +4,20 @@ With the lower update θ' = θ - η ∇θ L_low(θ, w(α)) the true one-step hyp
 
     ∇α L_up(θ') = -η · (∂²L_low/∂θ∂α)ᵀ ∇θ' L_up(θ')                         (paper eq. 8)
 
-* `approx`   (eq. 9): evaluate ∇θ L_up at θ from the same forward pass:  -η · mixed(∇θ L_up(θ)).
-             sign='official' applies +mixed(∇θ L_up(θ)) instead, as the deng-ai-lab TF code does.
-* `unroll`   : K differentiable lower steps (SGD or Adam, the trainer's optimizer state), L_up re-evaluated
-             at θ_K, gradient to α through the steps (native torch.autograd, or `higher`).
-* `implicit` : implicit function theorem, -mixed(H⁻¹ ∇θ L_up) with H⁻¹v by Neumann series or CG.
+* `approx`   (eq. 9): evaluate ∇θ L_up at θ from the same forward pass:  c · mixed(∇θ L_up(θ)) with
+             c = -η (`approx_scale='lr'`, the exact derivative's scale) or c = -1 (`'unit'`, the default: the
+             official code's magnitude; with Adam on α only the direction of each entry relative to eps
+             matters, and -η pushes almost every entry below eps). `sign='official'` flips c to +1 / +η, as
+             the deng-ai-lab TF code does. η is the lower optimizer's lr: with Adam as the lower optimizer,
+             `approx` (and `implicit`) differentiate an SGD step of size η, not Adam's step; only `unroll`
+             differentiates the real optimizer.
+* `unroll`   : K differentiable copies of the trainer's real lower step (clipping, then SGD/Adam/AdamW with all
+             their options, from the optimizer's state; `bilevel.diffopt`), L_up re-evaluated at θ_K, gradient
+             to α through the steps (native torch.autograd, or `higher`). Every step uses the step's batch and
+             noise. For K > 1 the weighter's inputs and the model's stop-gradient values at θ_k are recomputed
+             at each θ_k and treated as constants (detached), as any autograd unroll does: the result is the
+             exact derivative of L_up(θ_K(α)) with those held at their values along the trajectory.
+* `implicit` : implicit function theorem, -mixed(H⁻¹ ∇θ L_up) with H⁻¹v by Neumann series or CG (no η).
 """
 
 from __future__ import annotations
@@ -18,17 +27,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bilevel import contractions
+from bilevel import contractions, diffopt
 from bilevel.config import BilevelConfig
 from bilevel.context import StepContext, dot, grads_or_zeros
 
-AlphaGrad = Callable[[StepContext], list[Tensor]]
+
+def approx_coef(cfg: BilevelConfig, lr: float) -> float:
+    """c in c · mixed(∇θ L_up): the sign of the exact derivative (or the official code's +), times η or 1."""
+    return (-1.0 if cfg.sign == "correct" else 1.0) * (lr if cfg.approx_scale == "lr" else 1.0)
 
 
-def approx(sc: StepContext, mixed: contractions.Contraction, sign: str) -> list[Tensor]:
-    v = sc.upper_grad()
-    coef = -sc.lr if sign == "correct" else 1.0
-    return [coef * m for m in mixed(sc, v)]
+def approx(sc: StepContext, mixed: contractions.Contraction, cfg: BilevelConfig) -> list[Tensor]:
+    coef = approx_coef(cfg, sc.lr)
+    return [coef * m for m in mixed(sc, sc.upper_grad())]
 
 
 # ---- implicit -------------------------------------------------------------------------------------
@@ -79,63 +90,27 @@ def implicit(sc: StepContext, mixed: contractions.Contraction, cfg: BilevelConfi
 
 
 # ---- unroll (native) ------------------------------------------------------------------------------
-class DiffOptimizer:
-    """A differentiable copy of the trainer's torch optimizer (SGD or Adam), starting from its state."""
-
-    def __init__(self, opt: torch.optim.Optimizer, params: list[Tensor]) -> None:
-        if len(opt.param_groups) != 1:
-            raise ValueError("unroll supports optimizers with a single param group")
-        self.kind = type(opt).__name__
-        if self.kind not in ("SGD", "Adam"):
-            raise ValueError(f"unroll supports torch.optim.SGD and torch.optim.Adam, got {self.kind}")
-        self.group = opt.param_groups[0]
-        if self.kind == "SGD" and (self.group.get("nesterov") or self.group.get("dampening")):
-            raise ValueError("unroll supports SGD without nesterov/dampening")
-        self.state = []
-        for p in params:
-            s = opt.state.get(p, {})
-            self.state.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in s.items()})
-
-    def step(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        g_ = self.group
-        out = []
-        for p, g, s in zip(params, grads, self.state, strict=True):
-            if g_["weight_decay"]:
-                g = g + g_["weight_decay"] * p
-            if self.kind == "SGD":
-                if g_["momentum"]:
-                    buf = g if "momentum_buffer" not in s or s["momentum_buffer"] is None else (
-                        g_["momentum"] * s["momentum_buffer"] + g)
-                    s["momentum_buffer"] = buf
-                    g = buf
-                out.append(p - g_["lr"] * g)
-                continue
-            b1, b2 = g_["betas"]
-            t = float(s.get("step", 0)) + 1
-            m = b1 * s.get("exp_avg", torch.zeros_like(p)) + (1 - b1) * g
-            v = b2 * s.get("exp_avg_sq", torch.zeros_like(p)) + (1 - b2) * g * g
-            s.update(step=t, exp_avg=m, exp_avg_sq=v)
-            denom = torch.sqrt(v / (1 - b2**t) + 1e-38) + g_["eps"]  # +1e-38: finite d√v/dv at v = 0
-            out.append(p - g_["lr"] * (m / (1 - b1**t)) / denom)
-        return out
-
-
-def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer) -> list[Tensor]:
-    names, theta = sc.names, sc.theta
-    dopt = DiffOptimizer(opt, theta)
-    params = list(theta)
-    for k in range(steps):
-        if k == 0:
-            g = sc.lower_grad(create_graph=True)  # reuse the shared forward pass at θ
-        else:
-            with sc.rng.replay():
-                losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, params, strict=True)))
-            w = sc.weighter(sc.problem.weighter_inputs(ctx).detach())
-            g = grads_or_zeros(sc.problem.lower_objective(losses, w), params, create_graph=True)
-        params = dopt.step(params, g)
+def lower_grad_at(sc: StepContext, params: list[Tensor]) -> list[Tensor]:
+    """∇θ L_low at θ_k = `params` (k ≥ 1 of an unroll), with a graph: the step's batch and noise, the weighter's
+    inputs recomputed at θ_k and detached, stop-gradient values those of θ_k (constants to autograd)."""
     with sc.rng.replay():
-        _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, params, strict=True)))
-    up = sc.problem.upper_loss(sc.batch, ctx)
-    sc.unrolled_upper = float(up.detach())
-    return grads_or_zeros(up, sc.alpha)
+        losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(sc.names, params, strict=True)))
+    w = sc.weighter(sc.problem.weighter_inputs(ctx).detach())
+    return grads_or_zeros(sc.problem.lower_objective(losses, w), params, create_graph=True)
 
+
+def upper_at(sc: StepContext, params: list[Tensor]) -> Tensor:
+    """L_up at θ_K = `params`, with the step's batch and noise."""
+    with sc.rng.replay():
+        _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(sc.names, params, strict=True)))
+    return sc.problem.upper_loss(sc.batch, ctx)
+
+
+def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float | None) -> list[Tensor]:
+    """∇α L_up(θ_K): K differentiable copies of the trainer's real step (clip, then `opt`'s update)."""
+    dopt = diffopt.DiffOptimizer(opt, sc.theta, clip)
+    params = sc.theta
+    for k in range(steps):
+        g = sc.lower_grad(create_graph=True) if k == 0 else lower_grad_at(sc, params)  # k = 0: the shared pass
+        params = dopt.step(params, g)
+    return grads_or_zeros(upper_at(sc, params), sc.alpha)

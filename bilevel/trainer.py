@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bilevel import contractions, stopgrad, strategies
+from bilevel import contractions, diffopt, stopgrad, strategies
 from bilevel.config import BilevelConfig
 from bilevel.context import RngState, StepContext
 from bilevel.problem import BilevelProblem
 from bilevel.weighter import MetaWeighter
+
+OPTIMIZER_FIELDS = {"lr", "eps", "clip", "weight_decay"}  # WeighterConfig fields of the meta optimizer
 
 
 class MovingNorm(nn.Module):
@@ -50,10 +52,19 @@ class MovingNorm(nn.Module):
         return (x - self.mean) / torch.sqrt(self.var + 1e-8)
 
 
-def make_optimizer(params: Any, name: str, lr: float, eps: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, name: str, lr: float, eps: float, weight_decay: float,
+                   decoupled: bool = True) -> torch.optim.Optimizer:
+    """Adam or SGD. `decoupled=True` applies weight decay as DreamerV2's optimizer does, p <- (1 - wd)·p before
+    each step, not scaled by the learning rate: torch's decoupled decay is p <- (1 - lr·wd')·p, so wd' = wd/lr.
+    `decoupled=False` is L2 regularisation (wd·p added to the gradient)."""
     if name == "adam":
+        if decoupled and weight_decay:
+            return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay / lr,
+                                    decoupled_weight_decay=True)
         return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
     if name == "sgd":
+        if decoupled and weight_decay:
+            raise ValueError("decoupled weight decay is defined for 'adam'; use decoupled=False with 'sgd'")
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; accepted: ['adam', 'sgd']")
 
@@ -61,9 +72,10 @@ def make_optimizer(params: Any, name: str, lr: float, eps: float, weight_decay: 
 class BilevelTrainer:
     """Trains θ with weighted lower losses and α with the configured hypergradient.
 
-    `lower_opt` may be any torch optimizer; `unroll` additionally requires SGD or Adam (the ones it can
-    differentiate through). `lower_lr` is η in the hypergradient formulas; it defaults to the
-    optimizer's lr.
+    `lower_opt` may be any torch optimizer; `unroll` additionally requires SGD, Adam or AdamW (the ones
+    `bilevel.diffopt` differentiates exactly, every option included). `lower_lr` is η in the hypergradient
+    formulas; it defaults to the optimizer's lr. The default lower optimizer is Adam with DreamerV2's decoupled
+    weight decay `lower_weight_decay`.
     """
 
     def __init__(
@@ -92,13 +104,12 @@ class BilevelTrainer:
         self.meta_opt: torch.optim.Optimizer | None = None
         if cfg.uses_weighter:
             wc = cfg.weighter
-            self.weighter = MetaWeighter(weighter_in_dim, wc.layers, wc.units, wc.act, wc.norm,
-                                         wc.out_scale, wc.out_shift).to(device, dtype)
+            self.weighter = MetaWeighter(weighter_in_dim, **wc.model_dump(exclude=OPTIMIZER_FIELDS)).to(device, dtype)
             self.meta_opt = make_optimizer(self.weighter.parameters(), "adam", wc.lr, wc.eps, wc.weight_decay)
         self.naive_norm = MovingNorm(cfg.naive_momentum).to(device, dtype)
         self.mixed = contractions.get(cfg.contraction, cfg.fd_radius, cfg.terms_fd_radius)
-        if cfg.strategy == "unroll" and cfg.engine == "native":
-            strategies.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
+        if cfg.strategy == "unroll":
+            diffopt.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
         self.last: StepContext | None = None
         self.step_count = 0
         self.nonfinite = 0
@@ -124,21 +135,22 @@ class BilevelTrainer:
             from bilevel.engines import betty_engine
             return betty_engine.alpha_grad(sc, cfg)
         if cfg.strategy == "approx":
-            return strategies.approx(sc, self.mixed, cfg.sign)
+            return strategies.approx(sc, self.mixed, cfg)
         if cfg.strategy == "implicit":
             return strategies.implicit(sc, self.mixed, cfg)
         if cfg.strategy == "unroll":
             if cfg.engine == "higher":
                 from bilevel.engines import higher_engine
-                return higher_engine.unroll(sc, cfg.unroll_steps, self.lower_opt)
-            return strategies.unroll(sc, cfg.unroll_steps, self.lower_opt)
+                return higher_engine.unroll(sc, cfg.unroll_steps, self.lower_opt, self.lower_clip)
+            return strategies.unroll(sc, cfg.unroll_steps, self.lower_opt, self.lower_clip)
         raise AssertionError(cfg.strategy)
 
     def forward(self, problem: BilevelProblem, batch: Any, record_sg: bool | None = None) -> StepContext:
         """The single forward pass at θ that every later phase reuses. `record_sg` keeps its stop-gradient
-        values for a finite-difference re-evaluation (`bilevel.stopgrad`); default: when `terms_fd` is used."""
+        values for a finite-difference re-evaluation (`bilevel.stopgrad`); default: when the configured
+        α-gradient takes one (`BilevelConfig.replays_stop_gradients`)."""
         if record_sg is None:
-            record_sg = self.cfg.uses_weighter and self.cfg.contraction == "terms_fd"
+            record_sg = self.cfg.replays_stop_gradients
         rng = RngState.capture()
         params = dict(problem.model.named_parameters())
         tape = stopgrad.Tape() if record_sg else None
@@ -163,13 +175,27 @@ class BilevelTrainer:
             sc.upper_grad()
         return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
 
+    def hypergradient(self, problem: BilevelProblem, batch: Any) -> dict[str, Tensor]:
+        """The α-gradient one `step` on `batch` would apply (before clipping), by weighter parameter name.
+
+        Nothing is applied: θ, α, both optimizers' states and the step counter are left as they are. Like `step`
+        it draws the forward pass's noise from the global RNG (seed it to compare configurations); state the
+        problem itself keeps (e.g. an upper loss's moving statistics) is the problem's business.
+        """
+        if self.weighter is None:
+            raise ValueError(f"strategy {self.cfg.strategy!r} has no weighter, so there is no α-gradient")
+        sc = self.forward(problem, batch)
+        self.lower_grad(sc, meta=True)
+        grads = self.alpha_grad(sc)
+        return {n: g.detach() for (n, _), g in zip(self.weighter.named_parameters(), grads, strict=True)}
+
     def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
         cfg = self.cfg
         sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
         self.last = None  # never hold two steps' graphs at once
         t0 = time.perf_counter()
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
-        sc = self.forward(problem, batch, record_sg=meta and cfg.contraction == "terms_fd")
+        sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)
         g_theta = self.lower_grad(sc, meta)
         sync()
         t1 = time.perf_counter()
@@ -223,6 +249,12 @@ class BilevelTrainer:
                 upper_loss = problem.upper_loss(batch, sc.ctx)
         with torch.no_grad():
             w = sc.w.detach()
+            if self.weighter is not None and type(problem).upper_losses is not BilevelProblem.upper_losses:
+                # Do the weights follow the task loss? Pearson correlation of w with the per-sample upper losses.
+                per = problem.upper_losses(batch, sc.ctx).detach().reshape(-1).to(w)
+                corr = float(torch.corrcoef(torch.stack([w.reshape(-1), per]))[0, 1])
+                if math.isfinite(corr):  # undefined when either side is constant
+                    metrics["weight_upper_corr"] = corr
             metrics.update({
                 "lower_loss": lower_value,
                 "lower_loss_unweighted": float(problem.lower_objective(sc.losses, torch.ones_like(w))),

@@ -1,10 +1,14 @@
 """The meta weighter N_α of TEMPO (paper §3.1, appendix C) — usable by any problem.
 
-Dense layers with normalisation + activation after each hidden layer, and a bounded output
-`w = scale * sigmoid(x) + shift` (default 0.5*σ+0.75, so weights stay in (0.75, 1.25) and start ≈ 1).
-BatchNorm always uses batch statistics (the official code runs it in training mode always), so we
-build it without running statistics: the weighter is then a pure function of (α, inputs), which
-forward-mode AD and finite differences need.
+As the official code's `MLP_meta`: `layers - 1` x [Dense(units) → norm → act], then Dense(1) → BatchNorm →
+`w = scale * sigmoid(·) + shift` (default 0.5σ + 0.75: weights in (0.75, 1.25)). Dense layers start with
+Keras' glorot-uniform kernels and zero biases, norms use Keras' eps 1e-3. The BatchNorm on the output logit
+standardises it over the batch, so from the first step the weights spread over most of their range instead of
+sitting at ≈1 (the paper reports that batch normalisation in the weighter matters most).
+
+BatchNorm always uses batch statistics (the official code runs it in training mode always), so it is built
+without running statistics: the weighter is then a pure function of (α, inputs), which forward-mode AD and
+finite differences need.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class MetaWeighter(nn.Module):
         units: int = 400,
         act: str = "elu",
         norm: Literal["batch", "layer", "none"] = "batch",
+        out_norm: Literal["batch", "none"] = "batch",
+        norm_eps: float = 1e-3,
         out_scale: float = 0.5,
         out_shift: float = 0.75,
     ) -> None:
@@ -38,18 +44,26 @@ class MetaWeighter(nn.Module):
             raise ValueError(f"unknown weighter activation {act!r}; accepted: {sorted(ACTIVATIONS)}")
         if norm not in NORMS:
             raise ValueError(f"unknown weighter norm {norm!r}; accepted: {list(NORMS)}")
+        if out_norm not in ("batch", "none"):
+            raise ValueError(f"unknown weighter out_norm {out_norm!r}; accepted: ['batch', 'none']")
         mods: list[nn.Module] = []
         d = in_dim
         for _ in range(layers - 1):  # hidden dense layers; the last dense layer is the output
             mods.append(nn.Linear(d, units))
             if norm == "batch":
-                mods.append(nn.BatchNorm1d(units, track_running_stats=False))
+                mods.append(nn.BatchNorm1d(units, eps=norm_eps, track_running_stats=False))
             elif norm == "layer":
-                mods.append(nn.LayerNorm(units))
+                mods.append(nn.LayerNorm(units, eps=norm_eps))
             mods.append(ACTIVATIONS[act]())
             d = units
         mods.append(nn.Linear(d, 1))
+        if out_norm == "batch":
+            mods.append(nn.BatchNorm1d(1, eps=norm_eps, track_running_stats=False))
         self.net = nn.Sequential(*mods)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
         self.out_scale, self.out_shift = out_scale, out_shift
 
     def forward(self, x: Tensor) -> Tensor:

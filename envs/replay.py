@@ -65,6 +65,12 @@ class Replay:
         seed: Seed of the sampling ``np.random.Generator``.
         prioritize_ends: DreamerV2 Atari trick; extends the start-index range by ``length`` and clamps, so
             chunks that end exactly at an episode end are sampled ``length + 1`` times as often.
+        uniform_over: ``'episodes'`` (DreamerV2's replay: an episode uniformly, then a start within it) or
+            ``'steps'`` (every valid start of every episode equally likely). They agree when all episodes have
+            the same length (DMC); on Atari ``'episodes'`` samples the steps of short episodes more often.
+
+    Every sampled chunk starts with ``is_first`` set (DreamerV2's ``_sample_sequence``): the model starts each
+    chunk from the zero state and ignores the chunk's first action, wherever in an episode it starts.
     """
 
     def __init__(
@@ -73,9 +79,13 @@ class Replay:
         capacity_steps: int,
         seed: int = 0,
         prioritize_ends: bool = False,
+        uniform_over: str = "episodes",
     ) -> None:
         if capacity_steps <= 0:
             raise ValueError(f"capacity_steps must be positive, got {capacity_steps}")
+        if uniform_over not in ("episodes", "steps"):
+            raise ValueError(f"uniform_over must be 'episodes' or 'steps', got {uniform_over!r}")
+        self.uniform_over = uniform_over
         self.directory = pathlib.Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.capacity = int(capacity_steps)
@@ -221,9 +231,10 @@ class Replay:
     def sample(self, batch: int = 16, length: int = 50) -> dict[str, np.ndarray]:
         """Sample ``batch`` chunks of ``length`` consecutive steps, each within a single stored episode.
 
-        Start positions are uniform over all valid starts of all episodes with at least ``length`` steps
-        (with ``prioritize_ends`` the range is extended past the end and clamped). Returns ``[B, T, ...]``
-        arrays; images stay uint8.
+        An episode with at least ``length`` steps is drawn (uniformly, or in proportion to its number of starts,
+        see ``uniform_over``), then a start uniformly among its valid starts (with ``prioritize_ends`` the range is
+        extended past the end and clamped). ``is_first`` is set at each chunk's first step. Returns
+        ``[B, T, ...]`` arrays; images stay uint8.
         """
         if self._index is None or self._index[0] != length:
             self._index = self._build_index(length)  # cached until the next episode is inserted
@@ -234,13 +245,21 @@ class Replay:
                 f"Replay.sample: no stored episode has >= {length} steps ({len(self._episodes)} episodes, "
                 f"longest {have}); collect more data or reduce the sequence length."
             )
-        draws = self._rng.integers(0, cumdraws[-1], size=batch)
-        which = np.searchsorted(cumdraws, draws, side="right")
-        offsets = draws - np.concatenate([[0], cumdraws[:-1]])[which]
+        counts = np.diff(np.concatenate([[0], cumdraws]))  # start draws per episode
+        if self.uniform_over == "episodes":
+            which = self._rng.integers(0, len(names), size=batch)
+            offsets = self._rng.integers(0, counts[which])
+        else:
+            draws = self._rng.integers(0, cumdraws[-1], size=batch)
+            which = np.searchsorted(cumdraws, draws, side="right")
+            offsets = draws - (cumdraws[which] - counts[which])
         starts = np.minimum(offsets, lengths[which] - length)
         chunks = [self._episodes[names[i]] for i in which]
         pairs = list(zip(chunks, starts, strict=True))
-        return {key: np.stack([ep[key][s : s + length] for ep, s in pairs]) for key in chunks[0]}
+        out = {key: np.stack([ep[key][s : s + length] for ep, s in pairs]) for key in chunks[0]}
+        out["is_first"] = out["is_first"].copy()
+        out["is_first"][:, 0] = True
+        return out
 
     # ------------------------------------------------------------------ state
     def rng_state(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Task-aware upper losses for TEMPO: V-VAML (eq. 4), VaGraM adapted to latents, and a registry."""
 
-from losses.registry import get_upper_loss, register, registered
+from losses.registry import get_upper_loss, register, registered, upper_loss_class
 from losses.upper import VVAML, UpperLoss, VaGraM, ValueNorm, evaluate_value
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "get_upper_loss",
     "register",
     "registered",
+    "upper_loss_class",
 ]

@@ -58,6 +58,11 @@ def _resolve(name_or_path: str) -> Any:
     return obj
 
 
+def upper_loss_class(name_or_path: str) -> Any:
+    """What `get_upper_loss` would instantiate (a class or callable), without building it."""
+    return _resolve(name_or_path)
+
+
 def get_upper_loss(name_or_path: str, **kwargs: Any) -> UpperLoss:
     """Build an upper loss: `'vvaml'`, `'vagram'`, any `register`ed name, or `'module.path:ClassName'`.
 

@@ -47,7 +47,8 @@ def evaluate_value(value_fn: ValueFn, h: Tensor, s: Tensor) -> Tensor:
 class ValueNorm(nn.Module):
     """Joint normalisation of posterior and prior values, Norm({V(s_post), V(s_prior)}) (Alg. 1 line 5).
 
-    With x = [v_post, v_prior] `[2, T, B]` and statistics (μ, σ²):  v̂ = (v - μ) / sqrt(σ² + eps).
+    With x = [v_post, v_prior] `[2, T, B]` and statistics (μ, σ²):  v̂ = (v - μ) / sqrt(σ² + eps), eps = 1e-3 as
+    the official code's Keras BatchNormalization(center=False, scale=False) in training mode.
 
     * `'batch'`  (official code): μ, σ² = mean and population variance of x over all its entries,
       computed with gradient (the statistics are part of the graph).
@@ -61,7 +62,7 @@ class ValueNorm(nn.Module):
     moving_var: Tensor
     num_updates: Tensor
 
-    def __init__(self, mode: NormMode = "batch", momentum: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(self, mode: NormMode = "batch", momentum: float = 0.99, eps: float = 1e-3) -> None:
         super().__init__()
         if mode not in NORMS:
             raise ValueError(f"unknown value norm {mode!r}; accepted: {list(NORMS)}")
@@ -109,7 +110,7 @@ class UpperLoss(nn.Module, abc.ABC):
 
     use_probs: bool = False
 
-    def __init__(self, norm: NormMode = "none", momentum: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(self, norm: NormMode = "none", momentum: float = 0.99, eps: float = 1e-3) -> None:
         super().__init__()
         self.value_norm = ValueNorm(norm, momentum, eps)
 
@@ -146,7 +147,7 @@ class VVAML(UpperLoss):
     `norm='moving'` follows the paper text (§2.3).
     """
 
-    def __init__(self, norm: NormMode = "batch", momentum: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(self, norm: NormMode = "batch", momentum: float = 0.99, eps: float = 1e-3) -> None:
         super().__init__(norm=norm, momentum=momentum, eps=eps)
 
     def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
@@ -180,7 +181,7 @@ class VaGraM(UpperLoss):
         clip_quantile: float | None = 0.95,
         norm: NormMode = "none",
         momentum: float = 0.99,
-        eps: float = 1e-8,
+        eps: float = 1e-3,
     ) -> None:
         super().__init__(norm=norm, momentum=momentum, eps=eps)
         if clip_quantile is not None and not 0.0 < clip_quantile <= 1.0:

@@ -1,8 +1,14 @@
 """The one pydantic config tree of a TEMPO / DreamerV2 run, with presets.
 
-Defaults are the paper's appendix C (and DreamerV2's published defaults where the paper is silent).
-Presets only override fields; `resolve()` picks one from the task and device when none is given.
-Every field can be overridden from the command line as `--section.field value` (see `apply_overrides`).
+Defaults are the official TEMPO / DreamerV2 configs (deng-ai-lab/TEMPO and danijar/dreamerv2 `configs.yaml`,
+`defaults` + `dmc_vision`), which the paper's appendix C summarises. Presets only override fields;
+`recipes.tempo.resolve()` picks one from the task and device when none is given. Every field can be overridden
+from the command line as `--section.field value`.
+
+Units, as in the references: `run.steps`, `run.eval_every`, `run.log_every` and `run.checkpoint_every` count
+environment frames (what curves are plotted against); `run.prefill` and `run.train_every` count agent steps
+(one `env.step`, i.e. `action_repeat` frames), like DreamerV2's `prefill` and `train_every`; `run.pretrain`
+counts updates; `env.time_limit` counts agent steps.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agents import schedules
 from bilevel.config import BilevelConfig
 
 PRESETS = ("dmc_pixels", "dmc_state", "atari", "debug")
@@ -35,7 +42,8 @@ class WorldModelConfig(_Strict):
     discrete: int = Field(0, ge=0, description="classes per categorical latent; 0 = Gaussian (DMC)")
     hidden: int = Field(200, ge=1)
     min_std: float = Field(0.1, gt=0)
-    unimix: float = Field(0.01, ge=0, lt=1)
+    std_act: Literal["sigmoid2", "softplus", "sigmoid"] = Field("sigmoid2", description="Gaussian latent std")
+    unimix: float = Field(0.0, ge=0, lt=1, description="uniform mix of categorical latents (DreamerV3; 0 in V2)")
     depth: int = Field(48, ge=1, description="conv encoder/decoder depth")
     units: int = Field(400, ge=1, description="MLP units (encoder, decoder, heads)")
     layers: int = Field(4, ge=1)
@@ -48,24 +56,33 @@ class WorldModelConfig(_Strict):
     lr: float = Field(3e-4, gt=0)
     eps: float = Field(1e-5, gt=0)
     clip: float = Field(100.0, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay: θ <- (1 - wd)·θ per step")
 
 
 class AgentConfig(_Strict):
+    """DreamerV2's actor-critic (`agents.ActorCritic`); `reward_transform` is DreamerV2's `clip_rewards`."""
+
     horizon: int = Field(15, ge=1)
     gamma: float = Field(0.99, gt=0, le=1)
     lambda_: float = Field(0.95, ge=0, le=1)
     actor_lr: float = Field(8e-5, gt=0)
     critic_lr: float = Field(8e-5, gt=0)
     slow_target_every: int = Field(100, ge=1)
-    actor_grad: Literal["auto", "dynamics", "reinforce"] = "auto"
-    actor_ent: float = Field(1e-4, ge=0)
+    actor_grad: Literal["auto", "dynamics", "reinforce", "both"] = "auto"
+    actor_ent: float | str = Field(1e-4, description="a number or a DreamerV2 schedule, e.g. 'linear(3e-3,1e-4,1e6)'")
+    actor_grad_mix: float | str = Field(0.1, description="dynamics share for actor_grad 'both' (number or schedule)")
     reward_transform: Literal["none", "tanh"] = "none"
     units: int = Field(400, ge=1)
     layers: int = Field(4, ge=1)
     eps: float = Field(1e-5, gt=0)
     clip: float = Field(100.0, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay (actor and critic)")
+
+    @field_validator("actor_ent", "actor_grad_mix")
+    @classmethod
+    def _schedule(cls, v: float | str) -> float | str:
+        schedules.parse(v)  # a bad schedule string fails with the accepted forms named
+        return v
 
 
 class ReplayConfig(_Strict):
@@ -73,6 +90,8 @@ class ReplayConfig(_Strict):
     batch: int = Field(16, ge=1)
     length: int = Field(50, ge=2)
     prioritize_ends: bool = False
+    uniform_over: Literal["episodes", "steps"] = Field(
+        "episodes", description="draw an episode uniformly, then a start (DreamerV2), or every start equally")
 
 
 class TempoConfig(_Strict):
@@ -90,15 +109,15 @@ class TempoConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    steps: int = Field(1_000_000, ge=0, description="environment steps (after action repeat)")
-    prefill: int = Field(1000, ge=0)
-    pretrain: int = Field(100, ge=0)
-    train_every: int = Field(5, ge=1)
-    eval_every: int = Field(10_000, ge=1)
+    steps: int = Field(1_000_000, ge=0, description="environment frames")
+    prefill: int = Field(1000, ge=0, description="agent steps of random actions before training")
+    pretrain: int = Field(100, ge=0, description="updates right after the prefill")
+    train_every: int = Field(5, ge=1, description="one update every this many agent steps")
+    eval_every: int = Field(10_000, ge=1, description="environment frames")
     eval_episodes: int = Field(1, ge=1)
-    log_every: int = Field(1000, ge=1)
+    log_every: int = Field(1000, ge=1, description="environment frames")
     video_every: int = Field(5, ge=0, description="save an eval video every N evaluations (0 = never)")
-    checkpoint_every: int = Field(10_000, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1, description="environment frames")
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
     logdir: str = "runs/default"
@@ -141,9 +160,12 @@ class Config(_Strict):
 
 
 PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    # The defaults: TEMPO's dmc_vision (DreamerV2's, with Gaussian latents).
     "dmc_pixels": {"env": {"obs": "pixels"}},
-    # Proprioceptive DMC: the same agent on state vectors (pixel updates are ~100x slower on CPU).
-    "dmc_state": {"env": {"obs": "state"}},
+    # Proprioceptive DMC: DreamerV2's / TEMPO's dmc_proprio (categorical 32x32 latents, the defaults'
+    # sizes otherwise; evaluation every 1e4 agent steps).
+    "dmc_state": {"env": {"obs": "state"}, "world_model": {"discrete": 32}, "run": {"eval_every": 20_000}},
+    # TEMPO's atari config (DreamerV2's atari, evaluated every 2.5e4 agent steps); the paper's 1e7-frame budget.
     "atari": {
         "env": {"obs": "pixels", "task": "atari:pong"},
         "world_model": {"deter": 600, "hidden": 600, "discrete": 32, "discount_head": True, "kl_free": 0.0,
@@ -151,7 +173,8 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "agent": {"gamma": 0.999, "actor_lr": 4e-5, "critic_lr": 1e-4, "actor_ent": 1e-3,
                   "actor_grad": "reinforce", "reward_transform": "tanh"},
         "replay": {"prioritize_ends": True},
-        "run": {"prefill": 50_000, "train_every": 16, "eval_every": 250_000, "steps": 10_000_000},
+        "run": {"prefill": 50_000, "pretrain": 1, "train_every": 16, "eval_every": 100_000, "log_every": 100_000,
+                "steps": 10_000_000},
     },
     # Tiny everything: runs end to end in seconds on CPU (tests, smoke runs).
     "debug": {
@@ -160,7 +183,7 @@ PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "agent": {"horizon": 5, "units": 32, "layers": 2, "slow_target_every": 5},
         "replay": {"batch": 4, "length": 10},
         "tempo": {"bilevel": {"weighter": {"layers": 3, "units": 32}}},
-        "run": {"steps": 300, "prefill": 120, "pretrain": 2, "train_every": 20, "eval_every": 150,
+        "run": {"steps": 300, "prefill": 60, "pretrain": 2, "train_every": 10, "eval_every": 150,
                 "log_every": 60, "checkpoint_every": 100, "video_every": 1},
     },
 }

@@ -166,13 +166,16 @@ def make_config(strategy: str, contraction: str, engine: str, meta_lr: float,
     0.6 ratio between noisy and clean weights). Unlike MWN we do not renormalise weights by their batch
     sum, so the range is centred on 1 (σ(0) = 0.5 -> w = 1): the effective lower learning rate starts
     where the uniform model's is, and the hypergradient must *learn* to lower noisy weights.
-    Adam on α with eps 1e-8: the correct hypergradient is scaled by -η (tiny for η = 1e-3), so the
-    default eps 1e-5 would swamp it; with eps small Adam is invariant to that scale.
+    No BatchNorm on the output logit either (TEMPO's weighter has one): it would force half the samples
+    above and half below w = 1 in every batch, whatever their labels.
+    Adam on α with eps 1e-8 and the derivative's scale (`approx_scale='lr'`): the correct hypergradient is
+    scaled by -η (tiny for η = 1e-3), so the default eps 1e-5 would swamp it; with eps small Adam is nearly
+    invariant to that scale.
     """
-    weighter = WeighterConfig(layers=2, units=100, act="relu", norm="none", out_scale=2.0, out_shift=0.0,
-                              lr=meta_lr, eps=1e-8, weight_decay=0.0)
+    weighter = WeighterConfig(layers=2, units=100, act="relu", norm="none", out_norm="none", out_scale=2.0,
+                              out_shift=0.0, lr=meta_lr, eps=1e-8, weight_decay=0.0)
     return BilevelConfig(strategy=strategy, contraction=contraction, engine=engine, sign=sign,
-                         weighter=weighter)
+                         approx_scale="lr", weighter=weighter)
 
 
 @torch.no_grad()

@@ -3,9 +3,10 @@
     python -m recipes.tempo --task finger_spin                 # TEMPO, preset from task + device
     python -m recipes.tempo --task finger_spin --weighting none   # plain DreamerV2 (the baseline)
 
-Loop: prefill the replay with random actions; then every `train_every` env steps one world-model
-update through the bilevel trainer (weights -> θ update -> α update) followed by one actor-critic
-update from the posterior states of that same pass; evaluate the policy mode every `eval_every`.
+Loop: prefill the replay with `prefill` agent steps of random actions and do `pretrain` updates; then every
+`train_every` agent steps (DreamerV2's units: one agent step is `action_repeat` frames) one world-model
+update through the bilevel trainer (weights -> θ update -> α update) followed by one actor-critic update
+from the posterior states of that same pass; evaluate the policy mode every `eval_every` frames.
 Re-running with the same `--logdir` resumes; Ctrl-C saves a checkpoint and exits.
 """
 
@@ -210,8 +211,9 @@ class Run:
     def __init__(self, cfg: Config, logdir: Path) -> None:
         from agents import ActorCritic
         from bilevel import BilevelTrainer
+        from bilevel.trainer import make_optimizer
         from envs import Replay, make_env
-        from losses import get_upper_loss
+        from losses import UpperLoss, get_upper_loss, upper_loss_class
         from worldmodels import WorldModel
         from worldmodels.tempo_problem import WorldModelProblem
 
@@ -225,12 +227,14 @@ class Run:
         self.env = make_env(e.task, seed=cfg.run.seed, **kw)
         self.eval_env = make_env(e.task, seed=cfg.run.seed + 10_000, **kw)
         self.repeat = e.action_repeat or (4 if e.task.startswith("atari:") else 1 if e.task.startswith("gym:") else 2)
-        self.replay = Replay(logdir / "replay", cfg.replay.capacity, seed=cfg.run.seed)
+        self.replay = Replay(logdir / "replay", cfg.replay.capacity, seed=cfg.run.seed,
+                             prioritize_ends=cfg.replay.prioritize_ends, uniform_over=cfg.replay.uniform_over)
 
         m = cfg.world_model
         self.wm = WorldModel(
             self.env.obs_space, self.env.action_dim, self.env.discrete, deter=m.deter, stoch=m.stoch,
-            discrete=m.discrete, hidden=m.hidden, min_std=m.min_std, unimix=m.unimix, depth=m.depth,
+            discrete=m.discrete, hidden=m.hidden, min_std=m.min_std, unimix=m.unimix, std_act=m.std_act,
+            depth=m.depth,
             mlp_units=m.units, mlp_layers=m.layers, discount_head=m.discount_head, kl_balance=m.kl_balance,
             kl_free=m.kl_free, kl_scale=m.kl_scale,
             loss_scales={"reward": m.reward_scale, "discount": m.discount_scale},
@@ -240,20 +244,23 @@ class Run:
             self.wm.rssm.feat_dim, self.env.action_dim, self.env.discrete, horizon=a.horizon, gamma=a.gamma,
             lambda_=a.lambda_, actor_lr=a.actor_lr, critic_lr=a.critic_lr, slow_target_every=a.slow_target_every,
             # DreamerV2 squashes replay rewards before the world model sees them (to_torch), not predictions
-            actor_grad=a.actor_grad, actor_ent=a.actor_ent, reward_transform="none", layers=a.layers,
+            actor_grad=a.actor_grad, actor_ent=a.actor_ent, actor_grad_mix=a.actor_grad_mix,
+            reward_transform="none", layers=a.layers,
             units=a.units, eps=a.eps, clip=a.clip, weight_decay=a.weight_decay, use_discount_head=m.discount_head,
         ).to(self.device)
-        norm = cfg.tempo.value_norm
-        self.upper = get_upper_loss(cfg.tempo.upper_loss, **({"norm": norm} if cfg.tempo.upper_loss == "vvaml"
-                                                              else {}))
+        # Every UpperLoss normalises its values (the weighter's V inputs) with tempo.value_norm; a plain
+        # user callable has no value normalisation to configure.
+        cls = upper_loss_class(cfg.tempo.upper_loss)
+        is_upper = isinstance(cls, type) and issubclass(cls, UpperLoss)
+        self.upper = get_upper_loss(cfg.tempo.upper_loss, **({"norm": cfg.tempo.value_norm} if is_upper else {}))
         if isinstance(self.upper, torch.nn.Module):
             self.upper.to(self.device)
         self.problem = WorldModelProblem(self.wm, self.upper, lambda f: self.agent.value(f, slow=True),
                                          cfg.tempo.weighter_inputs)
-        opt = torch.optim.Adam(self.wm.parameters(), lr=m.lr, eps=m.eps, weight_decay=m.weight_decay)
+        opt = make_optimizer(self.wm.parameters(), "adam", m.lr, m.eps, m.weight_decay)  # DreamerV2's decoupled wd
         self.trainer = BilevelTrainer(self.wm, self.problem.input_dim, bilevel_config(cfg), lower_opt=opt,
                                       lower_clip=m.clip, max_nonfinite=cfg.run.max_nonfinite)
-        self.step = 0  # env frames
+        self.step = 0  # env frames (agent steps × action repeat)
         self.updates = 0
         self.episodes = 0
         self.next_eval = 0
@@ -265,6 +272,11 @@ class Run:
         self.nonfinite_actions = 0
 
     # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def agent_step(self) -> int:
+        """Environment steps taken by the agent (DreamerV2's `step` counter; schedules and `train_every`)."""
+        return self.step // self.repeat
+
     @staticmethod
     def seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -320,7 +332,7 @@ class Run:
         self.trainer.last = None  # free the world-model graph before imagination
         self.record({f"wm/{k}": v for k, v in metrics.items()})
         if all(bool(torch.isfinite(v).all()) for v in start.values()):
-            ac = self.agent.train_step(self.wm, start, batch["is_terminal"])
+            ac = self.agent.train_step(self.wm, start, batch["is_terminal"], step=self.agent_step)
             ac = {f"agent/{k}": float(v) for k, v in ac.items()}
             self.nonfinite_agent += int(ac.pop("agent/skipped_nonfinite"))
             self.record(ac)
@@ -501,25 +513,26 @@ def train(cfg: Config, notice: str | None = None) -> int:
             run.last_eval = run_eval(run, logdir)
             log.write({"step": 0, "eval_return": run.last_eval})
         while run.step < r.steps:
-            if run.step < r.prefill:
+            if run.agent_step < r.prefill:
                 action = run.random_action()
             else:
                 action, state = run.act(obs, state, "explore")
             obs = run.env.step(action)
             run.replay.add(obs, action)
             ep_ret += float(obs["reward"])
-            prev, run.step = run.step, run.step + run.repeat
+            prev, prev_agent = run.step, run.agent_step
+            run.step += run.repeat
             if obs["is_last"]:
                 run.episodes += 1
                 run.record({"train_return": ep_ret})
                 obs, state, ep_ret = run.env.reset(), None, 0.0
                 run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
-            if run.step >= r.prefill and len(run.replay) >= cfg.replay.length:
+            if run.agent_step >= r.prefill and len(run.replay) >= cfg.replay.length:
                 if not pretrained:
                     for _ in range(r.pretrain):
                         run.train_once()
                     pretrained = True
-                if run.step // r.train_every > prev // r.train_every:
+                if run.agent_step // r.train_every > prev_agent // r.train_every:
                     run.train_once()
             evaluated = run.step >= run.next_eval or run.step >= r.steps  # always score the final agent
             if evaluated:

@@ -3,8 +3,10 @@ dynamics (continuous/dynamics and discrete/reinforce), gradient isolation, and c
 
 from __future__ import annotations
 
+import copy
 import io
 import math
+import re
 import time
 from collections.abc import Callable
 
@@ -360,3 +362,54 @@ def test_nonfinite_update_is_skipped_not_applied():
     assert m["skipped_nonfinite"] == 1.0 and agent.updates == 0
     assert all(torch.equal(b, p) for b, p in zip(before, agent.parameters(), strict=True))
     assert agent.train_step(model, make_start())["skipped_nonfinite"] == 0.0
+
+
+# ---- DreamerV2's schedules and actor_grad='both' -------------------------------------------------------
+def test_schedules_match_dreamerv2_formulas():
+    from agents import schedules
+
+    assert schedules.value(3e-4, 10**6) == 3e-4 and schedules.value("1e-4", 0) == 1e-4
+    assert schedules.value("linear(1e-3,1e-4,100)", 25) == pytest.approx(0.75 * 1e-3 + 0.25 * 1e-4)
+    assert schedules.value("linear(1e-3,1e-4,100)", 500) == pytest.approx(1e-4)  # clipped after n steps
+    assert schedules.value("warmup(10,0.5)", 4) == pytest.approx(0.2)
+    assert schedules.value("exp(1,0.2,10)", 20) == pytest.approx(0.8 * 0.25 + 0.2)
+    assert schedules.value("horizon(10,100,50)", 25) == pytest.approx(1 - 1 / 55)
+    for bad in ("linear(1,2)", "cosine(1,2,3)", "fast"):
+        with pytest.raises(ValueError, match=f"bad schedule '{re.escape(bad)}'; accepted: a number, 'linear"):
+            schedules.parse(bad)
+    with pytest.raises(ValueError, match="bad schedule 'fast'"):
+        small_agent(False, actor_ent="fast")
+
+
+def actor_step(agent: ActorCritic, model: PointModel, start: dict[str, Tensor], step: int) -> tuple[Tensor, dict]:
+    """The actor's parameter change of one train_step with plain SGD(lr=1), no clipping, no decay: -∇ actor loss."""
+    agent = copy.deepcopy(agent)
+    agent.actor_opt = torch.optim.SGD(agent.actor.parameters(), lr=1.0)
+    agent.clip, agent.weight_decay = 1e12, 0.0
+    before = torch.cat([p.detach().reshape(-1).clone() for p in agent.actor.parameters()])
+    torch.manual_seed(3)
+    metrics = agent.train_step(model, start, step=step)
+    return before - torch.cat([p.detach().reshape(-1) for p in agent.actor.parameters()]), metrics
+
+
+def test_actor_grad_both_mixes_dynamics_and_reinforce_on_schedule():
+    """objective = mix·R_λ + (1 - mix)·log π(a)·A with mix = actor_grad_mix at the agent step: the gradient is
+    linear in mix, equals 'dynamics' at mix = 1, and the schedule is read at the step passed in."""
+    torch.manual_seed(0)
+    model, start = PointModel(False), make_start()
+    grads = {}
+    for mix in (0.0, 1.0, 0.3):
+        torch.manual_seed(1)
+        agent = small_agent(False, actor_grad="both", actor_grad_mix=mix, actor_ent=0.0)
+        grads[mix], m = actor_step(agent, model, start, 0)
+        assert m["actor_grad_mix"] == mix
+    torch.manual_seed(1)
+    dyn, _ = actor_step(small_agent(False, actor_grad="dynamics", actor_ent=0.0), model, start, 0)
+    assert float(grads[1.0].norm()) > 1e-6 and float((grads[0.0] - grads[1.0]).norm()) > 1e-3 * float(dyn.norm())
+    torch.testing.assert_close(grads[1.0], dyn, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(grads[0.3], 0.3 * grads[1.0] + 0.7 * grads[0.0], rtol=1e-4, atol=1e-7)
+    # schedules: linear(1, 0, 100) at agent step 30 is 0.7, for both the mix and the entropy scale
+    torch.manual_seed(1)
+    agent = small_agent(False, actor_grad="both", actor_grad_mix="linear(1,0,100)", actor_ent="linear(0,1e-2,100)")
+    _, m = actor_step(agent, model, start, 30)
+    assert m["actor_grad_mix"] == pytest.approx(0.7) and m["actor_ent_scale"] == pytest.approx(3e-3)

@@ -65,10 +65,14 @@ def test_agrees_with_native_for_the_same_config(cfg):
     assert rel(gb, gn) < 1e-6, (gb, gn)
 
 
-def test_official_sign_is_minus_one_over_eta_times_correct():
-    g1, _, _, _ = betty_and_native(APPROX, 0.05)
-    g2, _, _, _ = betty_and_native({**APPROX, "sign": "official"}, 0.05)
-    assert torch.allclose(g2, -g1 / 0.05, rtol=1e-10)
+def test_official_sign_and_unit_scale():
+    """official = -correct at either scale; 'lr' = η × 'unit' (darts is scaled once, after the call)."""
+    g_lr, _, _, _ = betty_and_native(APPROX, 0.05)
+    g_off, _, _, _ = betty_and_native({**APPROX, "sign": "official"}, 0.05)
+    g_unit, gn_unit, _, _ = betty_and_native({**APPROX, "approx_scale": "unit"}, 0.05)
+    assert torch.equal(g_off, -g_lr)
+    assert torch.allclose(g_lr, 0.05 * g_unit, rtol=1e-12, atol=0)
+    assert rel(g_unit, gn_unit) < 1e-6
 
 
 def test_noise_replayed_in_betty_training_step():

@@ -9,12 +9,12 @@ from bilevel import BilevelConfig, BilevelTrainer
 from bilevel.config import SUPPORTED
 from tests.lsq import LSQProblem, closed_form
 
-AFFINE = {"layers": 1, "norm": "none"}  # w = 0.5σ(a·f+b)+0.75: a closed form exists
+AFFINE = {"layers": 1, "norm": "none", "out_norm": "none"}  # w = 0.5σ(a·f+b)+0.75: a closed form exists
 
 
 def make(cfg: dict, eta: float = 0.1, opt: str = "sgd", seed: int = 0, noise: float = 0.0):
     problem = LSQProblem(seed=seed, noise=noise)
-    bc = BilevelConfig(**cfg, weighter=AFFINE)
+    bc = BilevelConfig(**{"approx_scale": "lr", **cfg}, weighter=AFFINE)  # closed forms carry η
     if opt == "sgd":
         lower = torch.optim.SGD(problem.model.parameters(), lr=eta)
     else:
@@ -67,12 +67,21 @@ def test_matches_closed_form(engine, strategy, contraction, extra, kind):
     assert rel(got, want) < TOL[contraction], (got, want)
 
 
-def test_official_sign_is_minus_one_over_eta_times_correct():
+@pytest.mark.parametrize("contraction", ["double_backward", "terms_fd", "finite_difference"])
+def test_unit_scale_is_exactly_minus_the_official_update_and_lr_scale_is_eta_times_unit(contraction):
+    """The default (correct sign, unit scale) α-gradient is exactly -1 times the official code's +mixed(∇θL_up),
+    so Adam moves α by the official step size in the opposite direction; approx_scale='lr' is η times it."""
     eta = 0.05
-    p1, t1 = make({"strategy": "approx"}, eta)
-    p2, t2 = make({"strategy": "approx", "sign": "official"}, eta)
-    g1, g2 = hypergrad(p1, t1), hypergrad(p2, t2)
-    assert torch.allclose(g2, -g1 / eta, rtol=1e-10)
+    base = {"strategy": "approx", "contraction": contraction}
+    g = {}
+    for key, extra in {"default": {"approx_scale": "unit"}, "official": {"approx_scale": "unit", "sign": "official"},
+                       "lr": {"approx_scale": "lr"}}.items():
+        p, t = make({**base, **extra}, eta)
+        g[key] = hypergrad(p, t)
+    assert BilevelConfig().approx_scale == "unit"
+    assert float(g["default"].norm()) > 1e-3
+    assert torch.equal(g["default"], -g["official"])
+    assert torch.allclose(g["lr"], eta * g["default"], rtol=1e-12, atol=0)
 
 
 def test_approx_tends_to_unroll_as_eta_goes_to_zero():

@@ -31,7 +31,8 @@ def test_debug_state_dmc_writes_all_outputs(tmp_path):
     p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir)])
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
-    assert summary["step"] == 300 and summary["updates"] > 0 and summary["method"] == "tempo"
+    # 150 agent steps: 2 pretrain updates when the 60-step prefill is done, then one every 10 agent steps
+    assert summary["step"] == 300 and summary["updates"] == 2 + 10 and summary["method"] == "tempo"
     cfg = json.loads((logdir / "config.json").read_text())
     assert cfg["task"] == "cartpole_swingup" and cfg["preset"] == "debug" and cfg["method"] == "tempo"
     assert cfg["tempo"]["bilevel"]["weighter"]["lr"] == 1e-4  # the paper's default survives the preset
@@ -55,11 +56,13 @@ def test_debug_state_dmc_writes_all_outputs(tmp_path):
 
 def test_debug_baseline_and_atari(tmp_path):
     p = run_cli(["--task", "atari:pong", "--preset", "debug", "--weighting", "none", "--logdir",
-                 str(tmp_path / "pong"), "--run.steps", "600", "--run.prefill", "240", "--run.eval_every", "600",
+                 str(tmp_path / "pong"), "--run.steps", "600", "--run.prefill", "60", "--run.eval_every", "600",
                  "--env.time_limit", "30"])
     assert p.returncode == 0, p.stderr[-3000:]
     cfg = json.loads((tmp_path / "pong" / "config.json").read_text())
     assert cfg["method"] == "dreamerv2" and cfg["env"]["obs"] == "pixels"
+    # prefill and train_every count agent steps: 600 frames at repeat 4 update as often as 300 at repeat 2
+    assert json.loads(p.stdout.strip().splitlines()[-1])["updates"] == 2 + 10
     last = [r for r in records(tmp_path / "pong") if "wm/lower_loss" in r][-1]
     assert last["wm/weight_min"] == last["wm/weight_max"] == 1.0  # uniform weights: plain DreamerV2
     assert "wm/hypergrad_norm" not in last

@@ -117,8 +117,9 @@ def test_capacity_evicts_oldest_in_memory_and_on_reload(tmp_path):
     assert [int(e["state"][0, 0]) for e in Replay(tmp_path, capacity_steps=1000).episodes] == [0, 1, 2, 3]
 
 
-def test_samples_are_exact_subwindows(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=10_000, seed=1)
+@pytest.mark.parametrize("uniform_over", ["steps", "episodes"])
+def test_samples_are_exact_subwindows(tmp_path, uniform_over):
+    replay = Replay(tmp_path, capacity_steps=10_000, seed=1, uniform_over=uniform_over)
     lengths = {0: 30, 1: 8, 2: 50}  # episode 1 is shorter than the chunk length: never sampled
     for ep, n in lengths.items():
         add_episode(replay, ep, n)
@@ -134,13 +135,17 @@ def test_samples_are_exact_subwindows(tmp_path):
         np.testing.assert_array_equal(batch["reward"][b], ep * 1000 + t)
         expected_action = np.where(t == 0, 0.0, ep + t / 1000).astype(np.float32)
         np.testing.assert_array_equal(batch["action"][b, :, 0], expected_action)
-        np.testing.assert_array_equal(batch["is_first"][b], t == 0)
+        np.testing.assert_array_equal(batch["is_first"][b], (t == 0) | (t == t0))  # every chunk starts fresh
         np.testing.assert_array_equal(batch["is_last"][b], t == lengths[ep] - 1)
         starts[ep].append(t0)
-    # Uniform over all 21 + 41 valid starts (not over episodes): ~32 draws each, episode 0 gets 21/62.
-    assert len(starts[0]) / n == pytest.approx(21 / 62, abs=0.04)
-    counts = np.concatenate([np.bincount(starts[0], minlength=21), np.bincount(starts[2], minlength=41)])
-    assert len(counts) == 62 and counts.min() >= 12 and counts.max() <= 60
+    if uniform_over == "steps":  # uniform over all 21 + 41 valid starts: ~32 draws each, episode 0 gets 21/62
+        assert len(starts[0]) / n == pytest.approx(21 / 62, abs=0.04)
+        counts = np.concatenate([np.bincount(starts[0], minlength=21), np.bincount(starts[2], minlength=41)])
+        assert len(counts) == 62 and counts.min() >= 12 and counts.max() <= 60
+    else:  # DreamerV2: each long-enough episode half the time, then uniform within it (~48 / ~24 draws a start)
+        assert len(starts[0]) / n == pytest.approx(1 / 2, abs=0.04)
+        c0, c2 = np.bincount(starts[0], minlength=21), np.bincount(starts[2], minlength=41)
+        assert len(c0) == 21 and len(c2) == 41 and c0.min() >= 25 and c2.max() <= 45
     with pytest.raises(ValueError, match="no stored episode has >= 60 steps"):
         replay.sample(4, 60)
 

@@ -169,7 +169,7 @@ def test_gru_cell_matches_equations():
     torch.manual_seed(0)
     cell = GRUCell(3, 5, norm=True)
     x, h = torch.randn(4, 3), torch.randn(4, 5)
-    parts = torch.nn.functional.layer_norm(torch.cat([x, h], -1) @ cell.layer.weight.T, (15,),
+    parts = torch.nn.functional.layer_norm(torch.cat([x, h], -1) @ cell.layer.weight.T + cell.layer.bias, (15,),
                                            cell.norm.weight, cell.norm.bias, eps=1e-3)
     r, c, u = parts.split(5, -1)
     c = torch.tanh(torch.sigmoid(r) * c)
@@ -396,3 +396,20 @@ def test_forward_over_reverse_matches_double_backward(discrete):
     _, hvp_fwd = jvp(grad(loss_fn), (params,), (v,))
     hvp = _double_backward_hvp(loss_fn, params, v)
     torch.testing.assert_close(flat(hvp_fwd.values()), hvp, rtol=1e-10, atol=1e-12)
+
+
+def test_dreamerv2_rssm_details():
+    """DreamerV2's RSSM: std = 2·σ(x/2) + min_std ('sigmoid2'), no uniform mix of categorical latents, and a
+    GRU whose Linear keeps its bias under the LayerNorm."""
+    rssm = RSSM(2, 5, deter=6, stoch=3, hidden=7, min_std=0.1)
+    assert rssm.unimix == 0.0 and rssm.std_act == "sigmoid2"
+    x = torch.tensor([[-30.0, 0.0, 2.0, 0.5, -1.0, 30.0]])  # [mean(3), raw std(3)]
+    stats = rssm._stats(x)
+    torch.testing.assert_close(stats["std"], 2 * torch.sigmoid(x[:, 3:] / 2) + 0.1)
+    assert float(stats["std"][0, 2]) == pytest.approx(2.1, abs=1e-6)  # bounded by 2 + min_std
+    assert rssm.cell.layer.bias is not None
+    cat = RSSM(2, 5, deter=6, stoch=3, discrete=4, hidden=7)
+    logits = torch.randn(1, 12)
+    torch.testing.assert_close(cat._stats(logits)["logits"], logits.reshape(1, 3, 4))  # raw logits, no mix
+    with pytest.raises(ValueError, match="unknown std_act 'exp'; accepted"):
+        RSSM(2, 5, std_act="exp")

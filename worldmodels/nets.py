@@ -59,14 +59,15 @@ class GRUCell(nn.Module):
     """DreamerV2's layer-normalised GRU: one Linear on cat(x, h) -> 3*units, LayerNorm, then gates.
 
     A hand-written cell instead of `nn.GRUCell`/cuDNN so that it supports double backward and forward-mode
-    AD, and the update gate is biased by -1 so the state is mostly carried over at initialisation.
+    AD, and the update gate is biased by -1 so the state is mostly carried over at initialisation. The Linear
+    keeps its bias under the LayerNorm, as DreamerV2's (`use_bias=norm is not None`, which is always true).
     """
 
     def __init__(self, inp: int, units: int, norm: bool = True, update_bias: float = -1.0):
         super().__init__()
         self.units = units
         self.update_bias = update_bias
-        self.layer = nn.Linear(inp + units, 3 * units, bias=not norm)
+        self.layer = nn.Linear(inp + units, 3 * units)
         self.norm = nn.LayerNorm(3 * units, eps=1e-3) if norm else nn.Identity()
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:  # [B, inp], [B, units] -> [B, units]

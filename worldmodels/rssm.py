@@ -24,6 +24,10 @@ from worldmodels.nets import GRUCell, dreamer_init, sg
 
 State = dict[str, Tensor]
 
+# Gaussian std from the raw output x (+ min_std). DreamerV2's configs use 'sigmoid2', which bounds the std to
+# (min_std, 2 + min_std) and gives std = 1 + min_std at x = 0.
+STD_ACTS = {"sigmoid2": lambda x: 2 * torch.sigmoid(x / 2), "softplus": F.softplus, "sigmoid": torch.sigmoid}
+
 
 def stack_states(states: list[State]) -> State:
     """[{k: [B, ...]}] * T -> {k: [T, B, ...]} (stacking, never writing into preallocated tensors)."""
@@ -34,9 +38,12 @@ class RSSM(nn.Module):
     """DreamerV2 RSSM with Gaussian (`discrete=0`) or categorical (`discrete>0`) stochastic latents."""
 
     def __init__(self, action_dim: int, embed_dim: int, deter: int = 200, stoch: int = 32, discrete: int = 0,
-                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.01,
+                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.0, std_act: str = "sigmoid2",
                  act: type[nn.Module] = nn.ELU):
         super().__init__()
+        if std_act not in STD_ACTS:
+            raise ValueError(f"unknown std_act {std_act!r}; accepted: {list(STD_ACTS)}")
+        self.std_act = std_act
         self.action_dim, self.embed_dim = action_dim, embed_dim
         self.deter, self.stoch, self.discrete = deter, stoch, discrete
         self.min_std, self.unimix = min_std, unimix
@@ -64,12 +71,12 @@ class RSSM(nn.Module):
     def _stats(self, x: Tensor) -> State:
         if self.discrete:
             logits = x.reshape(*x.shape[:-1], self.stoch, self.discrete)  # [B, stoch, discrete]
-            if self.unimix > 0:  # 1% uniform mixture keeps every class probability >= unimix/K: finite KL
+            if self.unimix > 0:  # DreamerV3's uniform mixture (DreamerV2 has none): probabilities >= unimix/K
                 probs = (1 - self.unimix) * torch.softmax(logits, -1) + self.unimix / self.discrete
                 logits = torch.log(probs)
             return {"logits": logits}
         mean, std = x.chunk(2, -1)
-        return {"mean": mean, "std": F.softplus(std) + self.min_std}
+        return {"mean": mean, "std": STD_ACTS[self.std_act](std) + self.min_std}
 
     def _sample(self, stats: State) -> Tensor:
         if self.discrete:

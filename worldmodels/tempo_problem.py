@@ -83,9 +83,10 @@ class WorldModelProblem(BilevelProblem):
 
     # -- weighter ------------------------------------------------------------------------------------
     def _stoch(self, state: State) -> Tensor:
-        """The latent's distribution summary: Gaussian mean, or flattened categorical probabilities."""
+        """The latent's distribution parameters the official weighter reads: the Gaussian mean, or the flattened
+        categorical logits (`post['logit']` in the deng-ai-lab code) [T, B, stoch_flat]."""
         if self.discrete:
-            return torch.softmax(state["logits"], -1).flatten(-2)
+            return state["logits"].flatten(-2)
         return state["mean"]
 
     def values(self, ctx: TempoContext) -> tuple[Tensor, Tensor]:
@@ -115,7 +116,8 @@ class WorldModelProblem(BilevelProblem):
     def _upper_states(self, ctx: TempoContext) -> tuple[Tensor, Tensor, Tensor]:
         post, prior = ctx.post, ctx.prior
         if self.discrete and getattr(self.upper, "use_probs", False):
-            return post["h"], self._stoch(post), self._stoch(prior)
+            probs = lambda st: torch.softmax(st["logits"], -1).flatten(-2)  # noqa: E731
+            return post["h"], probs(post), probs(prior)
         return post["h"], post["s"], prior["s"]
 
     def upper_loss(self, batch: Any, ctx: TempoContext) -> Tensor:

@@ -35,7 +35,8 @@ class WorldModel(nn.Module):
 
     def __init__(self, obs_space: dict[str, tuple[int, ...]], action_dim: int,
                  discrete_actions: bool = False, *, deter: int = 200, stoch: int = 32, discrete: int = 0,
-                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.01, depth: int = 48,
+                 hidden: int = 200, min_std: float = 0.1, unimix: float = 0.0, std_act: str = "sigmoid2",
+                 depth: int = 48,
                  mlp_units: int = 400, mlp_layers: int = 4,
                  discount_head: bool = False, kl_balance: float = 0.8, kl_free: float = 1.0,
                  kl_scale: float = 1.0, loss_scales: dict[str, float] | None = None,
@@ -59,7 +60,7 @@ class WorldModel(nn.Module):
             if len(self.obs_shape) != 1:
                 raise ValueError(f"state obs must be (D,), got {self.obs_shape}")
             self.encoder = MLP(self.obs_shape[0], None, mlp_layers, mlp_units, act)
-        self.rssm = RSSM(action_dim, self.encoder.out_dim, deter, stoch, discrete, hidden, min_std, unimix,
+        self.rssm = RSSM(action_dim, self.encoder.out_dim, deter, stoch, discrete, hidden, min_std, unimix, std_act,
                          act)
         feat = self.rssm.feat_dim
         if self.obs_key == "image":

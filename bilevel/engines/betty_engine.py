@@ -25,8 +25,9 @@ Mapping Betty's outputs to our convention (that of `bilevel.strategies`)
 ------------------------------------------------------------------------
 mixed(u) = (∂²L_low/∂θ∂α)ᵀ u.
 * darts returns (∇α L_low(θ-εv) - ∇α L_low(θ+εv)) / 2ε ≈ -mixed(v), ε = darts_alpha/(‖v‖+1e-15).
-  sign 'correct' wants -η·mixed(v)  -> we return  +η · darts;
-  sign 'official' wants +mixed(v)   -> we return  -darts.
+  `approx` wants c·mixed(v) (c = `strategies.approx_coef`: -1, -η, +1 or +η by sign and approx_scale)
+  -> we return -c · darts. Both lower-loss evaluations replay the forward pass's `bilevel.stopgrad` values,
+  so darts estimates the derivative autograd takes on models with stop-gradients.
 * neumann returns -mixed(α Σ_{j=0..J} (I-αH)^j v) with α = neumann_alpha (the step size), J =
   neumann_iterations: exactly our -mixed(H⁻¹v) with the native Neumann series -> returned as is.
 * cg returns -mixed(cg_alpha · x) where x solves (cg_alpha·H) x = v; with cg_alpha = 1 this is our
@@ -57,6 +58,7 @@ Betty bugs worked around
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -68,8 +70,10 @@ from betty.problems import ImplicitProblem
 from betty.utils import neg_with_none, to_vec
 from torch import Tensor
 
+from bilevel import stopgrad
 from bilevel.config import BilevelConfig
 from bilevel.context import StepContext, norm
+from bilevel.strategies import approx_coef
 
 
 class _LowerProblem(ImplicitProblem):
@@ -84,7 +88,10 @@ class _LowerProblem(ImplicitProblem):
     def training_step(self, batch: Any) -> Tensor:
         sc = self.sc
         params = dict(self.module.named_parameters())  # live: darts perturbs them in place
-        with sc.rng.replay():  # the step's sampling noise
+        # The step's sampling noise, and its stop-gradient values when recorded (darts: a finite difference of
+        # ∇α L_low then estimates autograd's mixed derivative, not that of the value with sg's moving too).
+        replay = stopgrad.replay(sc.sg_tape) if sc.sg_tape is not None else contextlib.nullcontext()
+        with sc.rng.replay(), replay:
             losses, _ = sc.problem.lower_losses(batch, params)
         loss = sc.problem.lower_objective(losses, sc.weights())  # weighter inputs sc.x held fixed
         if self.damping is not None:
@@ -136,8 +143,8 @@ def alpha_grad(sc: StepContext, cfg: BilevelConfig) -> list[Tensor]:
         return [torch.zeros_like(a) for a in alpha]
     kind = lower.config.type
     if kind == "darts":
-        out = darts_restoring(v, lower, upper)
-        coef = sc.lr if cfg.sign == "correct" else -1.0
+        out = darts_restoring(v, lower, upper)  # ≈ -mixed(v)
+        coef = -approx_coef(cfg, sc.lr)
         return [coef * g for g in out]
     fn = betty_neumann if kind == "neumann" else _betty_cg_fixed
     out = fn(v, lower, upper, False)

@@ -1,31 +1,58 @@
-"""Exact unrolling with `higher`: innerloop_ctx + its differentiable copy of the trainer's optimizer.
+"""Exact unrolling with `higher`: its patched functional model and its differentiable-optimizer machinery,
+stepping the optimizer the trainer really steps.
 
-`copy_initial_weights=False` makes the unrolled trajectory start at the live θ (higher clones it into
-fast weights, so unlike the native unroll step 0 re-runs the lower loss, with the same noise), and
-higher copies the optimizer's state (Adam moments), as the native unroll does.
+`higher.innerloop_ctx` would pick higher's own DifferentiableAdam, which adds eps to √v before the bias
+correction (the legacy torch formula): its first-step α-gradient is 20-27x too large and it ignores
+`decoupled_weight_decay` and clipping. So we build the two pieces ourselves: `higher.monkeypatch` for the fast
+weights (`copy_initial_weights=False`: the trajectory starts at the live θ; unlike the native unroll step 0
+re-runs the lower loss, with the same noise), and `ExactDifferentiableOptimizer`, a
+`higher.optim.DifferentiableOptimizer` whose `_update` is `bilevel.diffopt.step_param` (torch's SGD / Adam /
+AdamW with every option) after the trainer's global-norm clipping in the grad callback. higher copies the
+optimizer's state (moments, step counts, momentum buffers) into it, as the native unroll does.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import higher
 import torch
+from higher.optim import DifferentiableOptimizer
 from torch import Tensor
 
+from bilevel import diffopt
 from bilevel.context import StepContext, grads_or_zeros
 
 
-def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer) -> list[Tensor]:
-    names = sc.names
-    model = sc.problem.model
-    with higher.innerloop_ctx(model, opt, copy_initial_weights=False, track_higher_grads=True) as (fmodel, dopt):
-        for _ in range(steps):
-            with sc.rng.replay():
-                losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
-            loss = sc.problem.lower_objective(losses, sc.weighter(sc.problem.weighter_inputs(ctx).detach()))
-            dopt.step(loss, grad_callback=lambda gs: [torch.zeros_like(p) if g is None else g
-                                                      for g, p in zip(gs, fmodel.fast_params, strict=True)])
+class ExactDifferentiableOptimizer(DifferentiableOptimizer):
+    """higher's differentiable optimizer interface with torch's exact update (`bilevel.diffopt.step_param`)."""
+
+    def __init__(self, other: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+        diffopt.check_differentiable(other)
+        self.kind = diffopt.optimizer_kind(other)
+        super().__init__(other, *args, **kwargs)
+
+    def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
+        for gi, (group, grads) in enumerate(zip(self.param_groups, grouped_grads, strict=True)):
+            for pi, (p, g) in enumerate(zip(group["params"], grads, strict=True)):
+                g = torch.zeros_like(p) if g is None else g
+                group["params"][pi] = diffopt.step_param(p, g, self.state[gi][pi], group, self.kind)
+
+
+def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float | None) -> list[Tensor]:
+    names, model = sc.names, sc.problem.model
+    fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
+
+    def clip_grads(gs: list[Tensor | None]) -> list[Tensor]:
+        gs = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, fmodel.fast_params, strict=True)]
+        return gs if clip is None else diffopt.clip_by_global_norm(gs, clip)
+
+    dopt = ExactDifferentiableOptimizer(opt, model.parameters(), fmodel=fmodel, grad_callback=clip_grads,
+                                        track_higher_grads=True)
+    for _ in range(steps):
         with sc.rng.replay():
-            _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
-        up = sc.problem.upper_loss(sc.batch, ctx)
-        sc.unrolled_upper = float(up.detach())
-        return grads_or_zeros(up, sc.alpha)
+            losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
+        dopt.step(sc.problem.lower_objective(losses, sc.weighter(sc.problem.weighter_inputs(ctx).detach())))
+    with sc.rng.replay():
+        _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
+    return grads_or_zeros(sc.problem.upper_loss(sc.batch, ctx), sc.alpha)
