@@ -116,6 +116,7 @@ class RunConfig(_Strict):
     eval_every: int = Field(10_000, ge=1, description="environment frames")
     eval_episodes: int = Field(1, ge=1)
     log_every: int = Field(1000, ge=1, description="environment frames")
+    progress_every: float = Field(30.0, gt=0, description="seconds between progress lines without a terminal")
     video_every: int = Field(5, ge=0, description="save an eval video every N evaluations (0 = never)")
     checkpoint_every: int = Field(10_000, ge=1, description="environment frames")
     seed: int = 0

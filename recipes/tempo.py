@@ -13,6 +13,7 @@ Re-running with the same `--logdir` resumes; Ctrl-C saves a checkpoint and exits
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -444,23 +445,33 @@ def save_video(frames: list[np.ndarray], path: Path) -> None:
 
 
 class Progress:
-    """tqdm bar on a terminal; plain periodic lines otherwise (CI logs, nohup)."""
+    """A tqdm bar on a terminal. Without one (CI logs, `nohup`, Ray workers) a plain line on stdout every `every`
+    seconds, at each evaluation and at the end: frames, fps since the previous line, updates, the last
+    evaluation return and the ETA at that fps."""
 
-    def __init__(self, total: int, initial: int) -> None:
-        self.tty = sys.stderr.isatty()
+    def __init__(self, total: int, initial: int, every: float) -> None:
+        self.total, self.every = total, every
         self.bar = None
-        if self.tty:
+        if sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        self.last = initial
+            self.bar = tqdm(total=total, initial=initial, unit="frame", dynamic_ncols=True)
+        self.shown = self.line_step = initial
+        self.line_time = time.monotonic()
 
-    def update(self, step: int, info: dict[str, Any], force_line: bool = False) -> None:
+    def update(self, step: int, updates: int, last_eval: float | None, force: bool = False) -> None:
         if self.bar is not None:
-            self.bar.update(step - self.last)
-            self.bar.set_postfix(info, refresh=False)
-        elif force_line:
-            print(f"step {step} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
-        self.last = step
+            self.bar.update(step - self.shown)
+            self.bar.set_postfix({"updates": updates, "eval": fmt(last_eval)}, refresh=False)
+            self.shown = step
+            return
+        now = time.monotonic()
+        if not force and now - self.line_time < self.every:
+            return
+        fps = (step - self.line_step) / max(now - self.line_time, 1e-9)
+        eta = "-" if fps <= 0 else str(datetime.timedelta(seconds=round((self.total - step) / fps)))
+        print(f"progress frames={step}/{self.total} fps={fps:.1f} updates={updates} eval={fmt(last_eval)} "
+              f"eta={eta}", flush=True)
+        self.line_time, self.line_step = now, step
 
     def close(self) -> None:
         if self.bar is not None:
@@ -501,7 +512,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
         {"task": cfg.env.task, "method": cfg.method, "seed": cfg.run.seed, **cfg.model_dump(mode="json")}, indent=2))
     log = MetricsLog(logdir, run.step if resumed else None)
     r = cfg.run
-    progress = Progress(r.steps, run.step)
+    progress = Progress(r.steps, run.step, r.progress_every)
     t_start, step_start = time.time(), run.step
     obs, state = run.env.reset(), None
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
@@ -531,6 +542,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
                 if not pretrained:
                     for _ in range(r.pretrain):
                         run.train_once()
+                        progress.update(run.step, run.updates, run.last_eval)
                     pretrained = True
                 if run.agent_step // r.train_every > prev_agent // r.train_every:
                     run.train_once()
@@ -546,9 +558,7 @@ def train(cfg: Config, notice: str | None = None) -> int:
                     rec["eval_return"] = run.last_eval
                 run.pending.clear()
                 log.write(rec)
-                progress.update(run.step, {"fps": f"{fps:.0f}", "eval": fmt(run.last_eval)}, force_line=True)
-            else:
-                progress.update(run.step, {"eval": fmt(run.last_eval), "updates": run.updates})
+            progress.update(run.step, run.updates, run.last_eval, force=evaluated)
             if run.step - last_ckpt >= r.checkpoint_every or run.step >= r.steps:
                 run.save()
                 last_ckpt = run.step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,9 +29,15 @@ def records(logdir: Path) -> list[dict]:
 
 def test_debug_state_dmc_writes_all_outputs(tmp_path):
     logdir = tmp_path / "run"
-    p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir)])
+    p = run_cli(["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir),
+                 "--run.progress_every", "0.5"])
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
+    # no terminal: a progress line every 0.5 s, at each evaluation and at the end
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("progress ")]
+    pattern = re.compile(r"progress frames=(\d+)/300 fps=[\d.]+ updates=(\d+) eval=(-|-?[\d.]+) eta=(-|[\d:]+)$")
+    assert len(lines) >= 4 and all(pattern.match(ln) for ln in lines), lines
+    assert pattern.match(lines[-1]).group(1, 2) == ("300", "12")
     # 150 agent steps: 2 pretrain updates when the 60-step prefill is done, then one every 10 agent steps
     assert summary["step"] == 300 and summary["updates"] == 2 + 10 and summary["method"] == "tempo"
     cfg = json.loads((logdir / "config.json").read_text())
