@@ -44,9 +44,9 @@ class LatentModel(Protocol):
 
     def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor],
                 horizon: int) -> dict[str, Tensor]:
-        """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H+1, N, A], ...}.
+        """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H, N, A]}.
 
-        Index 0 is the start state and action[i] is the action taken at feat[i].
+        Index 0 is the start state and action[i] is the action taken at feat[i] (none at the last state).
         """
         ...
 
@@ -172,7 +172,10 @@ class Actor(nn.Module):
         self.net = mlp(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
 
     def forward(self, feat: Tensor) -> Dist:  # [..., F] -> dist over [..., A]
-        out = self.net(feat)
+        return self.dist(self.net(feat))
+
+    def dist(self, out: Tensor) -> Dist:
+        """The distribution from the network's raw output [..., A or 2A]."""
         if self.discrete:
             return OneHotCategoricalStraightThrough(logits=out, validate_args=False)
         mean, std = out.chunk(2, -1)
@@ -298,12 +301,15 @@ class ActorCritic(nn.Module):
         is never touched, although with actor_grad='dynamics' the actor's gradient flows through it.
         """
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in start.items()}  # [N, ...]
-
-        def act(feat: Tensor) -> Tensor:  # [N, F] -> [N, A]; sample keeps a path to the actor params
-            return self.actor(feat.detach()).rsample()
-
         # REINFORCE needs no gradient through the rollout: skip building that graph.
-        with torch.set_grad_enabled(self.actor_grad in ("dynamics", "both")):
+        track = self.actor_grad in ("dynamics", "both")
+        outs: list[Tensor] = []  # the actor's raw outputs at z_0..z_{H-1}, reused by the actor loss
+
+        def act(feat: Tensor) -> Tensor:  # [N, F] -> [N, A]; the sample keeps a path to the actor params
+            outs.append(self.actor.net(feat.detach()))
+            return self.actor.dist(outs[-1]).rsample()
+
+        with torch.set_grad_enabled(track):
             seq = model.imagine(act, start, self.horizon)
             feat = seq["feat"]  # [H+1, N, F]
             reward = model.reward(feat)  # [H+1, N]
@@ -315,14 +321,15 @@ class ActorCritic(nn.Module):
         # weight_t = prod_{k<t} d_k: probability-weighted discount of reaching z_t at all.
         weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0).detach()  # [H+1, N]
 
-        # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}.
-        pi = self.actor(feat[:-2].detach())
+        # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}, under the distributions the rollout sampled
+        # them from (same inputs, same parameters: no second actor pass), unless it ran without a graph.
+        pi = self.actor.dist(torch.stack(outs[:-1])) if track else self.actor(feat[:-2].detach())
         mix = schedules.value(self.actor_grad_mix, step) if self.actor_grad == "both" else None
         if self.actor_grad == "dynamics":
             objective = target[1:]  # [H-1, N]
         else:
             advantage = (target[1:] - value[:-2]).detach()
-            action = seq["action"][:-2]
+            action = seq["action"][:-1]  # [H-1, N, A]
             objective = pi.log_prob(action.detach() if mix is None else action) * advantage
             if mix is not None:
                 objective = mix * target[1:] + (1 - mix) * objective

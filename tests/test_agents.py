@@ -42,7 +42,6 @@ class PointModel(nn.Module):
         for _ in range(horizon):
             actions.append(policy(feats[-1].detach()))
             feats.append(self.step(feats[-1], actions[-1]))
-        actions.append(policy(feats[-1].detach()))
         return {"feat": torch.stack(feats), "action": torch.stack(actions)}
 
     def reward(self, feat: Tensor) -> Tensor:
@@ -276,7 +275,7 @@ def test_train_step_alignment():
     seq = seen["seq"]
     assert isinstance(seq, dict)
     feat, action = seen["scored"]
-    assert torch.equal(feat, seq["feat"][:-2]) and torch.equal(action, seq["action"][:-2])
+    assert torch.equal(feat, seq["feat"][:-2]) and torch.equal(action, seq["action"][:-1])
     reward = model.reward(seq["feat"]).detach()  # [H+1, N]
     target = lambda_return(reward[:-1], torch.zeros_like(reward), 0.9, 0.95)
     assert metrics["critic_target"] == pytest.approx(target.mean().item(), rel=1e-5)
@@ -413,3 +412,74 @@ def test_actor_grad_both_mixes_dynamics_and_reinforce_on_schedule():
     agent = small_agent(False, actor_grad="both", actor_grad_mix="linear(1,0,100)", actor_ent="linear(0,1e-2,100)")
     _, m = actor_step(agent, model, start, 30)
     assert m["actor_grad_mix"] == pytest.approx(0.7) and m["actor_ent_scale"] == pytest.approx(3e-3)
+
+
+# ---- the lean imagination loop against the previous one ---------------------------------------------------
+def previous_imagine(rssm, policy, start, horizon):
+    """RSSM.imagine before the lean loop: stacked state keys and an action sampled at the last state too."""
+    state = {k: start[k] for k in rssm.state_keys}
+    states, feats, actions = [state], [rssm.feat(state)], []
+    for _ in range(horizon):
+        action = policy(feats[-1].detach())
+        state = rssm.img_step(state, action)
+        actions.append(action)
+        states.append(state)
+        feats.append(rssm.feat(state))
+    actions.append(policy(feats[-1].detach()))
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    return {**stacked, "feat": torch.stack(feats), "action": torch.stack(actions)}
+
+
+def previous_losses(agent: ActorCritic, wm, start, step: int = 0) -> tuple[Tensor, Tensor]:
+    """The actor and critic losses as ActorCritic.train_step computed them before the lean loop (a second
+    actor pass on feat[:-2] for the actor loss, actions [H+1])."""
+    from agents import schedules
+
+    start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in start.items()}
+    with torch.set_grad_enabled(agent.actor_grad in ("dynamics", "both")):
+        seq = previous_imagine(wm.rssm, lambda f: agent.actor(f.detach()).rsample(), start, agent.horizon)
+        feat = seq["feat"]
+        reward = wm.reward(feat)
+        disc = agent._discount(wm, feat, None)
+        value = agent.value(feat, slow=True)
+        target = lambda_return(reward[:-1], value, disc[:-1], agent.lambda_)
+    weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0).detach()
+    pi = agent.actor(feat[:-2].detach())
+    if agent.actor_grad == "dynamics":
+        objective = target[1:]
+    else:
+        objective = pi.log_prob(seq["action"][:-2].detach()) * (target[1:] - value[:-2]).detach()
+    actor_loss = -(weight[:-2] * (objective + schedules.value(agent.actor_ent, step) * pi.entropy())).mean()
+    v = agent.critic(feat[:-1].detach())
+    critic_loss = -(torch.distributions.Normal(v, 1.0).log_prob(target.detach()) * weight[:-1]).mean()
+    return actor_loss, critic_loss
+
+
+@pytest.mark.parametrize("discrete,grad", [(0, "dynamics"), (4, "dynamics"), (4, "reinforce")],
+                         ids=["gaussian-dynamics", "categorical-dynamics", "categorical-reinforce"])
+def test_lean_imagination_computes_what_the_previous_loop_did(discrete, grad):
+    """Same seed, same agent, a real RSSM: the losses and the gradients of one update equal those of the
+    previous loop, up to float32 rounding (the actor's matmuls run per step instead of on the stacked batch)."""
+    from worldmodels import WorldModel
+
+    torch.manual_seed(0)
+    wm = WorldModel({"state": (5,)}, 2, deter=16, stoch=4, discrete=discrete, hidden=16, mlp_units=32, mlp_layers=2)
+    start = {k: v.detach() for k, v in wm.observe({"state": torch.randn(6, 3, 5), "action": torch.rand(6, 3, 2),
+                                                    "is_first": torch.zeros(6, 3, dtype=torch.bool)})[0].items()}
+    agent = ActorCritic(wm.rssm.feat_dim, 2, False, actor_grad=grad, layers=2, units=32, actor_ent=3e-3)
+    ref = copy.deepcopy(agent)
+    torch.manual_seed(5)
+    a_loss, c_loss = previous_losses(ref, wm, start)
+    ref_grads = [torch.autograd.grad(loss, list(m.parameters()))
+                 for loss, m in ((a_loss, ref.actor), (c_loss, ref.critic))]
+    for opt_name, module in (("actor_opt", agent.actor), ("critic_opt", agent.critic)):
+        setattr(agent, opt_name, torch.optim.SGD(module.parameters(), lr=1.0))  # parameter change = -gradient
+    agent.clip, agent.weight_decay = 1e12, 0.0
+    before = [[p.detach().clone() for p in m.parameters()] for m in (agent.actor, agent.critic)]
+    torch.manual_seed(5)
+    m = agent.train_step(wm, start)
+    assert m["actor_loss"] == pytest.approx(float(a_loss), rel=1e-6)
+    assert m["critic_loss"] == pytest.approx(float(c_loss), rel=1e-6)
+    for b, module, g_ref in zip(before, (agent.actor, agent.critic), ref_grads, strict=True):
+        for p0, p, g in zip(b, module.parameters(), g_ref, strict=True):
+            torch.testing.assert_close(p0 - p.detach(), g, rtol=1e-4, atol=1e-7)

@@ -219,10 +219,9 @@ def test_imagine_shapes_and_semantics(discrete):
     H, N, F = 5, 6, wm.rssm.feat_dim
     torch.manual_seed(11)
     traj = wm.imagine(policy, start, H)
-    assert traj["feat"].shape == (H + 1, N, F) and traj["action"].shape == (H + 1, N, 2)
-    assert traj["h"].shape == (H + 1, N, 8) and traj["s"].shape == (H + 1, N, wm.rssm.stoch_flat)
+    assert traj["feat"].shape == (H + 1, N, F) and traj["action"].shape == (H, N, 2)
     assert torch.equal(traj["feat"][0], wm.feat(start))
-    torch.testing.assert_close(traj["action"], policy(traj["feat"]))  # action[i] taken at feat[i]
+    torch.testing.assert_close(traj["action"], policy(traj["feat"][:-1]))  # action[i] taken at feat[i]
     torch.manual_seed(11)
     step = wm.rssm.img_step(start, policy(wm.feat(start)))
     torch.testing.assert_close(traj["feat"][1], wm.feat(step))

@@ -127,21 +127,19 @@ class RSSM(nn.Module):
                 detach_policy_input: bool = True) -> dict[str, Tensor]:
         """Roll the prior `horizon` steps from `start` ([N, ...]) under `policy(feat [N, F]) -> [N, A]`.
 
-        Returns {'feat': [H+1, N, F], 'action': [H+1, N, A], state keys: [H+1, N, ...]}; index 0 is the
-        start state and action[i] is the action taken at feat[i] (the last one is sampled too). Actions
-        enter img_step as produced and states are not detached, so actor gradients can flow through the
-        dynamics; as in DreamerV2 the policy's *input* is detached by default.
+        Returns {'feat': [H+1, N, F], 'action': [H, N, A]}: feat[0] is the start state and action[i] the
+        action taken at feat[i]; none is sampled at the last state (it would lead nowhere). Actions enter
+        img_step as produced and states are not detached, so actor gradients can flow through the dynamics; as
+        in DreamerV2 the policy's *input* is detached by default. feat = cat(h, s) holds the whole state the
+        agent needs: no other state key is stacked.
         """
         state = {k: start[k] for k in self.state_keys}
-        states, feats, actions = [state], [self.feat(state)], []
+        feats, actions = [self.feat(state)], []
         for _ in range(horizon):
-            action = policy(feats[-1].detach() if detach_policy_input else feats[-1])
-            state = self.img_step(state, action)
-            actions.append(action)
-            states.append(state)
+            actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1]))
+            state = self.img_step(state, actions[-1])
             feats.append(self.feat(state))
-        actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1]))
-        return {**stack_states(states), "feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
+        return {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
 
     def feat(self, state: State) -> Tensor:
         """cat(h, s): [..., deter + stoch_flat] - the input of every head, the critic and the weighter."""

@@ -145,7 +145,7 @@ class WorldModel(nn.Module):
 
     def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int,
                 detach_policy_input: bool = True) -> dict[str, Tensor]:
-        """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H+1, N, A], state keys [H+1, N, ...]}."""
+        """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H, N, A]}."""
         return self.rssm.imagine(policy, start, horizon, detach_policy_input)
 
     def reward(self, feat: Tensor) -> Tensor:
