@@ -32,6 +32,7 @@ from torch.distributions import Normal, OneHotCategoricalStraightThrough
 from torch.func import functional_call
 
 from agents import schedules
+from bilevel.precision import f32
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
 RewardTransform = Literal["none", "tanh"]
@@ -175,7 +176,8 @@ class Actor(nn.Module):
         return self.dist(self.net(feat))
 
     def dist(self, out: Tensor) -> Dist:
-        """The distribution from the network's raw output [..., A or 2A]."""
+        """The distribution from the network's raw output [..., A or 2A] (a float32 island under autocast)."""
+        out = f32(out)
         if self.discrete:
             return OneHotCategoricalStraightThrough(logits=out, validate_args=False)
         mean, std = out.chunk(2, -1)
@@ -190,8 +192,8 @@ class Critic(nn.Module):
         super().__init__()
         self.net = mlp(feat_dim, 1, layers, units, act)
 
-    def forward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...]
-        return self.net(feat).squeeze(-1)
+    def forward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...] (float32)
+        return f32(self.net(feat).squeeze(-1))
 
 
 class ActorCritic(nn.Module):
@@ -224,7 +226,7 @@ class ActorCritic(nn.Module):
                  reward_transform: RewardTransform = "none", use_discount_head: bool = False,
                  layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
                  init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
-                 expl_noise: float = 0.0, eval_noise: float = 0.0):
+                 expl_noise: float = 0.0, eval_noise: float = 0.0, scaler: torch.amp.GradScaler | None = None):
         super().__init__()
         if actor_grad not in ("dynamics", "reinforce", "both", "auto"):
             raise ValueError(f"actor_grad must be dynamics|reinforce|both|auto, got {actor_grad!r}")
@@ -248,6 +250,9 @@ class ActorCritic(nn.Module):
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, eps=eps)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, eps=eps)
         self.updates = 0  # train_step calls so far; drives the slow-target schedule
+        # float16 loss scaling (bilevel.precision); a disabled scaler is a plain backward and step
+        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+        self.skipped = 0  # updates skipped because a gradient was not finite (e.g. a float16 overflow)
 
     # ---------------------------------------------------------------- acting / values used elsewhere
 
@@ -341,16 +346,19 @@ class ActorCritic(nn.Module):
         v = self.critic(feat[:-1].detach())  # [H, N]
         critic_loss = -(Normal(v, 1.0, validate_args=False).log_prob(target.detach()) * weight[:-1]).mean()
 
-        actor_norm = self._grads(actor_loss, self.actor)
-        critic_norm = self._grads(critic_loss, self.critic)
+        actor_norm = self._grads(actor_loss, self.actor, self.actor_opt)
+        critic_norm = self._grads(critic_loss, self.critic, self.critic_opt)
         finite = math.isfinite(actor_norm) and math.isfinite(critic_norm)
         if finite:  # a non-finite update (e.g. a diverged world model) is skipped, never applied
             self._step(self.actor, self.actor_opt)
             self._step(self.critic, self.critic_opt)
             self._update_slow_target()
         else:
+            self.skipped += 1
             self.actor_opt.zero_grad(set_to_none=True)
             self.critic_opt.zero_grad(set_to_none=True)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.update()  # float16: halve the scale after an overflow, grow it after a run of finite steps
 
         with torch.no_grad():
             imag_return = (weight[1:] * reward[1:]).sum(0).mean()  # discounted reward the policy collects
@@ -362,6 +370,7 @@ class ActorCritic(nn.Module):
             "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
             "discount": disc.mean().item(), "skipped_nonfinite": float(not finite),
             **({"actor_grad_mix": mix} if mix is not None else {}),
+            **({"loss_scale": scale} if scale is not None else {}),
         }
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None) -> Tensor:
@@ -379,12 +388,14 @@ class ActorCritic(nn.Module):
             disc = torch.cat([first[None], disc[1:]], 0)
         return disc
 
-    def _grads(self, loss: Tensor, module: nn.Module) -> float:
-        """Write d loss / d params into the module's .grad (and nobody else's); clip; return the raw norm."""
+    def _grads(self, loss: Tensor, module: nn.Module, opt: torch.optim.Optimizer) -> float:
+        """Write d loss / d params into the module's .grad (and nobody else's), unscaled; clip; return the raw
+        norm (inf/NaN when a float16 gradient overflowed)."""
         params = list(module.parameters())
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = torch.autograd.grad(self.scaler.scale(loss), params, allow_unused=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = torch.zeros_like(p) if g is None else g
+        self.scaler.unscale_(opt)
         return float(nn.utils.clip_grad_norm_(params, self.clip))
 
     def _step(self, module: nn.Module, opt: torch.optim.Optimizer) -> None:
@@ -392,7 +403,7 @@ class ActorCritic(nn.Module):
             with torch.no_grad():
                 for p in module.parameters():
                     p.mul_(1 - self.weight_decay)
-        opt.step()
+        self.scaler.step(opt)
         opt.zero_grad(set_to_none=True)
 
     @torch.no_grad()
@@ -410,12 +421,16 @@ class ActorCritic(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """Put the update counter and both optimizer states into `state_dict()` (resumable runs)."""
         return {"updates": self.updates, "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict()}
+                "critic_opt": self.critic_opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "skipped": self.skipped}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self.actor_opt.load_state_dict(state["actor_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped = int(state.get("skipped", 0))
 
     def checkpoint(self) -> dict[str, Any]:
         """Deep copy of state_dict() (networks, slow critic, optimizers, counter): later training won't

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel import stopgrad
+from bilevel.precision import float32
 from bilevel.problem import BilevelProblem, Params
 from bilevel.stopgrad import Tape
 
@@ -68,6 +69,8 @@ class StepContext:
     lower: Tensor  # scalar weighted lower objective
     lr: float  # lower learning rate η
     sg_tape: Tape | None = None  # stop-gradient values of the forward pass (kept for `terms_fd` only)
+    reduced: bool = False  # the forward pass ran under a reduced-precision autocast
+    scaler: torch.amp.GradScaler | None = None  # float16: backward passes through the forward graph scale the loss
     _lower_grad: list[Tensor] | None = field(default=None, repr=False)
     _lower_grad_graph: bool = field(default=False, repr=False)
     _upper: Tensor | None = field(default=None, repr=False)
@@ -93,20 +96,28 @@ class StepContext:
         memory); only for callers that need no further backward through that pass.
         """
         if self._lower_grad is None or (create_graph and not self._lower_grad_graph):
+            lower = self.lower if self.scaler is None else self.scaler.scale(self.lower)  # grads stay scaled
             self._lower_grad = grads_or_zeros(
-                self.lower, self.theta, create_graph=create_graph, retain_graph=retain_graph or create_graph
+                lower, self.theta, create_graph=create_graph, retain_graph=retain_graph or create_graph
             )
             self._lower_grad_graph = create_graph
         return self._lower_grad
 
     def upper(self) -> Tensor:
         if self._upper is None:
-            self._upper = self.problem.upper_loss(self.batch, self.ctx)
+            if self.reduced:  # L_up in float32, from a float32 pass with the forward's noise and sg values
+                replay = (stopgrad.replay(self.sg_tape, partial=True) if self.sg_tape is not None
+                          else contextlib.nullcontext())
+                with float32(self.lower.device), self.rng.replay(), replay:
+                    ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
+                    self._upper = self.problem.upper_loss(self.batch, ctx)
+            else:
+                self._upper = self.problem.upper_loss(self.batch, self.ctx)
         return self._upper
 
     def upper_grad(self) -> list[Tensor]:
         """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params (cached)."""
-        if self._upper_grad is None:
+        if self._upper_grad is None:  # (after a reduced-precision forward, L_up is a float32 pass: no scaling)
             self._upper_grad = upper_grad_at(self.problem, self.upper(), self.theta, self.names)
         return self._upper_grad
 

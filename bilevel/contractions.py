@@ -12,7 +12,8 @@
   (`BilevelProblem.loss_deltas`, which a problem may shorten: TEMPO re-runs only encoder + RSSM).
   The pass replays the stop-gradient values recorded at θ (`bilevel.stopgrad`), so it estimates the JVP
   autograd would take (KL balancing, straight-through samples), with the step's noise. It needs no graph
-  through the model at all: the cheapest contraction in time and memory; first-order accurate in ε.
+  through the model at all: the cheapest contraction in time and memory; first-order accurate in ε. After a
+  reduced-precision forward pass (autocast) both sides of the difference are float32 passes.
 * finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
   both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
 """
@@ -81,8 +82,15 @@ def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-4) -> list[Ten
     params = {n: p.detach() + eps * vi if nz else p.detach() for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
     shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
     with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
-        deltas = sc.problem.loss_deltas(sc.batch, params, sc.ctx, sc.losses, shifted)
-    return _contract_terms(sc, [d / eps for d in tree_flatten(deltas)[0]])
+        deltas = tree_flatten(sc.problem.loss_deltas(sc.batch, params, sc.ctx, sc.losses, shifted))[0]
+    if sc.reduced:
+        # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
+        # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel).
+        at_theta = {n: p.detach() for n, p in named}
+        with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
+            base = tree_flatten(sc.problem.loss_deltas(sc.batch, at_theta, sc.ctx, sc.losses, shifted))[0]
+        deltas = [d - b for d, b in zip(deltas, base, strict=True)]
+    return _contract_terms(sc, [d / eps for d in deltas])
 
 
 def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:

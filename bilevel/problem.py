@@ -70,6 +70,16 @@ class BilevelProblem(ABC):
             return new - losses.detach()
         return {k: v - losses[k].detach() for k, v in new.items()}
 
+    def upper_context(self, batch: Any, params: Params) -> Any:
+        """The context `upper_loss` needs, from a pass at `params` (the default: the whole `lower_losses`).
+
+        Used after a reduced-precision forward pass: the trainer recomputes the upper loss in float32 from this
+        context (same noise, the forward's stop-gradient values replayed), since ∇θ L_up through a bfloat16
+        graph is visibly off. Override to run only what the upper loss reads; the pass may stop calling
+        `bilevel.stopgrad.sg` early.
+        """
+        return self.lower_losses(batch, params)[1]
+
     def upper_parameter_names(self) -> list[str] | None:
         """Names of θ the upper loss is differentiated through (None = all). E.g. encoder + RSSM."""
         return None

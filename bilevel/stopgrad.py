@@ -75,10 +75,11 @@ def record(tape: Tape) -> Iterator[Tape]:
 
 
 @contextmanager
-def replay(tape: Tape) -> Iterator[Tape]:
-    """Return the recorded values from `sg`, in order; the pass must call sg exactly as often as recorded."""
+def replay(tape: Tape, partial: bool = False) -> Iterator[Tape]:
+    """Return the recorded values from `sg`, in order; the pass must call sg exactly as often as recorded (or,
+    with `partial`, at most as often: a pass that stops early, e.g. before the heads)."""
     tape.replaying, tape.i = True, 0
     with _use(tape):
         yield tape
-    if tape.i != len(tape.values):
+    if tape.i != len(tape.values) and not partial:
         raise RuntimeError(f"stop-gradient replay: pass called sg {tape.i} times, {len(tape.values)} recorded")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from bilevel import contractions, diffopt, stopgrad, strategies
 from bilevel.config import BilevelConfig
 from bilevel.context import RngState, StepContext
+from bilevel.precision import Precision, autocast_enabled, float32
 from bilevel.problem import BilevelProblem
 from bilevel.weighter import MetaWeighter
 
@@ -89,6 +90,7 @@ class BilevelTrainer:
         lower_clip: float = 100.0,
         lower_weight_decay: float = 0.0,
         max_nonfinite: int = 100,
+        precision: Precision | None = None,
     ) -> None:
         self.cfg = cfg = config or BilevelConfig()
         if lower_lr <= 0:
@@ -110,6 +112,15 @@ class BilevelTrainer:
         self.mixed = contractions.get(cfg.contraction, cfg.fd_radius, cfg.terms_fd_radius)
         if cfg.strategy == "unroll":
             diffopt.DiffOptimizer(self.lower_opt, list(model.parameters()))  # fail now, not mid-run
+        # float16 needs loss scaling; its second-order graphs (double backward, unroll, implicit) would underflow
+        # or overflow unscaled, so float16 takes the α-gradient only from float32 re-evaluations.
+        self.fp16 = precision is not None and precision.mode == "16"
+        if self.fp16 and cfg.uses_weighter and (cfg.strategy != "approx" or cfg.contraction == "double_backward"
+                                                or cfg.engine != "native"):
+            raise ValueError(f"precision '16' supports strategy 'approx' with contractions ['terms_fd', 'terms_jvp', "
+                             f"'jvp', 'finite_difference'] on the native engine; got {cfg.strategy!r} / "
+                             f"{cfg.contraction!r} / {cfg.engine!r} (use precision 'bf16' or '32')")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
         self.last: StepContext | None = None
         self.step_count = 0
         self.nonfinite = 0
@@ -159,7 +170,9 @@ class BilevelTrainer:
         x = problem.weighter_inputs(ctx).detach()
         w = self.weights(problem, batch, ctx, x, problem.sample_shape(losses))
         lower = problem.lower_objective(losses, w)
-        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr, tape)
+        device = next(self.model.parameters()).device
+        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr, tape,
+                           reduced=autocast_enabled(device), scaler=self.scaler if self.fp16 else None)
 
     def lower_grad(self, sc: StepContext, meta: bool = True) -> list[Tensor]:
         """∇θ L_low of the pass (detached), taken so that what the α-gradient needs next is ready and the
@@ -186,7 +199,8 @@ class BilevelTrainer:
             raise ValueError(f"strategy {self.cfg.strategy!r} has no weighter, so there is no α-gradient")
         sc = self.forward(problem, batch)
         self.lower_grad(sc, meta=True)
-        grads = self.alpha_grad(sc)
+        with float32(next(self.model.parameters()).device):  # a difference of reduced-precision losses is noise
+            grads = self.alpha_grad(sc)
         return {n: g.detach() for (n, _), g in zip(self.weighter.named_parameters(), grads, strict=True)}
 
     def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
@@ -197,9 +211,19 @@ class BilevelTrainer:
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
         sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)
         g_theta = self.lower_grad(sc, meta)
+        params = list(self.model.parameters())
+        if self.fp16:  # unscale in place (GradScaler also records whether the scaled gradients overflowed)
+            for p, g in zip(params, g_theta, strict=True):
+                p.grad = g
+            self.scaler.unscale_(self.lower_opt)
+            g_theta = [p.grad for p in params]
         sync()
         t1 = time.perf_counter()
-        g_alpha = self.alpha_grad(sc) if meta else None
+        if meta:
+            with float32(params[0].device):  # the hypergradient is a float32 island
+                g_alpha = self.alpha_grad(sc)
+        else:
+            g_alpha = None
         sync()
         t2 = time.perf_counter()
 
@@ -212,14 +236,14 @@ class BilevelTrainer:
         finite = math.isfinite(lower_value) and math.isfinite(theta_norm_f) and math.isfinite(alpha_norm_f)
         if finite:
             self.nonfinite_streak = 0
-            params = list(self.model.parameters())
             for p, g in zip(params, g_theta, strict=True):
                 p.grad = g
             torch.nn.utils.clip_grads_with_norm_(params, self.lower_clip, theta_norm)
             metrics["grad_norm"] = theta_norm_f
-            self.lower_opt.step()
+            self.scaler.step(self.lower_opt)  # a plain step unless float16
             self.lower_opt.zero_grad(set_to_none=True)
         else:
+            self.lower_opt.zero_grad(set_to_none=True)
             self.nonfinite += 1
             self.nonfinite_streak += 1
             if self.nonfinite_streak > self.max_nonfinite:
@@ -227,6 +251,9 @@ class BilevelTrainer:
                     f"{self.nonfinite_streak} consecutive non-finite bilevel steps (lower loss "
                     f"{lower_value}); stopping. Lower the learning rates or check the inputs."
                 )
+        if self.fp16:
+            metrics["loss_scale"] = self.scaler.get_scale()
+            self.scaler.update()  # halves the scale after an overflow, grows it after a run of finite steps
         sync()
         t3 = time.perf_counter()
         if finite and g_alpha is not None:
@@ -277,7 +304,7 @@ class BilevelTrainer:
             "weighter": None if self.weighter is None else self.weighter.state_dict(),
             "meta_opt": None if self.meta_opt is None else self.meta_opt.state_dict(),
             "naive_norm": self.naive_norm.state_dict(),
-            "step_count": self.step_count, "nonfinite": self.nonfinite,
+            "step_count": self.step_count, "nonfinite": self.nonfinite, "scaler": self.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -287,4 +314,6 @@ class BilevelTrainer:
             assert self.meta_opt is not None
             self.meta_opt.load_state_dict(state["meta_opt"])
         self.naive_norm.load_state_dict(state["naive_norm"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step_count, self.nonfinite = state["step_count"], state["nonfinite"]

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from bilevel.precision import f32
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU,
 }
@@ -69,5 +71,8 @@ class MetaWeighter(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """`x [..., F]` -> weights `[...]` (leading dims flattened for the normalisation)."""
         lead = x.shape[:-1]
-        logits = self.net(x.reshape(-1, x.shape[-1])).squeeze(-1)  # [N]
+        h = x.reshape(-1, x.shape[-1])  # [N, F]
+        for m in self.net:  # norms (and their statistics) in float32 when the Linears run under autocast
+            h = m(f32(h) if isinstance(m, nn.BatchNorm1d | nn.LayerNorm) else h)
+        logits = f32(h.squeeze(-1))  # [N]
         return (self.out_scale * torch.sigmoid(logits) + self.out_shift).reshape(lead)

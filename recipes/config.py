@@ -121,8 +121,15 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(10_000, ge=1, description="environment frames")
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto", description="matmuls in bf16/fp16 with float32 islands; auto = bf16 where native, else 32")
     logdir: str = "runs/default"
     max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # --run.precision 16 parses as int
 
 
 class Config(_Strict):

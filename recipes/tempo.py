@@ -212,6 +212,7 @@ class Run:
     def __init__(self, cfg: Config, logdir: Path) -> None:
         from agents import ActorCritic
         from bilevel import BilevelTrainer
+        from bilevel.precision import Precision
         from bilevel.trainer import make_optimizer
         from envs import Replay, make_env
         from losses import UpperLoss, get_upper_loss, upper_loss_class
@@ -220,6 +221,7 @@ class Run:
 
         self.cfg, self.logdir = cfg, logdir
         self.device = torch.device(cfg.run.device)
+        self.precision = Precision(self.device, cfg.run.precision)
         if self.device.type == "cpu":  # tiny values in second-order graphs hit slow denormal paths (20-50x)
             torch.set_flush_denormal(True)
         self.seed_everything(cfg.run.seed)
@@ -248,6 +250,7 @@ class Run:
             actor_grad=a.actor_grad, actor_ent=a.actor_ent, actor_grad_mix=a.actor_grad_mix,
             reward_transform="none", layers=a.layers,
             units=a.units, eps=a.eps, clip=a.clip, weight_decay=a.weight_decay, use_discount_head=m.discount_head,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.mode == "16"),
         ).to(self.device)
         # Every UpperLoss normalises its values (the weighter's V inputs) with tempo.value_norm; a plain
         # user callable has no value normalisation to configure.
@@ -260,7 +263,8 @@ class Run:
                                          cfg.tempo.weighter_inputs)
         opt = make_optimizer(self.wm.parameters(), "adam", m.lr, m.eps, m.weight_decay)  # DreamerV2's decoupled wd
         self.trainer = BilevelTrainer(self.wm, self.problem.input_dim, bilevel_config(cfg), lower_opt=opt,
-                                      lower_clip=m.clip, max_nonfinite=cfg.run.max_nonfinite)
+                                      lower_clip=m.clip, max_nonfinite=cfg.run.max_nonfinite,
+                                      precision=self.precision)
         self.step = 0  # env frames (agent steps × action repeat)
         self.updates = 0
         self.episodes = 0
@@ -328,12 +332,14 @@ class Run:
     def train_once(self) -> None:
         """One world-model update through the bilevel trainer, then one actor-critic update."""
         batch = self.to_torch(self.replay.sample(self.cfg.replay.batch, self.cfg.replay.length))
-        metrics = self.trainer.step(self.problem, batch)
+        with self.precision.autocast():  # reduced-precision matmuls, float32 islands inside the models
+            metrics = self.trainer.step(self.problem, batch)
         start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
         self.trainer.last = None  # free the world-model graph before imagination
         self.record({f"wm/{k}": v for k, v in metrics.items()})
         if all(bool(torch.isfinite(v).all()) for v in start.values()):
-            ac = self.agent.train_step(self.wm, start, batch["is_terminal"], step=self.agent_step)
+            with self.precision.autocast():
+                ac = self.agent.train_step(self.wm, start, batch["is_terminal"], step=self.agent_step)
             ac = {f"agent/{k}": float(v) for k, v in ac.items()}
             self.nonfinite_agent += int(ac.pop("agent/skipped_nonfinite"))
             self.record(ac)
@@ -509,7 +515,8 @@ def train(cfg: Config, notice: str | None = None) -> int:
         print(f"resuming {logdir} at step {run.step} ({run.updates} updates, {len(run.replay)} stored steps)",
               file=sys.stderr)
     atomic_write_text(logdir / "config.json", json.dumps(
-        {"task": cfg.env.task, "method": cfg.method, "seed": cfg.run.seed, **cfg.model_dump(mode="json")}, indent=2))
+        {"task": cfg.env.task, "method": cfg.method, "seed": cfg.run.seed, "precision_resolved": run.precision.mode,
+         **cfg.model_dump(mode="json")}, indent=2))
     log = MetricsLog(logdir, run.step if resumed else None)
     r = cfg.run
     progress = Progress(r.steps, run.step, r.progress_every)
@@ -578,7 +585,8 @@ def train(cfg: Config, notice: str | None = None) -> int:
     progress.close()
     log.close()
     summary = {"logdir": str(logdir), "step": run.step, "updates": run.updates, "episodes": run.episodes,
-               "eval_return": run.last_eval, "seconds": round(time.time() - t_start, 1), "method": cfg.method}
+               "eval_return": run.last_eval, "seconds": round(time.time() - t_start, 1), "method": cfg.method,
+               "precision": run.precision.mode}
     print(json.dumps(summary))
     return 0
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bilevel.stopgrad import sg as sg  # every stop-gradient of the model: replayable by finite differences
+from bilevel.precision import f32  # every stop-gradient of the model: replayable by finite differences
+from bilevel.stopgrad import sg as sg
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -71,7 +72,8 @@ class GRUCell(nn.Module):
         self.norm = nn.LayerNorm(3 * units, eps=1e-3) if norm else nn.Identity()
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:  # [B, inp], [B, units] -> [B, units]
-        parts = self.norm(self.layer(torch.cat([x, h], -1)))
+        # Under autocast the Linear runs in reduced precision; the norm, the gates and the state h stay float32.
+        parts = self.norm(f32(self.layer(torch.cat([x, h], -1))))
         reset, cand, update = parts.chunk(3, -1)
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

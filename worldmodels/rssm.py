@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, OneHotCategoricalStraightThrough
 
+from bilevel.precision import f32
 from worldmodels.nets import GRUCell, dreamer_init, sg
 
 State = dict[str, Tensor]
@@ -69,6 +70,7 @@ class RSSM(nn.Module):
         return {"h": z(self.deter), "s": z(self.stoch), "mean": z(self.stoch), "std": z(self.stoch)}
 
     def _stats(self, x: Tensor) -> State:
+        x = f32(x)  # distribution parameters are a float32 island under autocast
         if self.discrete:
             logits = x.reshape(*x.shape[:-1], self.stoch, self.discrete)  # [B, stoch, discrete]
             if self.unimix > 0:  # DreamerV3's uniform mixture (DreamerV2 has none): probabilities >= unimix/K

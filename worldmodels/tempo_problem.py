@@ -57,6 +57,11 @@ class WorldModelProblem(BilevelProblem):
         _, terms, post, prior, _ = self.call(params, batch, capture=capture)  # WorldModel.forward
         return terms, TempoContext(post, prior, params, capture)
 
+    def upper_context(self, batch: Mapping[str, Tensor], params: Params) -> TempoContext:
+        """The task loss reads the states only: encoder + RSSM, no heads."""
+        post, prior, _ = self.call(params, batch, observe_only=True)
+        return TempoContext(post, prior, params)
+
     def loss_deltas(self, batch: Mapping[str, Tensor], params: Params, ctx: TempoContext,
                     losses: Mapping[str, Tensor], shifted: set[str]) -> dict[str, Tensor]:
         """Δterms for a shift of encoder + RSSM parameters only: re-run inference (encoder + RSSM, the cheap

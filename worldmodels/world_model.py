@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from bilevel.precision import f32
 from worldmodels.elbo import kl_balance_terms, weighted_elbo_loss
 from worldmodels.nets import (
     MLP,
@@ -109,12 +110,14 @@ class WorldModel(nn.Module):
 
         target = self.preprocess(batch[self.obs_key], dtype)
         event = 3 if self.obs_key == "image" else 1
-        terms = {self.obs_key: -unit_normal_log_prob(self.decoder(head_input(self.obs_key)), target, event)}
+        # Heads may run under autocast; their outputs enter the log-likelihoods in float32 (`f32`).
+        terms = {self.obs_key: -unit_normal_log_prob(f32(self.decoder(head_input(self.obs_key))), target, event)}
         reward = batch["reward"].to(dtype)
-        terms["reward"] = -unit_normal_log_prob(self.reward_head(head_input("reward")).squeeze(-1), reward, 0)
+        terms["reward"] = -unit_normal_log_prob(f32(self.reward_head(head_input("reward")).squeeze(-1)), reward, 0)
         if self.discount_head is not None:
             cont = 1.0 - batch["is_terminal"].to(dtype)  # continue flag: target of the discount head
-            terms["discount"] = -bernoulli_log_prob(self.discount_head(head_input("discount")).squeeze(-1), cont)
+            logits = f32(self.discount_head(head_input("discount")).squeeze(-1))
+            terms["discount"] = -bernoulli_log_prob(logits, cont)
         if track:
             capture["feat"] = feat.detach()
             for k, term in terms.items():
@@ -149,14 +152,14 @@ class WorldModel(nn.Module):
         return self.rssm.imagine(policy, start, horizon, detach_policy_input)
 
     def reward(self, feat: Tensor) -> Tensor:
-        """Mean predicted reward [...] from feat [..., F]."""
-        return self.reward_head(feat).squeeze(-1)
+        """Mean predicted reward [...] from feat [..., F] (float32)."""
+        return f32(self.reward_head(feat).squeeze(-1))
 
     def discount(self, feat: Tensor) -> Tensor | None:
         """Predicted continue probability [...] (None without a discount head; caller then uses 1)."""
         if self.discount_head is None:
             return None
-        return torch.sigmoid(self.discount_head(feat).squeeze(-1))
+        return torch.sigmoid(f32(self.discount_head(feat).squeeze(-1)))
 
     def upper_parameters(self) -> dict[str, nn.Parameter]:
         """Named parameters of `upper_modules` (the ones the task loss depends on through s_post/s_prior)."""
