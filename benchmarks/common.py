@@ -6,6 +6,9 @@ Sizes (`SIZES`):
 
 * `tiny`  - CI: deter 16, stoch 4 (Gaussian), hidden 16, MLP units 32 x 2, state observations (8,),
             batch B=4 x T=10, agent 32 x 2 units with horizon 5, weighter 3 x 32.
+* `dmc_state` - the `dmc_state` preset (DreamerV2's dmc_proprio): 24-d proprioceptive observations (walker),
+            32 x 32 categorical latents, deter 200, hidden 200, MLPs 400 x 4, batch 16 x 50, agent 400 x 4
+            with horizon 15, weighter 5 x 400; 6 continuous actions.
 * `dmc`   - the paper's DMC sizes (appendix C / DreamerV2 defaults): deter 200, stoch 32 Gaussian,
             hidden 200, MLP units 400 x 4, conv depth 48, 64x64 RGB, batch 16 x 50, agent 400 x 4
             with horizon 15, weighter 5 x 400; 6 continuous actions (walker).
@@ -36,6 +39,7 @@ from torch import nn
 
 from agents import ActorCritic
 from bilevel import BilevelConfig, BilevelTrainer
+from bilevel.precision import Precision, cpu_flags, cpu_model, native_bf16
 from losses import get_upper_loss
 from worldmodels import WorldModel
 from worldmodels.tempo_problem import WorldModelProblem
@@ -71,6 +75,11 @@ SIZES: dict[str, Size] = {
         world_model=dict(deter=16, stoch=4, discrete=0, hidden=16, depth=4, mlp_units=32, mlp_layers=2),
         agent=dict(horizon=5, units=32, layers=2, slow_target_every=5),
         weighter=dict(layers=3, units=32),
+    ),
+    "dmc_state": Size(
+        "dmc_state", "state", (24,), 6, False, T=50, B=16,
+        world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, mlp_units=400, mlp_layers=4),
+        agent=dict(horizon=15, units=400, layers=4),
     ),
     "dmc": Size(
         "dmc", "image", (64, 64, 3), 6, False, T=50, B=16,
@@ -162,7 +171,8 @@ def make_batch(size: Size, device: str | torch.device = "cpu", seed: int = 1) ->
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_trainer(problem: WorldModelProblem, name: str, size: Size, lower_opt: str = "adam") -> BilevelTrainer:
+def make_trainer(problem: WorldModelProblem, name: str, size: Size, lower_opt: str = "adam",
+                 precision: Precision | None = None) -> BilevelTrainer:
     """A trainer for config `name` on `problem`; the lower optimiser is the recipe's Adam (or SGD, same lr)."""
     wm = problem.model
     if lower_opt == "adam":
@@ -173,7 +183,7 @@ def make_trainer(problem: WorldModelProblem, name: str, size: Size, lower_opt: s
     else:
         raise ValueError(f"lower_opt must be 'adam' or 'sgd', got {lower_opt!r}")
     return BilevelTrainer(wm, problem.input_dim, bilevel_config(name, size), lower_opt=opt,
-                          lower_clip=size.lower_clip)
+                          lower_clip=size.lower_clip, precision=precision)
 
 
 @dataclass
@@ -188,6 +198,7 @@ class Bench:
     problem: WorldModelProblem
     trainer: BilevelTrainer
     batch: dict[str, torch.Tensor]
+    precision: Precision = field(default_factory=lambda: Precision("cpu", "32"))
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -196,7 +207,8 @@ class Bench:
     def step(self) -> dict[str, float]:
         """One bilevel world-model step (weights -> θ -> α). Like every caller should (trainer.py), drop
         `trainer.last` afterwards: it holds the step's whole autograd graph."""
-        metrics = self.trainer.step(self.problem, self.batch)
+        with self.precision.autocast():
+            metrics = self.trainer.step(self.problem, self.batch)
         self.trainer.last = None
         return metrics
 
@@ -204,10 +216,12 @@ class Bench:
         """One whole training step as `recipes.tempo.Run.train_once` does it: the bilevel world-model
         step, take the posterior states of that pass, free the world-model graph (`trainer.last = None`),
         then one actor-critic update from those states."""
-        metrics = self.trainer.step(self.problem, self.batch)
+        with self.precision.autocast():
+            metrics = self.trainer.step(self.problem, self.batch)
         start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
         self.trainer.last = None  # free the world-model graph before imagination (as the recipe does)
-        ac = self.agent.train_step(self.wm, start, self.batch["is_terminal"])
+        with self.precision.autocast():
+            ac = self.agent.train_step(self.wm, start, self.batch["is_terminal"])
         return {**metrics, **{f"agent/{k}": v for k, v in ac.items()}}
 
     def timed(self, fn: Callable[[], Any]) -> float:
@@ -219,21 +233,24 @@ class Bench:
 
 
 def build(size: str | Size, config: str = TEMPO, device: str | torch.device = "cpu", seed: int = 0,
-          lower_opt: str = "adam") -> Bench:
-    """World model + agent + problem + trainer + batch, seeded (same seed -> same θ, α, batch)."""
+          lower_opt: str = "adam", precision: str = "32") -> Bench:
+    """World model + agent + problem + trainer + batch, seeded (same seed -> same θ, α, batch); the steps run
+    in `precision` ('32', 'bf16', '16' or 'auto', `bilevel.precision`) as the recipe runs them."""
     sz = get_size(size) if isinstance(size, str) else size
     dev = check_device(str(device))
+    prec = Precision(dev, precision)
     torch.manual_seed(seed)
     obs_space = {sz.obs_key: sz.obs_shape}
     wm = WorldModel(obs_space, sz.action_dim, sz.discrete_actions, **sz.world_model).to(dev)
-    agent = ActorCritic(wm.rssm.feat_dim, sz.action_dim, sz.discrete_actions, **sz.agent).to(dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=prec.mode == "16")
+    agent = ActorCritic(wm.rssm.feat_dim, sz.action_dim, sz.discrete_actions, **sz.agent, scaler=scaler).to(dev)
     upper = get_upper_loss("vvaml")
     if isinstance(upper, nn.Module):
         upper.to(dev)
     problem = WorldModelProblem(wm, upper, lambda f: agent.value(f, slow=True), "DSV")
-    trainer = make_trainer(problem, config, sz, lower_opt)
+    trainer = make_trainer(problem, config, sz, lower_opt, prec)
     batch = make_batch(sz, dev, seed + 1)
-    return Bench(sz, config, dev, wm, agent, problem, trainer, batch)
+    return Bench(sz, config, dev, wm, agent, problem, trainer, batch, prec)
 
 
 def param_count(module: nn.Module) -> int:
@@ -311,21 +328,12 @@ def interleaved(fn_a: Callable[[], float], fn_b: Callable[[], float], rounds: in
 # ---------------------------------------------------------------------------------------------------
 # machine description
 # ---------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str | torch.device = "cpu") -> dict[str, Any]:
     dev = torch.device(device)
     info: dict[str, Any] = {
         "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "cpu_flags": cpu_flags(), "native_bf16": native_bf16("cpu"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(), "device": str(dev), "python": platform.python_version(),
         "platform": platform.platform(),
         "flush_denormal": os.environ.get(FLUSH_ENV, "0") == "1",

@@ -8,7 +8,8 @@
         --benchmark-json=benchmarks/results/dmc_cuda.json
     python -m benchmarks.report benchmarks/results/dmc_cuda.json       # markdown table + PNG
 
-Options: --bench-size tiny|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
+Options: --bench-size tiny|dmc_state|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
+--bench-precision 32,bf16,16,auto (the precisions of test_train_step_precisions; default 32,auto),
 --bench-rounds N (interleaved A/B rounds of test_train_step.py; default 10 tiny, 3 otherwise),
 --bench-mem-steps N (steps per fresh memory process; default 3 tiny, 2 otherwise),
 --bench-mem-rounds N (interleaved A/B memory processes; default 2 tiny, 1 otherwise),
@@ -49,6 +50,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-threads", type=int, default=None,
                 help="torch CPU threads (default: 1 for tiny, whose ops are too small to parallelise; "
                      "else torch's default)")
+    g.addoption("--bench-precision", default="32,auto",
+                help="comma-separated precisions of test_train_step_precisions (32, bf16, 16, auto; default 32,auto)")
     g.addoption("--bench-keep-denormals", action="store_true",
                 help="do NOT flush denormal floats to zero on CPU (default: flush, see benchmarks/common.py)")
 
@@ -76,6 +79,7 @@ class BenchOptions:
     memory: bool
     fidelity: bool
     tempo: str
+    precisions: tuple[str, ...] = ("32", "auto")
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +95,7 @@ def bench_opts(request: pytest.FixtureRequest) -> BenchOptions:
         mem_workers=o("--bench-mem-workers") or (2 if tiny else 1),
         memory=not o("--bench-no-memory"), fidelity=not o("--bench-no-fidelity"),
         tempo=o("--bench-tempo") or TEMPO,
+        precisions=tuple(p.strip() for p in o("--bench-precision").split(",") if p.strip()),
     )
 
 

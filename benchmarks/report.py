@@ -57,7 +57,7 @@ def hypergrad_rows(benchmarks: list[tuple[dict, dict]]) -> dict[tuple[str, str],
     groups: dict[tuple[str, str], list[Row]] = {}
     for _, b in benchmarks:
         ei = b.get("extra_info", {}) or {}
-        if ei.get("kind") == "ratio":
+        if ei.get("kind") in ("ratio", "precision"):
             continue
         st = b.get("stats", {}) or {}
         groups.setdefault(_group_key(b), []).append({
@@ -96,6 +96,17 @@ def ratio_rows(benchmarks: list[tuple[dict, dict]]) -> list[Row]:
     return rows
 
 
+def precision_rows(benchmarks: list[tuple[dict, dict]]) -> list[Row]:
+    """Rows of `test_train_step_precisions`: one per (size, device, precision)."""
+    rows = []
+    for _, b in benchmarks:
+        ei = b.get("extra_info", {}) or {}
+        if ei.get("kind") == "precision":
+            rows += [{"size": ei.get("size"), "device": ei.get("device"), "rounds": ei.get("rounds"), **r}
+                     for r in ei.get("rows", [])]
+    return rows
+
+
 def _f(x: Any, fmt: str = "{:.1f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -107,11 +118,16 @@ def machine_lines(benchmarks: list[tuple[dict, dict]]) -> list[str]:
     for mi, b in benchmarks:
         m = (b.get("extra_info", {}) or {}).get("machine") or {}
         cpu = m.get("cpu") or (mi.get("cpu") or {}).get("brand_raw") or mi.get("processor") or cpu_model()
-        parts = (f"CPU: {cpu}", f"cores: {m.get('cpu_count', (mi.get('cpu') or {}).get('count', '?'))}",
+        cores = m.get("cpu_count", (mi.get("cpu") or {}).get("count", "?"))
+        parts: tuple[str, ...] = (f"CPU: {cpu}", f"cores: {cores}",
                  f"torch {m.get('torch', '?')}", f"device: {m.get('device', _group_key(b)[1])}"
                  + (f" ({m['gpu']})" if m.get("gpu") else ""),
                  f"torch threads: {m.get('torch_threads', '?')}",
                  f"python {m.get('python', mi.get('python_version', '?'))}")
+        if "cpu_flags" in m:
+            flags = [k for k, v in m["cpu_flags"].items() if v]
+            parts += (f"CPU flags: {' '.join(flags) or 'none of ' + ' '.join(m['cpu_flags'])}",
+                      f"native bf16: {m.get('native_bf16')}", f"torch CPU capability: {m.get('cpu_capability')}")
         line = ", ".join(parts)
         if line not in seen:
             seen.add(line)
@@ -142,6 +158,16 @@ def render_markdown(benchmarks: list[tuple[dict, dict]]) -> str:
                        f"{_f(r['median_a_ms'])} | {_f(r['median_b_ms'])} | {_f(r['time_ratio'], '{:.3f}')} | "
                        f"{_f(r['goal_time_ratio'], '<= {}')} | {_f(r['mem_ratio'], '{:.3f}')} | "
                        f"{_f(r['goal_mem_ratio'], '<= {}')} |")
+        out.append("")
+    pr = precision_rows(benchmarks)
+    if pr:
+        out += ["## Whole train step by precision (all arms interleaved; speedups are medians of per-round ratios)",
+                "", "| size/device | precision | rounds | DreamerV2 ms | speedup vs fp32 | TEMPO ms | speedup vs fp32 "
+                "| TEMPO/DreamerV2 |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in pr:
+            out.append(f"| {r['size']}/{r['device']} | {r['precision']} | {_f(r['rounds'], '{}')} | "
+                       f"{_f(r['none_ms'])} | {_f(r['speedup_none_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_ms'])} | "
+                       f"{_f(r['speedup_tempo_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_over_none'], '{:.3f}')} |")
         out.append("")
     out += ["## Machine", ""] + machine_lines(benchmarks) + [""]
     return "\n".join(out)

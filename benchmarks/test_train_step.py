@@ -129,3 +129,45 @@ def _free_memory():
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def test_train_step_precisions(benchmark, bench_opts, capsys):
+    """The whole train step of DreamerV2 (`none`) and TEMPO in each `--bench-precision` (default 32 and the one
+    `auto` picks here), all arms interleaved round by round. Reported per arm: median ms per step; per reduced
+    precision: the speedup over float32 (median of per-round ratios) and TEMPO/none in that precision."""
+    from bilevel.precision import resolve
+
+    o = bench_opts
+    dev = torch.device(o.device)
+    precisions = list(dict.fromkeys(resolve(p, dev) for p in o.precisions))
+    arms = {(c, p): build(o.size, c, dev, precision=p) for p in precisions for c in (BASELINE, o.tempo)}
+    for arm in arms.values():  # warm-up (optimiser state, lazy initialisation, float16 loss scale)
+        arm.train_step()
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in arms}
+
+    def one_round() -> None:
+        for key, arm in arms.items():
+            times[key].append(arm.timed(arm.train_step))
+
+    benchmark.group = f"precision-{o.size}-{dev.type}"
+    benchmark.pedantic(one_round, rounds=o.rounds, iterations=1, warmup_rounds=0)
+    base = times[(BASELINE, "32")] if (BASELINE, "32") in times else times[next(iter(times))]
+    rows = []
+    for p in precisions:
+        none, tempo = times[(BASELINE, p)], times[(o.tempo, p)]
+        rows.append({
+            "precision": p, "none_ms": 1e3 * statistics.median(none), "tempo_ms": 1e3 * statistics.median(tempo),
+            "speedup_none_vs_fp32": statistics.median(b / x for b, x in zip(base, none, strict=True)),
+            "speedup_tempo_vs_fp32": statistics.median(
+                b / x for b, x in zip(times.get((o.tempo, "32"), tempo), tempo, strict=True)),
+            "tempo_over_none": statistics.median(t / n for t, n in zip(tempo, none, strict=True)),
+        })
+    benchmark.extra_info.update(kind="precision", size=o.size, device=str(dev), tempo=o.tempo, rounds=o.rounds,
+                                rows=rows, machine=machine(dev),
+                                times_s={f"{c}/{p}": v for (c, p), v in times.items()})
+    with capsys.disabled():
+        for r in rows:
+            print(f"\n[{o.size}/{dev.type}] precision {r['precision']}: none {r['none_ms']:.1f} ms "
+                  f"(x{r['speedup_none_vs_fp32']:.2f} vs fp32), TEMPO {r['tempo_ms']:.1f} ms "
+                  f"(x{r['speedup_tempo_vs_fp32']:.2f}), TEMPO/none {r['tempo_over_none']:.3f}")
+    assert all(r["none_ms"] > 0 for r in rows)

@@ -162,5 +162,8 @@ def test_tiny_suites_run_and_report(tmp_path):
     ratios = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("kind") == "ratio"]
     assert {r["what"] for r in ratios} == {"whole train step", "bilevel world-model step"}
     assert all(r["time_ratio"] > 0 for r in ratios)
+    precision = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("kind") == "precision"]
+    assert len(precision) == 1 and [r["precision"] for r in precision[0]["rows"]][0] == "32"
+    assert precision[0]["machine"]["cpu_flags"] and "native_bf16" in precision[0]["machine"]
     md = report.main([str(out), "--out-dir", str(tmp_path)])  # what `python -m benchmarks.report` does
-    assert "approx-terms_fd" in md and "Interleaved ratios" in md
+    assert "approx-terms_fd" in md and "Interleaved ratios" in md and "by precision" in md and "CPU flags" in md

@@ -1,0 +1,84 @@
+"""Time the whole train step of two checkouts of this repository against each other, interleaved.
+
+    git worktree add /tmp/before <commit>
+    python -m benchmarks.compare_commits /tmp/before . --size dmc_state --config none --rounds 3 \\
+        --json benchmarks/results/compare_dmc_state.json
+
+Each round runs one fresh process per checkout (A, then B), each building the benchmark `Bench` of its own
+code (`benchmarks.common.build`, the sizes given here so older checkouts without a size still build it) and
+timing `--steps` train steps after one warm-up step; the result is the median of the per-round ratios B/A
+(paired rounds: load drifts on a shared machine hit both arms). The CPU model and flags are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from benchmarks.common import machine
+
+# The sizes by value, so that a checkout whose benchmarks/common.py predates a size can still build it.
+SIZE_ARGS = {
+    "dmc_state": dict(name="dmc_state", obs_key="state", obs_shape=(24,), action_dim=6, discrete_actions=False,
+                      T=50, B=16, world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, mlp_units=400,
+                                                   mlp_layers=4),
+                      agent=dict(horizon=15, units=400, layers=4)),
+}
+
+CHILD = """
+import json, statistics, sys, time, torch
+from benchmarks.common import Size, build
+torch.set_num_threads({threads})
+torch.set_flush_denormal(True)
+size = Size(**{size!r})
+bench = build(size, {config!r})
+bench.train_step()
+ts = []
+for _ in range({steps}):
+    t = time.perf_counter(); bench.train_step(); ts.append(time.perf_counter() - t)
+print(json.dumps({{"median_s": statistics.median(ts), "times_s": ts}}))
+"""
+
+
+def run_in(tree: str, size: str, config: str, steps: int, threads: int) -> dict:
+    code = CHILD.format(size=SIZE_ARGS[size], config=config, steps=steps, threads=threads)
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=os.path.abspath(tree), env=env, capture_output=True,
+                         text=True, timeout=3600)
+    if res.returncode != 0:
+        raise RuntimeError(f"{tree}: {res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_commits", description=__doc__.split("\n\n")[0])
+    p.add_argument("tree_a")
+    p.add_argument("tree_b")
+    p.add_argument("--size", default="dmc_state", choices=list(SIZE_ARGS))
+    p.add_argument("--config", default="none", help="benchmark config (none = DreamerV2, approx-terms_fd = TEMPO)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    ta, tb = [], []
+    for _ in range(a.rounds):
+        ta.append(run_in(a.tree_a, a.size, a.config, a.steps, a.threads)["median_s"])
+        tb.append(run_in(a.tree_b, a.size, a.config, a.steps, a.threads)["median_s"])
+    out = {"a": a.tree_a, "b": a.tree_b, "size": a.size, "config": a.config, "rounds": a.rounds,
+           "steps_per_round": a.steps, "threads": a.threads, "times_a_s": ta, "times_b_s": tb,
+           "speedup_b_over_a": statistics.median(x / y for x, y in zip(ta, tb, strict=True)),
+           "machine": machine("cpu")}
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
