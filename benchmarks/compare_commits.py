@@ -54,6 +54,11 @@ def run_in(tree: str, size: str, config: str, steps: int, threads: int) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _dirty(tree: str) -> bool:
+    return bool(subprocess.run(["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip())
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_commits", description=__doc__.split("\n\n")[0])
     p.add_argument("tree_a")
@@ -69,7 +74,10 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(a.rounds):
         ta.append(run_in(a.tree_a, a.size, a.config, a.steps, a.threads)["median_s"])
         tb.append(run_in(a.tree_b, a.size, a.config, a.steps, a.threads)["median_s"])
-    out = {"a": a.tree_a, "b": a.tree_b, "size": a.size, "config": a.config, "rounds": a.rounds,
+    commit = lambda t: subprocess.run(["git", "-C", t, "rev-parse", "--short", "HEAD"], capture_output=True,  # noqa: E731
+                                      text=True).stdout.strip() or t
+    out = {"a": commit(a.tree_a), "b": commit(a.tree_b) + (" + uncommitted" if _dirty(a.tree_b) else ""),
+           "size": a.size, "config": a.config, "rounds": a.rounds,
            "steps_per_round": a.steps, "threads": a.threads, "times_a_s": ta, "times_b_s": tb,
            "speedup_b_over_a": statistics.median(x / y for x, y in zip(ta, tb, strict=True)),
            "machine": machine("cpu")}

@@ -18,6 +18,7 @@ import glob
 import json
 import math
 import os
+import statistics
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -28,11 +29,15 @@ Row = dict[str, Any]
 
 
 def load(paths: Iterable[str]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """[(machine_info, benchmark)] over all files, in file order."""
+    """[(machine_info, benchmark)] over all files, in file order; a `benchmarks.compare_commits` result is one
+    benchmark of kind 'commits'."""
     out = []
     for p in paths:
         with open(p) as f:
             data = json.load(f)
+        if "speedup_b_over_a" in data:
+            out.append(({}, {"name": os.path.basename(p), "extra_info": {"kind": "commits", **data}}))
+            continue
         mi = data.get("machine_info", {}) or {}
         for b in data.get("benchmarks", []):
             out.append((mi, b))
@@ -57,7 +62,7 @@ def hypergrad_rows(benchmarks: list[tuple[dict, dict]]) -> dict[tuple[str, str],
     groups: dict[tuple[str, str], list[Row]] = {}
     for _, b in benchmarks:
         ei = b.get("extra_info", {}) or {}
-        if ei.get("kind") in ("ratio", "precision"):
+        if ei.get("kind") in ("ratio", "precision", "commits"):
             continue
         st = b.get("stats", {}) or {}
         groups.setdefault(_group_key(b), []).append({
@@ -168,6 +173,16 @@ def render_markdown(benchmarks: list[tuple[dict, dict]]) -> str:
             out.append(f"| {r['size']}/{r['device']} | {r['precision']} | {_f(r['rounds'], '{}')} | "
                        f"{_f(r['none_ms'])} | {_f(r['speedup_none_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_ms'])} | "
                        f"{_f(r['speedup_tempo_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_over_none'], '{:.3f}')} |")
+        out.append("")
+    commits = [b["extra_info"] for _, b in benchmarks if (b.get("extra_info") or {}).get("kind") == "commits"]
+    if commits:
+        out += ["## Two checkouts against each other (`benchmarks.compare_commits`, paired rounds)", "",
+                "| size | config | A | B | rounds | A s/step | B s/step | speedup A/B |",
+                "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for c in commits:
+            out.append(f"| {c['size']} | {c['config']} | `{c['a']}` | `{c['b']}` | {c['rounds']} | "
+                       f"{_f(statistics.median(c['times_a_s']), '{:.2f}')} | "
+                       f"{_f(statistics.median(c['times_b_s']), '{:.2f}')} | {_f(c['speedup_b_over_a'], '{:.2f}x')} |")
         out.append("")
     out += ["## Machine", ""] + machine_lines(benchmarks) + [""]
     return "\n".join(out)
