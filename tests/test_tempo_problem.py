@@ -263,3 +263,11 @@ def test_implicit_contracts_through_all_parameters():
     p1, t1, b1 = make(cfg)
     p2, t2, b2 = make({**cfg, "contraction": "jvp"})
     assert rel(hypergrad(p1, t1, b1), hypergrad(p2, t2, b2)) < 1e-4
+
+
+def test_vvaml_per_sample_losses_reuse_the_weighters_values():
+    problem, trainer, batch = make({"strategy": "approx"})
+    torch.manual_seed(0)
+    sc = trainer.forward(problem, batch)
+    want = problem.upper.per_sample(sc.ctx.post["h"], sc.ctx.post["s"], sc.ctx.prior["s"], problem.value_fn)
+    torch.testing.assert_close(problem.upper_losses(batch, sc.ctx), want, rtol=0, atol=0)

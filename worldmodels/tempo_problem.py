@@ -19,6 +19,7 @@ from torch import Tensor
 
 from bilevel import stopgrad
 from bilevel.problem import BilevelProblem, Params
+from losses.upper import VVAML
 from worldmodels.elbo import KL_KEYS, kl_balance_terms, weighted_elbo_loss
 from worldmodels.rssm import State
 from worldmodels.world_model import WorldModel
@@ -129,6 +130,9 @@ class WorldModelProblem(BilevelProblem):
         return self.upper(*self._upper_states(ctx), self.value_fn)
 
     def upper_losses(self, batch: Any, ctx: TempoContext) -> Tensor:
+        if isinstance(self.upper, VVAML):  # from the values the weighter read: no second pair of critic passes
+            v_post, v_prior = self.values(ctx)
+            return (v_post - v_prior).square()
         return self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
 
     def upper_parameter_names(self) -> list[str]:
