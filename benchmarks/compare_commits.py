@@ -27,6 +27,16 @@ SIZE_ARGS = {
                       T=50, B=16, world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, mlp_units=400,
                                                    mlp_layers=4),
                       agent=dict(horizon=15, units=400, layers=4)),
+    "dmc": dict(name="dmc", obs_key="image", obs_shape=(64, 64, 3), action_dim=6, discrete_actions=False, T=50, B=16,
+                world_model=dict(deter=200, stoch=32, discrete=0, hidden=200, depth=48, mlp_units=400, mlp_layers=4),
+                agent=dict(horizon=15, units=400, layers=4)),
+    "atari": dict(name="atari", obs_key="image", obs_shape=(64, 64, 1), action_dim=6, discrete_actions=True, T=50,
+                  B=16, world_model=dict(deter=600, stoch=32, discrete=32, hidden=600, depth=48, mlp_units=400,
+                                         mlp_layers=4, discount_head=True, kl_free=0.0, kl_scale=0.1,
+                                         loss_scales={"reward": 1.0, "discount": 5.0}),
+                  agent=dict(horizon=15, units=400, layers=4, gamma=0.999, actor_lr=4e-5, critic_lr=1e-4,
+                             actor_ent=1e-3, actor_grad="reinforce", use_discount_head=True),
+                  lower_lr=2e-4),
 }
 
 CHILD = """
