@@ -96,6 +96,7 @@ def main() -> None:
         a.set_xlabel("environment frames")
         a.grid(alpha=0.3)
     ax[1, 1].axhline(0, color="k", lw=0.8)
+    ax[0, 2].set_yscale("log")
     for a in (ax[0, 0], ax[0, 1], ax[0, 2], ax[1, 0]):
         a.legend(fontsize=7)
     fig.suptitle(f"{args.task_dir.name} (dmc_state): DreamerV2 vs TEMPO, CPU, one seed each")
