@@ -97,10 +97,13 @@ def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
     """∂α[ Σ_i ∂F/∂losses_i · u_i ] where F = lower_objective(losses, w(α)) and u = J_losses·v (flattened)."""
     flat_l, spec = tree_flatten(sc.losses)
     leaves = [t.detach().requires_grad_() for t in flat_l]
-    objective = sc.problem.lower_objective(tree_unflatten(leaves, spec), sc.weights())  # graph to α only
+    # w(α) with its graph: the forward pass's (the θ backward never runs the weighter's nodes, so their saved
+    # tensors are still there), or a float32 recomputation after a reduced-precision forward.
+    w = sc.weights() if sc.reduced or not sc.w.requires_grad else sc.w
+    objective = sc.problem.lower_objective(tree_unflatten(leaves, spec), w)  # graph to α only
     g = torch.autograd.grad(objective, leaves, create_graph=True, allow_unused=True)
     s = sum((gi * ui).sum() for gi, ui in zip(g, flat_u, strict=True) if gi is not None)
-    return grads_or_zeros(s, sc.alpha)
+    return grads_or_zeros(s, sc.alpha, retain_graph=True)
 
 
 def finite_difference(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:

@@ -271,3 +271,17 @@ def test_vvaml_per_sample_losses_reuse_the_weighters_values():
     sc = trainer.forward(problem, batch)
     want = problem.upper.per_sample(sc.ctx.post["h"], sc.ctx.post["s"], sc.ctx.prior["s"], problem.value_fn)
     torch.testing.assert_close(problem.upper_losses(batch, sc.ctx), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_vvaml_upper_loss_reuses_the_weighters_values(norm):
+    problem, trainer, batch = make({"strategy": "approx"})
+    problem.upper = VVAML(norm=norm)
+    torch.manual_seed(0)
+    sc = trainer.forward(problem, batch)
+    want = VVAML(norm=norm)(sc.ctx.post["h"], sc.ctx.post["s"], sc.ctx.prior["s"], problem.value_fn)
+    got = problem.upper_loss(batch, sc.ctx)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    g1 = torch.autograd.grad(got, sc.ctx.post["s"], retain_graph=True)[0]
+    g2 = torch.autograd.grad(want, sc.ctx.post["s"])[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)

@@ -127,6 +127,11 @@ class WorldModelProblem(BilevelProblem):
         return post["h"], post["s"], prior["s"]
 
     def upper_loss(self, batch: Any, ctx: TempoContext) -> Tensor:
+        if isinstance(self.upper, VVAML) and self.upper.value_norm.mode != "moving":
+            # the values the weighter read, with their graph: no second pair of critic passes (moving statistics
+            # must be updated by the loss itself, once per step)
+            v_post, v_prior = self.values(ctx)
+            return (v_post - v_prior).square().mean()
         return self.upper(*self._upper_states(ctx), self.value_fn)
 
     def upper_losses(self, batch: Any, ctx: TempoContext) -> Tensor:
