@@ -461,8 +461,8 @@ class Progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="frame", dynamic_ncols=True)
-        self.shown = self.line_step = initial
-        self.line_time = time.monotonic()
+        self.shown = self.line_step = self.start_step = initial
+        self.line_time = self.start_time = time.monotonic()
 
     def update(self, step: int, updates: int, last_eval: float | None, force: bool = False) -> None:
         if self.bar is not None:
@@ -473,8 +473,12 @@ class Progress:
         now = time.monotonic()
         if not force and now - self.line_time < self.every:
             return
-        fps = (step - self.line_step) / max(now - self.line_time, 1e-9)
-        eta = "-" if fps <= 0 else str(datetime.timedelta(seconds=round((self.total - step) / fps)))
+        if step > self.line_step:  # the recent rate (training is slower than the random prefill)
+            fps = (step - self.line_step) / max(now - self.line_time, 1e-9)
+        else:  # no frames since the last line (pretraining updates): the rate since the start
+            fps = (step - self.start_step) / max(now - self.start_time, 1e-9)
+        left = max(self.total - step, 0)
+        eta = str(datetime.timedelta(seconds=round(left / fps))) if fps > 0 else ("0:00:00" if not left else "-")
         print(f"progress frames={step}/{self.total} fps={fps:.1f} updates={updates} eval={fmt(last_eval)} "
               f"eta={eta}", flush=True)
         self.line_time, self.line_step = now, step
