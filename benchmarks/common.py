@@ -1,5 +1,5 @@
 """Builders shared by the benchmark suites: the real DreamerV2 RSSM world model, TEMPO's
-`WorldModelProblem`, a `BilevelTrainer` for one named strategy config, the actor-critic, and a synthetic
+`TempoProblem`, a `BilevelTrainer` for one named strategy config, the actor-critic, and a synthetic
 replay batch (random data with the replay's dtypes: uint8 images, float actions/rewards, bool flags).
 
 Sizes (`SIZES`):
@@ -42,7 +42,7 @@ from bilevel import BilevelConfig, BilevelTrainer
 from bilevel.precision import Precision, cpu_flags, cpu_model, native_bf16
 from losses import get_upper_loss
 from worldmodels import WorldModel
-from worldmodels.tempo_problem import WorldModelProblem
+from worldmodels.tempo_problem import TempoProblem
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -171,7 +171,7 @@ def make_batch(size: Size, device: str | torch.device = "cpu", seed: int = 1) ->
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_trainer(problem: WorldModelProblem, name: str, size: Size, lower_opt: str = "adam",
+def make_trainer(problem: TempoProblem, name: str, size: Size, lower_opt: str = "adam",
                  precision: Precision | None = None) -> BilevelTrainer:
     """A trainer for config `name` on `problem`; the lower optimiser is the recipe's Adam (or SGD, same lr)."""
     wm = problem.model
@@ -195,7 +195,7 @@ class Bench:
     device: torch.device
     wm: WorldModel
     agent: ActorCritic
-    problem: WorldModelProblem
+    problem: TempoProblem
     trainer: BilevelTrainer
     batch: dict[str, torch.Tensor]
     precision: Precision = field(default_factory=lambda: Precision("cpu", "32"))
@@ -205,21 +205,16 @@ class Bench:
             torch.cuda.synchronize(self.device)
 
     def step(self) -> dict[str, float]:
-        """One bilevel world-model step (weights -> θ -> α). Like every caller should (trainer.py), drop
-        `trainer.last` afterwards: it holds the step's whole autograd graph."""
+        """One bilevel world-model step (weights -> θ -> α)."""
         with self.precision.autocast():
-            metrics = self.trainer.step(self.problem, self.batch)
-        self.trainer.last = None
-        return metrics
+            return self.trainer.step(self.problem, self.batch).metrics
 
     def train_step(self) -> dict[str, float]:
         """One whole training step as `recipes.tempo.Run.train_once` does it: the bilevel world-model
-        step, take the posterior states of that pass, free the world-model graph (`trainer.last = None`),
-        then one actor-critic update from those states."""
+        step, then one actor-critic update from the posterior states of that pass."""
         with self.precision.autocast():
-            metrics = self.trainer.step(self.problem, self.batch)
-        start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
-        self.trainer.last = None  # free the world-model graph before imagination (as the recipe does)
+            result = self.trainer.step(self.problem, self.batch)
+        metrics, start = result.metrics, result.outputs
         with self.precision.autocast():
             ac = self.agent.train_step(self.wm, start, self.batch["is_terminal"])
         return {**metrics, **{f"agent/{k}": v for k, v in ac.items()}}
@@ -247,7 +242,7 @@ def build(size: str | Size, config: str = TEMPO, device: str | torch.device = "c
     upper = get_upper_loss("vvaml")
     if isinstance(upper, nn.Module):
         upper.to(dev)
-    problem = WorldModelProblem(wm, upper, lambda f: agent.value(f, slow=True), "DSV")
+    problem = TempoProblem(wm, upper, lambda f: agent.value(f, slow=True), "DSV")
     trainer = make_trainer(problem, config, sz, lower_opt, prec)
     batch = make_batch(sz, dev, seed + 1)
     return Bench(sz, config, dev, wm, agent, problem, trainer, batch, prec)
@@ -267,7 +262,7 @@ def _flat(gs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.detach().reshape(-1).double() for g in gs])
 
 
-def alpha_grad_at(trainer: BilevelTrainer, problem: WorldModelProblem, batch: Any, noise_seed: int) -> torch.Tensor:
+def alpha_grad_at(trainer: BilevelTrainer, problem: TempoProblem, batch: Any, noise_seed: int) -> torch.Tensor:
     """The α-gradient at the current θ (θ is not updated), with the step's sampling noise fixed by seed."""
     torch.manual_seed(noise_seed)
     sc = trainer.forward(problem, batch)

@@ -3,8 +3,8 @@ trained by a hypergradient of a task (upper) loss. Knows nothing about world mod
 
 from bilevel.config import BilevelConfig, WeighterConfig
 from bilevel.problem import BilevelProblem, Params
-from bilevel.trainer import BilevelTrainer, MovingNorm
+from bilevel.trainer import BilevelTrainer, MovingNorm, StepResult
 from bilevel.weighter import MetaWeighter
 
 __all__ = ["BilevelConfig", "BilevelProblem", "BilevelTrainer", "MetaWeighter", "MovingNorm", "Params",
-           "WeighterConfig"]
+           "StepResult", "WeighterConfig"]

@@ -6,11 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-STRATEGIES = ("none", "naive", "approx", "unroll", "implicit")
 CONTRACTIONS = ("double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference")
-ENGINES = ("native", "higher", "betty")
-IMPLICIT_METHODS = ("neumann", "cg")
-SIGNS = ("correct", "official")
 
 # What each engine can do: strategy -> accepted contractions.
 SUPPORTED: dict[str, dict[str, tuple[str, ...]]] = {

@@ -80,6 +80,11 @@ class BilevelProblem(ABC):
         """
         return self.lower_losses(batch, params)[1]
 
+    def step_outputs(self, ctx: Any) -> Any:
+        """What callers of `BilevelTrainer.step` need from the step's forward pass (e.g. the posterior states an
+        actor-critic starts from), detached: the pass's graph is freed when the step returns. Default: None."""
+        return None
+
     def upper_parameter_names(self) -> list[str] | None:
         """Names of θ the upper loss is differentiated through (None = all). E.g. encoder + RSSM."""
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +25,14 @@ from bilevel.problem import BilevelProblem
 from bilevel.weighter import MetaWeighter
 
 OPTIMIZER_FIELDS = {"lr", "eps", "clip", "weight_decay"}  # WeighterConfig fields of the meta optimizer
+
+
+@dataclass
+class StepResult:
+    """What one `BilevelTrainer.step` returns: its metrics, and `problem.step_outputs` of its forward pass."""
+
+    metrics: dict[str, float]
+    outputs: Any
 
 
 class MovingNorm(nn.Module):
@@ -121,7 +130,6 @@ class BilevelTrainer:
                              f"'jvp', 'finite_difference'] on the native engine; got {cfg.strategy!r} / "
                              f"{cfg.contraction!r} / {cfg.engine!r} (use precision 'bf16' or '32')")
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
-        self.last: StepContext | None = None
         self.step_count = 0
         self.nonfinite = 0
         self.nonfinite_streak = 0
@@ -203,10 +211,9 @@ class BilevelTrainer:
             grads = self.alpha_grad(sc)
         return {n: g.detach() for (n, _), g in zip(self.weighter.named_parameters(), grads, strict=True)}
 
-    def step(self, problem: BilevelProblem, batch: Any) -> dict[str, float]:
+    def step(self, problem: BilevelProblem, batch: Any) -> StepResult:
         cfg = self.cfg
         sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
-        self.last = None  # never hold two steps' graphs at once
         t0 = time.perf_counter()
         meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
         sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)
@@ -292,10 +299,7 @@ class BilevelTrainer:
                 "time_forward": t1 - t0, "time_hypergrad": t2 - t1,
                 "time_lower_update": t3 - t2, "time_meta_update": t4 - t3,
             })
-        # The step's context (e.g. posterior states for an actor-critic). It holds the forward graph:
-        # callers should take what they need and set `trainer.last = None` before the next step.
-        self.last = sc
-        return metrics
+        return StepResult(metrics, problem.step_outputs(sc.ctx))  # the pass's graph dies with `sc` here
 
     # ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from envs.registry import (  # noqa: E402
     make_env,
     validate_task,
 )
-from envs.replay import Replay, dataset_iter  # noqa: E402
+from envs.replay import Replay  # noqa: E402
 
 __all__ = [
     "Env",
@@ -26,7 +26,6 @@ __all__ = [
     "PAPER_DMC_TASKS",
     "Replay",
     "SUITES",
-    "dataset_iter",
     "make_env",
     "validate_task",
 ]

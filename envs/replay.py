@@ -24,7 +24,6 @@ import pathlib
 import secrets
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -286,9 +285,3 @@ class Replay:
     def episodes(self) -> list[dict[str, np.ndarray]]:
         """Stored episodes, oldest first (read-only view; do not mutate the arrays)."""
         return list(self._episodes.values())
-
-
-def dataset_iter(replay: Replay, batch: int = 16, length: int = 50) -> Iterator[dict[str, np.ndarray]]:
-    """Endless iterator of sampled batches (sees new episodes as they are added)."""
-    while True:
-        yield replay.sample(batch, length)

@@ -235,7 +235,7 @@ def _run(noise: float, seed: int, epochs: int, strategy: str, contraction: str, 
             idx = perm[start:start + batch_size]
             batch = (data["x_train"][idx], data["y_train"][idx])
             for name in models:
-                metrics[name].append(trainers[name].step(problems[name], batch))
+                metrics[name].append(trainers[name].step(problems[name], batch).metrics)
         if verbose and (epoch % log_every == 0 or epoch == epochs or epoch == 1):
             acc = {n: accuracy(m, data["x_test"], data["y_test"]) for n, m in models.items()}
             up = {n: float(np.mean([m["upper_loss"] for m in metrics[n]])) for n in models}

@@ -217,7 +217,7 @@ class Run:
         from envs import Replay, make_env
         from losses import UpperLoss, get_upper_loss, upper_loss_class
         from worldmodels import WorldModel
-        from worldmodels.tempo_problem import WorldModelProblem
+        from worldmodels.tempo_problem import TempoProblem
 
         self.cfg, self.logdir = cfg, logdir
         self.device = torch.device(cfg.run.device)
@@ -259,7 +259,7 @@ class Run:
         self.upper = get_upper_loss(cfg.tempo.upper_loss, **({"norm": cfg.tempo.value_norm} if is_upper else {}))
         if isinstance(self.upper, torch.nn.Module):
             self.upper.to(self.device)
-        self.problem = WorldModelProblem(self.wm, self.upper, lambda f: self.agent.value(f, slow=True),
+        self.problem = TempoProblem(self.wm, self.upper, lambda f: self.agent.value(f, slow=True),
                                          cfg.tempo.weighter_inputs)
         opt = make_optimizer(self.wm.parameters(), "adam", m.lr, m.eps, m.weight_decay)  # DreamerV2's decoupled wd
         self.trainer = BilevelTrainer(self.wm, self.problem.input_dim, bilevel_config(cfg), lower_opt=opt,
@@ -333,9 +333,8 @@ class Run:
         """One world-model update through the bilevel trainer, then one actor-critic update."""
         batch = self.to_torch(self.replay.sample(self.cfg.replay.batch, self.cfg.replay.length))
         with self.precision.autocast():  # reduced-precision matmuls, float32 islands inside the models
-            metrics = self.trainer.step(self.problem, batch)
-        start = {k: v.detach() for k, v in self.trainer.last.ctx.post.items()}
-        self.trainer.last = None  # free the world-model graph before imagination
+            result = self.trainer.step(self.problem, batch)  # its graph is freed before imagination
+        metrics, start = result.metrics, result.outputs  # posterior states [T, B, ...] of that pass
         self.record({f"wm/{k}": v for k, v in metrics.items()})
         if all(bool(torch.isfinite(v).all()) for v in start.values()):
             with self.precision.autocast():

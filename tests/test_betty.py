@@ -157,7 +157,7 @@ def test_full_trainer_step_updates_alpha_and_theta(cfg):
     alpha0 = [p.detach().clone() for p in trainer.weighter.parameters()]
     theta0 = problem.model.weight.detach().clone()
     for _ in range(2):
-        m = trainer.step(problem, problem.batch)
+        m = trainer.step(problem, problem.batch).metrics
         assert m["meta_step"] == 1.0 and m["hypergrad_norm"] > 0
     assert all(not torch.equal(a, p) for a, p in zip(alpha0, trainer.weighter.parameters(), strict=True))
     assert not torch.equal(theta0, problem.model.weight.detach())

@@ -29,7 +29,6 @@ def make(cfg: dict, eta: float = 0.1, opt: str = "sgd", seed: int = 0, noise: fl
 
 def hypergrad(problem, trainer) -> torch.Tensor:
     sc = trainer.forward(problem, problem.batch)
-    trainer.last = sc
     g = trainer.alpha_grad(sc)
     return torch.cat([t.reshape(-1) for t in g])
 
@@ -164,7 +163,7 @@ def test_meta_every_skips_exactly_the_right_steps():
     metas = []
     for _ in range(7):
         before = [p.detach().clone() for p in trainer.weighter.parameters()]
-        m = trainer.step(problem, problem.batch)
+        m = trainer.step(problem, problem.batch).metrics
         changed = any(not torch.equal(b, p) for b, p in zip(before, trainer.weighter.parameters(), strict=True))
         assert changed == bool(m["meta_step"])
         metas.append(changed)
@@ -178,7 +177,7 @@ def test_step_updates_theta_with_weighted_gradient_and_reports_metrics():
     th = problem.model.weight.detach().reshape(-1).clone()
     with torch.no_grad():
         w = trainer.weighter(problem.batch["f"])
-    m = trainer.step(problem, problem.batch)
+    m = trainer.step(problem, problem.batch).metrics
     expect = th - eta * (x.T @ (w * (x @ th - y))) / len(y)
     assert torch.allclose(problem.model.weight.detach().reshape(-1), expect, rtol=1e-12)
     assert m["weight_mean"] == pytest.approx(float(w.mean()))
@@ -207,11 +206,11 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_when_persistent():
     bad["y"][0] = float("nan")
     theta = problem.model.weight.detach().clone()
     alpha = [p.detach().clone() for p in trainer.weighter.parameters()]
-    m = trainer.step(problem, bad)
+    m = trainer.step(problem, bad).metrics
     assert m["nonfinite_steps"] == 1
     assert torch.equal(problem.model.weight.detach(), theta)  # θ and α untouched
     assert all(torch.equal(a, p) for a, p in zip(alpha, trainer.weighter.parameters(), strict=True))
-    m = trainer.step(problem, problem.batch)  # a finite step resets the streak and trains
+    m = trainer.step(problem, problem.batch).metrics  # a finite step resets the streak and trains
     assert m["nonfinite_steps"] == 1 and not torch.equal(problem.model.weight.detach(), theta)
     trainer.step(problem, bad)
     trainer.step(problem, bad)

@@ -20,7 +20,7 @@ from bilevel import BilevelConfig, BilevelTrainer, stopgrad
 from bilevel.precision import Precision, cpu_flags, native_bf16, resolve
 from losses import get_upper_loss
 from worldmodels import WorldModel
-from worldmodels.tempo_problem import WorldModelProblem
+from worldmodels.tempo_problem import TempoProblem
 
 REDUCED = ["bf16", "16"]
 
@@ -72,7 +72,7 @@ def state_size_problem(discrete: int, contraction: str):
     torch.manual_seed(0)
     wm = WorldModel({"state": (24,)}, 6, discrete=discrete)  # dmc_state sizes: deter 200, MLPs 4x400
     critic = nn.Sequential(nn.Linear(wm.rssm.feat_dim, 400), nn.ELU(), nn.Linear(400, 1)).requires_grad_(False)
-    problem = WorldModelProblem(wm, get_upper_loss("vvaml"), lambda f: critic(f).squeeze(-1))
+    problem = TempoProblem(wm, get_upper_loss("vvaml"), lambda f: critic(f).squeeze(-1))
     trainer = BilevelTrainer(wm, problem.input_dim, BilevelConfig(contraction=contraction),
                              lower_opt=torch.optim.Adam(wm.parameters(), lr=3e-4))
     return problem, trainer

@@ -10,7 +10,7 @@ from bilevel import BilevelConfig, BilevelTrainer, contractions
 from bilevel.strategies import approx_coef
 from losses import VVAML, get_upper_loss
 from worldmodels import WorldModel
-from worldmodels.tempo_problem import WorldModelProblem
+from worldmodels.tempo_problem import TempoProblem
 
 T, B, OBS, ACT = 5, 3, 6, 2
 
@@ -26,7 +26,7 @@ def make(cfg: dict, discrete: int = 0, eta: float = 1e-2, kl_free: float = 1.0, 
             p.add_(1e-2 * torch.randn_like(p))
     critic = nn.Sequential(nn.Linear(wm.rssm.feat_dim, 32), nn.ELU(), nn.Linear(32, 1)).to(dtype)
     critic.requires_grad_(False)
-    problem = WorldModelProblem(wm, get_upper_loss(upper), lambda f: critic(f).squeeze(-1), inputs)
+    problem = TempoProblem(wm, get_upper_loss(upper), lambda f: critic(f).squeeze(-1), inputs)
     bc = BilevelConfig(**cfg, weighter={"layers": 3, "units": 32})
     trainer = BilevelTrainer(wm, problem.input_dim, bc, lower_opt=torch.optim.SGD(wm.parameters(), lr=eta))
     g = torch.Generator().manual_seed(1)
@@ -191,7 +191,7 @@ def test_every_strategy_runs_end_to_end(cfg, discrete):
     problem, trainer, batch = make(cfg, discrete, dtype=torch.float32)
     theta0 = [p.detach().clone() for p in problem.model.parameters()]
     for _ in range(2):
-        m = trainer.step(problem, batch)
+        m = trainer.step(problem, batch).metrics
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
     assert m["nonfinite_steps"] == 0
     assert any(not torch.equal(a, p) for a, p in zip(theta0, problem.model.parameters(), strict=True))

@@ -29,14 +29,15 @@ INPUT_FLAGS = ("DSV", "SV", "S", "DS", "DV", "D", "V")
 
 @dataclass
 class TempoContext:
+    """What one pass of the world model left for the weighter, the upper loss and `loss_deltas`."""
+
     post: State  # [T, B, ...]
     prior: State
-    params: Params
     capture: dict[str, Tensor] | None = None  # head gradients for loss_deltas (terms_fd passes only)
     _values: tuple[Tensor, Tensor] | None = None
 
 
-class WorldModelProblem(BilevelProblem):
+class TempoProblem(BilevelProblem):
     """Binds a `WorldModel`, an upper loss from `losses/` and a value function (the slow critic)."""
 
     def __init__(self, world_model: WorldModel, upper: Any, value_fn: Callable[[Tensor], Tensor],
@@ -56,12 +57,12 @@ class WorldModelProblem(BilevelProblem):
         # A pass that a finite difference will re-evaluate keeps the heads' per-sample gradients (loss_deltas).
         capture = {} if stopgrad.recording() and torch.is_grad_enabled() else None
         _, terms, post, prior, _ = self.call(params, batch, capture=capture)  # WorldModel.forward
-        return terms, TempoContext(post, prior, params, capture)
+        return terms, TempoContext(post, prior, capture)
 
     def upper_context(self, batch: Mapping[str, Tensor], params: Params) -> TempoContext:
         """The task loss reads the states only: encoder + RSSM, no heads."""
         post, prior, _ = self.call(params, batch, observe_only=True)
-        return TempoContext(post, prior, params)
+        return TempoContext(post, prior)
 
     def loss_deltas(self, batch: Mapping[str, Tensor], params: Params, ctx: TempoContext,
                     losses: Mapping[str, Tensor], shifted: set[str]) -> dict[str, Tensor]:
@@ -139,6 +140,10 @@ class WorldModelProblem(BilevelProblem):
             v_post, v_prior = self.values(ctx)
             return (v_post - v_prior).square()
         return self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
+
+    def step_outputs(self, ctx: TempoContext) -> State:
+        """The posterior states of the step's pass [T, B, ...], detached: the actor-critic starts from them."""
+        return {k: v.detach() for k, v in ctx.post.items()}
 
     def upper_parameter_names(self) -> list[str]:
         """The task loss sees the model only through the states: encoder + RSSM."""

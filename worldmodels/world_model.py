@@ -95,7 +95,7 @@ class WorldModel(nn.Module):
         With `capture` (a dict) and autograd on, the backward of any loss of these terms fills it with, per
         head k: 'dfeat/k' = ∂loss/∂feat through head k only [T, B, F] and 'dterm/k' = ∂loss/∂term_k [T, B];
         plus 'feat' [T, B, F]. Heads are per-sample, so dfeat/dterm is each sample's own ∂term/∂feat
-        (`WorldModelProblem.loss_deltas` linearises the heads with it instead of re-running them).
+        (`TempoProblem.loss_deltas` linearises the heads with it instead of re-running them).
         """
         feat = self.rssm.feat(post)  # [T, B, F]
         dtype = feat.dtype
@@ -160,7 +160,3 @@ class WorldModel(nn.Module):
         if self.discount_head is None:
             return None
         return torch.sigmoid(f32(self.discount_head(feat).squeeze(-1)))
-
-    def upper_parameters(self) -> dict[str, nn.Parameter]:
-        """Named parameters of `upper_modules` (the ones the task loss depends on through s_post/s_prior)."""
-        return {n: p for n, p in self.named_parameters() if n.split(".")[0] in self.upper_modules}
