@@ -1,7 +1,8 @@
 """DreamerV2 actor-critic learned purely in imagination (Hafner et al., 2020), as used unchanged by TEMPO.
 
 The agent never sees the world model's internals: it programs against the small `LatentModel` protocol
-(imagine / reward / discount / feat), so `worldmodels` and `agents` do not import each other.
+(imagine / reward / discount / feat), so it never imports the world model; the one thing it takes from
+`worldmodels` is the layer builder `worldmodels.nets.MLP`, and `worldmodels` never imports `agents`.
 
 Time alignment (DreamerV2's, kept on purpose because TEMPO leaves the agent untouched):
 
@@ -33,6 +34,7 @@ from torch.func import functional_call
 
 from agents import schedules
 from bilevel.precision import f32
+from worldmodels.nets import MLP, dreamer_init
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
 RewardTransform = Literal["none", "tanh"]
@@ -89,22 +91,6 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor | float, lambd
         ret = inputs[t] + discount[t] * lambda_ * ret
         out.append(ret)
     return torch.stack(out[::-1], 0)
-
-
-def mlp(inp: int, out: int, layers: int, units: int, act: type[nn.Module]) -> nn.Sequential:
-    """`layers` x (Linear(units) + act) then Linear(out), with Keras' glorot-uniform/zero-bias init."""
-    mods: list[nn.Module] = []
-    dim = inp
-    for _ in range(layers):
-        mods += [nn.Linear(dim, units), act()]
-        dim = units
-    mods.append(nn.Linear(dim, out))
-    net = nn.Sequential(*mods)
-    for m in net.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return net
 
 
 class TruncNormal:
@@ -170,7 +156,8 @@ class Actor(nn.Module):
         super().__init__()
         self.discrete, self.action_dim = discrete, action_dim
         self.min_std, self.init_std = min_std, init_std
-        self.net = mlp(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
+        self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
+        dreamer_init(self.net)  # Keras' glorot-uniform kernels and zero biases, as DreamerV2
 
     def forward(self, feat: Tensor) -> Dist:  # [..., F] -> dist over [..., A]
         return self.dist(self.net(feat))
@@ -190,7 +177,8 @@ class Critic(nn.Module):
 
     def __init__(self, feat_dim: int, layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU):
         super().__init__()
-        self.net = mlp(feat_dim, 1, layers, units, act)
+        self.net = MLP(feat_dim, 1, layers, units, act)
+        dreamer_init(self.net)
 
     def forward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...] (float32)
         return f32(self.net(feat).squeeze(-1))

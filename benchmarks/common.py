@@ -1,26 +1,35 @@
-"""Builders shared by the benchmark suites: the real DreamerV2 RSSM world model, TEMPO's
-`TempoProblem`, a `BilevelTrainer` for one named strategy config, the actor-critic, and a synthetic
-replay batch (random data with the replay's dtypes: uint8 images, float actions/rewards, bool flags).
+"""Builders shared by the benchmark suites. A benchmark's run is the recipe's own: `recipes.run.Run(cfg, logdir)`
+from a `recipes.config.Config` of a preset, a task and overrides (`config_for`), with its environment, replay,
+DreamerV2 RSSM world model, actor-critic, TEMPO `TempoProblem` and `BilevelTrainer`. `Bench.train_step()` is the
+recipe's whole update (`Run.update`), `Bench.step()` the bilevel world-model step alone
+(`run.trainer.step(run.problem, batch)`). Only the replay batch is synthetic: random data with the replay's dtypes
+(uint8 images, float32 states/actions/rewards, bool flags) in the shapes of the run's environment and
+`replay.batch` x `replay.length`, converted by `Run.to_torch` (time-major [T, B, ...]; Atari's tanh rewards).
 
-Sizes (`SIZES`):
+Sizes (`SIZES`: name -> preset + task + overrides; the model sizes are the presets'):
 
-* `tiny`  - CI: deter 16, stoch 4 (Gaussian), hidden 16, MLP units 32 x 2, state observations (8,),
-            batch B=4 x T=10, agent 32 x 2 units with horizon 5, weighter 3 x 32.
-* `dmc_state` - the `dmc_state` preset (DreamerV2's dmc_proprio): 24-d proprioceptive observations (walker),
+* `tiny`  - CI: preset `debug` on finger_spin: deter 16, stoch 4 (Gaussian), hidden 16, MLP units 32 x 2,
+            batch B=4 x T=10, agent 32 x 2 units with horizon 5, weighter 3 x 32. Observation and action sizes
+            are the task's: 9-d states, 2 continuous actions (before the benchmarks used the recipe: (8,), 2).
+* `dmc_state` - preset `dmc_state` (DreamerV2's dmc_proprio) on walker_stand: 24-d proprioceptive observations,
             32 x 32 categorical latents, deter 200, hidden 200, MLPs 400 x 4, batch 16 x 50, agent 400 x 4
             with horizon 15, weighter 5 x 400; 6 continuous actions.
-* `dmc`   - the paper's DMC sizes (appendix C / DreamerV2 defaults): deter 200, stoch 32 Gaussian,
-            hidden 200, MLP units 400 x 4, conv depth 48, 64x64 RGB, batch 16 x 50, agent 400 x 4
-            with horizon 15, weighter 5 x 400; 6 continuous actions (walker).
-* `atari` - the paper's Atari sizes: deter 600, hidden 600, 32 x 32 categorical latents, 64x64x1
-            grayscale, discount head, KL scale 0.1 / free nats 0, batch 16 x 50, 6 discrete actions (pong),
-            REINFORCE actor with the discount head.
+* `dmc`   - preset `dmc_pixels` (the paper's DMC sizes, appendix C / DreamerV2 defaults) on walker_stand:
+            deter 200, stoch 32 Gaussian, hidden 200, MLP units 400 x 4, conv depth 48, 64x64 RGB, batch 16 x 50,
+            agent 400 x 4 with horizon 15, weighter 5 x 400; 6 continuous actions.
+* `atari` - preset `atari` on atari:pong (the paper's Atari sizes): deter 600, hidden 600, 32 x 32 categorical
+            latents, 64x64x1 grayscale, discount head, KL scale 0.1 / free nats 0, world-model lr 2e-4, batch
+            16 x 50, 6 discrete actions, REINFORCE actor with the discount head, tanh-squashed replay rewards.
 
-Strategy configs (`CONFIGS`): name -> `BilevelConfig` fields. The lower optimiser is the recipe's
-Adam (`recipes/tempo.py`) unless `lower_opt='sgd'` is asked for (the α-gradient fidelity check, see
-`alpha_grad_fidelity`).
+Strategy configs (`CONFIGS`): name -> `BilevelConfig` fields over the library defaults. `none` and `naive` are the
+recipe's `tempo.weighting none` / `naive`; every other config is `tempo.weighting meta` with `tempo.bilevel` set
+to exactly those fields (so a config that names no contraction uses the library's exact `double_backward`, not the
+recipe's `terms_fd`; `approx-terms_fd` is the recipe's default TEMPO). The lower optimiser is the recipe's Adam
+unless `lower_opt='sgd'` is asked for (the α-gradient fidelity check, see `alpha_grad_fidelity`).
 
-Nothing here hard-codes a device: pass `device='cuda'` to build on a GPU.
+The run's logdir (its replay directory) is a temporary directory removed, with the run's environments closed,
+when the `Bench` is garbage-collected or `close()`d (or its `with` block ends). Nothing here hard-codes a
+device: pass `device='cuda'` to build on a GPU.
 """
 
 from __future__ import annotations
@@ -28,20 +37,26 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from agents import ActorCritic
 from bilevel import BilevelConfig, BilevelTrainer
 from bilevel.precision import Precision, cpu_flags, cpu_model, native_bf16
-from losses import get_upper_loss
-from worldmodels import WorldModel
+from recipes.config import HYPERGRADIENTS, Config, deep_update
+from recipes.config import build as build_config
+from recipes.run import Run
+from recipes.run import bilevel_config as run_bilevel_config
 from worldmodels.tempo_problem import TempoProblem
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +67,30 @@ RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 # sizes
 # ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class BenchSize:
+    """A benchmark size: the recipe's `preset` on `task`, plus config `overrides` (a nested dict, as
+    `recipes.config.build` takes them) on top of the preset."""
+
+    name: str
+    preset: str
+    task: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+SIZES: dict[str, BenchSize] = {
+    "tiny": BenchSize("tiny", "debug", "finger_spin"),
+    "dmc_state": BenchSize("dmc_state", "dmc_state", "walker_stand"),
+    "dmc": BenchSize("dmc", "dmc_pixels", "walker_stand"),
+    "atari": BenchSize("atari", "atari", "atari:pong"),
+}
+
+
+@dataclass(frozen=True)
 class Size:
+    """A size BY VALUE, the form `benchmarks/compare_commits.py` passes to every checkout's `build` (older checkouts
+    built their models from it directly). Here it becomes overrides on the size `name`'s preset and task
+    (`bench_size`); `build` then checks that the task's observations and actions are the ones described."""
+
     name: str
     obs_key: str  # 'state' or 'image'
     obs_shape: tuple[int, ...]
@@ -62,40 +100,44 @@ class Size:
     B: int
     world_model: dict[str, Any]
     agent: dict[str, Any]
-    weighter: dict[str, Any] = field(default_factory=dict)  # {} = BilevelConfig's default (5 x 400)
+    weighter: dict[str, Any] = field(default_factory=dict)  # {} = the preset's
     lower_lr: float = 3e-4
     lower_eps: float = 1e-5
     lower_weight_decay: float = 1e-6
     lower_clip: float = 100.0
 
+    def bench_size(self) -> BenchSize:
+        base = get_size(self.name)
+        agent = dict(self.agent)
+        discount = agent.pop("use_discount_head", None)  # the recipe's agent follows world_model.discount_head
+        if discount is not None and bool(discount) != bool(self.world_model.get("discount_head", False)):
+            raise ValueError(f"size {self.name!r}: agent use_discount_head={discount} needs world_model "
+                             f"discount_head={discount} in the recipe")
+        wm = {**self.world_model, "lr": self.lower_lr, "eps": self.lower_eps,
+              "weight_decay": self.lower_weight_decay, "clip": self.lower_clip}
+        overrides: dict[str, Any] = {"world_model": wm, "agent": agent, "replay": {"batch": self.B, "length": self.T}}
+        if self.weighter:
+            overrides["tempo"] = {"bilevel": {"weighter": dict(self.weighter)}}
+        return BenchSize(self.name, base.preset, base.task, deep_update(base.overrides, overrides))
 
-SIZES: dict[str, Size] = {
-    "tiny": Size(
-        "tiny", "state", (8,), 2, False, T=10, B=4,
-        world_model=dict(deter=16, stoch=4, discrete=0, hidden=16, depth=4, mlp_units=32, mlp_layers=2),
-        agent=dict(horizon=5, units=32, layers=2, slow_target_every=5),
-        weighter=dict(layers=3, units=32),
-    ),
-    "dmc_state": Size(
-        "dmc_state", "state", (24,), 6, False, T=50, B=16,
-        world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, mlp_units=400, mlp_layers=4),
-        agent=dict(horizon=15, units=400, layers=4),
-    ),
-    "dmc": Size(
-        "dmc", "image", (64, 64, 3), 6, False, T=50, B=16,
-        world_model=dict(deter=200, stoch=32, discrete=0, hidden=200, depth=48, mlp_units=400, mlp_layers=4),
-        agent=dict(horizon=15, units=400, layers=4),
-    ),
-    "atari": Size(
-        "atari", "image", (64, 64, 1), 6, True, T=50, B=16,
-        world_model=dict(deter=600, stoch=32, discrete=32, hidden=600, depth=48, mlp_units=400, mlp_layers=4,
-                         discount_head=True, kl_free=0.0, kl_scale=0.1,
-                         loss_scales={"reward": 1.0, "discount": 5.0}),
-        agent=dict(horizon=15, units=400, layers=4, gamma=0.999, actor_lr=4e-5, critic_lr=1e-4, actor_ent=1e-3,
-                   actor_grad="reinforce", use_discount_head=True),
-        lower_lr=2e-4,
-    ),
-}
+    def check(self, run: Run) -> None:
+        got = (run.env.obs_space, run.env.action_dim, run.env.discrete)
+        want = ({self.obs_key: tuple(self.obs_shape)}, self.action_dim, self.discrete_actions)
+        if got != want:
+            raise ValueError(f"size {self.name!r} describes observations/actions {want}, but its task "
+                             f"{run.cfg.env.task!r} has {got}")
+
+
+def get_size(name: str) -> BenchSize:
+    if name not in SIZES:
+        raise ValueError(f"unknown benchmark size {name!r}; accepted: {list(SIZES)}")
+    return SIZES[name]
+
+
+def _bench_size(size: str | BenchSize | Size) -> BenchSize:
+    if isinstance(size, str):
+        return get_size(size)
+    return size.bench_size() if isinstance(size, Size) else size
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,19 +167,35 @@ BASELINE = "none"  # DreamerV2 (weighting none) on the same code
 REFERENCE = "unroll1-native"  # exact one-step unrolled hypergradient
 
 
-def bilevel_config(name: str, size: Size) -> BilevelConfig:
+def tempo_overrides(name: str) -> dict[str, Any]:
+    """The `tempo` config section of strategy config `name`: a weighting (`none`, `naive`), or `meta` with
+    `tempo.bilevel` set to the config's fields over the library's `BilevelConfig` defaults (the weighter stays
+    the preset's)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown benchmark config {name!r}; accepted: {list(CONFIGS)}")
-    return BilevelConfig(**CONFIGS[name], weighter=dict(size.weighter))
+    fields = CONFIGS[name]
+    if fields["strategy"] not in HYPERGRADIENTS:
+        return {"weighting": fields["strategy"]}
+    return {"weighting": "meta", "bilevel": BilevelConfig(**fields).model_dump(exclude={"weighter"})}
 
 
-def get_size(name: str) -> Size:
-    if name not in SIZES:
-        raise ValueError(f"unknown benchmark size {name!r}; accepted: {list(SIZES)}")
-    return SIZES[name]
+def config_for(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch.device = "cpu",
+               seed: int = 0, precision: str = "32") -> Config:
+    """The recipe's config of one benchmark run: `size`'s preset, task and overrides, strategy `config`
+    (`tempo_overrides`), and run.device / run.seed / run.precision."""
+    sz = _bench_size(size)
+    run_fields = {"device": torch.device(device).type, "seed": seed, "precision": precision}
+    overrides = deep_update(sz.overrides, {"env": {"task": sz.task}, "tempo": tempo_overrides(config),
+                                           "run": run_fields})
+    return build_config(sz.preset, overrides)
 
 
-def check_device(device: str) -> torch.device:
+def bilevel_config(name: str, size: str | BenchSize | Size) -> BilevelConfig:
+    """The `BilevelConfig` the run of config `name` at `size` trains with (`recipes.run.bilevel_config`)."""
+    return run_bilevel_config(config_for(size, name))
+
+
+def check_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
@@ -147,77 +205,124 @@ def check_device(device: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------------
 # builders
 # ---------------------------------------------------------------------------------------------------
-def make_batch(size: Size, device: str | torch.device = "cpu", seed: int = 1) -> dict[str, torch.Tensor]:
-    """A synthetic replay chunk, time-major [T, B, ...], with the dtypes `Run.to_torch` produces."""
-    g = torch.Generator().manual_seed(seed)
-    T, B, A = size.T, size.B, size.action_dim
-    if size.obs_key == "image":
-        obs = torch.randint(0, 256, (T, B, *size.obs_shape), generator=g, dtype=torch.uint8)
+def make_batch(run: Run, seed: int = 1) -> dict[str, torch.Tensor]:
+    """A synthetic replay chunk for `run`: what `run.replay.sample()` returns ([B, T] numpy arrays of the replay's
+    dtypes, B x T = replay.batch x replay.length, observations and actions shaped as `run.env`'s), random, passed
+    through `run.to_torch` (time-major [T, B, ...] on the run's device)."""
+    rng = np.random.default_rng(seed)
+    B, T = run.cfg.replay.batch, run.cfg.replay.length
+    env = run.env
+    (key, shape), = env.obs_space.items()
+    if key == "image":
+        obs = rng.integers(0, 256, (B, T, *shape), dtype=np.uint8)
     else:
-        obs = torch.randn(T, B, *size.obs_shape, generator=g)
-    if size.discrete_actions:
-        action = nn.functional.one_hot(torch.randint(0, A, (T, B), generator=g), A).float()
+        obs = rng.standard_normal((B, T, *shape), dtype=np.float32)
+    A = env.action_dim
+    if env.discrete:
+        action = np.eye(A, dtype=np.float32)[rng.integers(0, A, (B, T))]
     else:
-        action = torch.rand(T, B, A, generator=g) * 2 - 1
-    action[0] = 0.0  # zeros at episode start, as the replay stores them
-    is_first = torch.zeros(T, B, dtype=torch.bool)
-    is_first[0] = True
-    is_terminal = torch.zeros(T, B, dtype=torch.bool)
-    if T > 2:
-        is_first[T // 2, 0] = True  # an episode boundary inside the chunk
-        is_terminal[T // 2 - 1, 0] = True
-    batch = {size.obs_key: obs, "action": action, "reward": torch.randn(T, B, generator=g),
-             "is_first": is_first, "is_terminal": is_terminal}
-    return {k: v.to(device) for k, v in batch.items()}
+        action = rng.uniform(-1, 1, (B, T, A)).astype(np.float32)
+    is_first = np.zeros((B, T), bool)
+    is_last = np.zeros((B, T), bool)
+    is_terminal = np.zeros((B, T), bool)
+    is_first[:, 0] = True  # every sampled chunk starts with is_first (`Replay.sample`)
+    if T > 2:  # an episode boundary inside the first chunk (a terminal step, then a new episode)
+        is_last[0, T // 2 - 1] = is_terminal[0, T // 2 - 1] = True
+        is_first[0, T // 2] = True
+    action[is_first] = 0.0  # zeros at episode start, as the replay stores them
+    batch = {key: obs, "action": action, "reward": rng.standard_normal((B, T), dtype=np.float32),
+             "is_first": is_first, "is_last": is_last, "is_terminal": is_terminal}
+    return run.to_torch(batch)
 
 
-def make_trainer(problem: TempoProblem, name: str, size: Size, lower_opt: str = "adam",
-                 precision: Precision | None = None) -> BilevelTrainer:
-    """A trainer for config `name` on `problem`; the lower optimiser is the recipe's Adam (or SGD, same lr)."""
-    wm = problem.model
-    if lower_opt == "adam":
-        opt = torch.optim.Adam(wm.parameters(), lr=size.lower_lr, eps=size.lower_eps,
-                               weight_decay=size.lower_weight_decay)
-    elif lower_opt == "sgd":
-        opt = torch.optim.SGD(wm.parameters(), lr=size.lower_lr)
-    else:
-        raise ValueError(f"lower_opt must be 'adam' or 'sgd', got {lower_opt!r}")
-    return BilevelTrainer(wm, problem.input_dim, bilevel_config(name, size), lower_opt=opt,
-                          lower_clip=size.lower_clip, precision=precision)
+def sgd_trainer(run: Run, cfg: BilevelConfig) -> BilevelTrainer:
+    """A trainer with `cfg` over `run.wm` and `run.problem` whose lower optimiser is plain SGD at the world model's
+    lr (everything else as `Run` builds its trainer); its weighter starts from `run.trainer`'s (same α)."""
+    m = run.cfg.world_model
+    trainer = BilevelTrainer(run.wm, run.problem.input_dim, cfg, lower_opt=torch.optim.SGD(run.wm.parameters(),
+                             lr=m.lr), lower_clip=m.clip, max_nonfinite=run.cfg.run.max_nonfinite,
+                             precision=run.precision)
+    if trainer.weighter is not None and run.trainer.weighter is not None:
+        trainer.weighter.load_state_dict(run.trainer.weighter.state_dict())
+    return trainer
 
 
-@dataclass
+def _close(envs: Sequence[Any], logdir: str) -> None:
+    for env in envs:
+        env.close()
+    shutil.rmtree(logdir, ignore_errors=True)
+
+
+@dataclass(eq=False)
 class Bench:
-    """Everything one benchmarked training step touches."""
+    """One benchmark run: the recipe's `Run` of a size and strategy config, and its synthetic batch."""
 
-    size: Size
+    size: BenchSize
     config: str
-    device: torch.device
-    wm: WorldModel
-    agent: ActorCritic
-    problem: TempoProblem
-    trainer: BilevelTrainer
-    batch: dict[str, torch.Tensor]
-    precision: Precision = field(default_factory=lambda: Precision("cpu", "32"))
+    run: Run = field(repr=False)
+    batch: dict[str, torch.Tensor] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _close, (self.run.env, self.run.eval_env), str(self.run.logdir))
+
+    # the run's objects
+    @property
+    def cfg(self) -> Config:
+        return self.run.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return self.run.device
+
+    @property
+    def precision(self) -> Precision:
+        return self.run.precision
+
+    @property
+    def wm(self) -> nn.Module:
+        return self.run.wm
+
+    @property
+    def agent(self) -> nn.Module:
+        return self.run.agent
+
+    @property
+    def problem(self) -> TempoProblem:
+        return self.run.problem
+
+    @property
+    def trainer(self) -> BilevelTrainer:
+        return self.run.trainer
+
+    def close(self) -> None:
+        """Close the run's environments and remove its temporary logdir (also done when garbage-collected)."""
+        self._finalizer()
+
+    def __enter__(self) -> Bench:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def step(self) -> dict[str, float]:
-        """One bilevel world-model step (weights -> θ -> α)."""
+        """One bilevel world-model step (weights -> θ -> α): `run.trainer.step`, in the run's precision as
+        `Run.update` runs it. Returns the trainer's metrics."""
         with self.precision.autocast():
             return self.trainer.step(self.problem, self.batch).metrics
 
     def train_step(self) -> dict[str, float]:
-        """One whole training step as `recipes.tempo.Run.train_once` does it: the bilevel world-model
-        step, then one actor-critic update from the posterior states of that pass."""
-        with self.precision.autocast():
-            result = self.trainer.step(self.problem, self.batch)
-        metrics, start = result.metrics, result.outputs
-        with self.precision.autocast():
-            ac = self.agent.train_step(self.wm, start, self.batch["is_terminal"])
-        return {**metrics, **{f"agent/{k}": v for k, v in ac.items()}}
+        """One whole training step, the recipe's own `Run.update`: the bilevel world-model step, then one
+        actor-critic update from the posterior states of that pass. Returns what it recorded in `run.pending`
+        (`wm/...`, `agent/...`), which is cleared."""
+        self.run.pending.clear()
+        self.run.update(self.batch)
+        metrics = {k: v[-1] for k, v in self.run.pending.items()}
+        self.run.pending.clear()
+        return metrics
 
     def timed(self, fn: Callable[[], Any]) -> float:
         self.sync()
@@ -227,25 +332,34 @@ class Bench:
         return time.perf_counter() - t0
 
 
-def build(size: str | Size, config: str = TEMPO, device: str | torch.device = "cpu", seed: int = 0,
+def build(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch.device = "cpu", seed: int = 0,
           lower_opt: str = "adam", precision: str = "32") -> Bench:
-    """World model + agent + problem + trainer + batch, seeded (same seed -> same θ, α, batch); the steps run
-    in `precision` ('32', 'bf16', '16' or 'auto', `bilevel.precision`) as the recipe runs them."""
-    sz = get_size(size) if isinstance(size, str) else size
-    dev = check_device(str(device))
-    prec = Precision(dev, precision)
-    torch.manual_seed(seed)
-    obs_space = {sz.obs_key: sz.obs_shape}
-    wm = WorldModel(obs_space, sz.action_dim, sz.discrete_actions, **sz.world_model).to(dev)
-    scaler = torch.amp.GradScaler(dev.type, enabled=prec.mode == "16")
-    agent = ActorCritic(wm.rssm.feat_dim, sz.action_dim, sz.discrete_actions, **sz.agent, scaler=scaler).to(dev)
-    upper = get_upper_loss("vvaml")
-    if isinstance(upper, nn.Module):
-        upper.to(dev)
-    problem = TempoProblem(wm, upper, lambda f: agent.value(f, slow=True), "DSV")
-    trainer = make_trainer(problem, config, sz, lower_opt, prec)
-    batch = make_batch(sz, dev, seed + 1)
-    return Bench(sz, config, dev, wm, agent, problem, trainer, batch, prec)
+    """The recipe's `Run` of `config_for(size, config, device, seed, precision)` in a temporary logdir, and its
+    synthetic batch (`make_batch`, seed + 1): same seed -> same θ, α, batch. The steps run in `precision` ('32',
+    'bf16', '16' or 'auto', `bilevel.precision`) as the recipe runs them. `lower_opt='sgd'` replaces the run's
+    trainer by `sgd_trainer` (same config and α). `device` 'cuda:N' makes N the current CUDA device."""
+    if lower_opt not in ("adam", "sgd"):
+        raise ValueError(f"lower_opt must be 'adam' or 'sgd', got {lower_opt!r}")
+    sz = _bench_size(size)
+    dev = check_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # the recipe's run.device is 'cuda': the current device
+    cfg = config_for(sz, config, dev, seed, precision)
+    logdir = tempfile.mkdtemp(prefix=f"tempo-bench-{sz.name}-")
+    try:
+        run = Run(cfg, Path(logdir))
+    except BaseException:
+        shutil.rmtree(logdir, ignore_errors=True)
+        raise
+    bench = Bench(sz, config, run, {})
+    if os.environ.get(FLUSH_ENV) == "0" and dev.type == "cpu":
+        torch.set_flush_denormal(False)  # `Run` flushes denormals on CPU; --bench-keep-denormals keeps them
+    if isinstance(size, Size):
+        size.check(run)
+    if lower_opt == "sgd":
+        run.trainer = sgd_trainer(run, run.trainer.cfg)
+    bench.batch = make_batch(run, seed + 1)
+    return bench
 
 
 def param_count(module: nn.Module) -> int:
@@ -274,10 +388,11 @@ def alpha_grad_fidelity(size: str, config: str, device: str = "cpu", seed: int =
                         noise_seed: int = 123) -> dict[str, float | None]:
     """Cosine and norm ratio of config's α-gradient vs the exact 1-step unroll, same θ, α, batch, noise.
 
-    Both use a plain SGD lower step with η = the size's lower lr: that is the update eq. 8 (exact) and
-    eq. 9 (θ'≈θ) are written for. (With the recipe's Adam, a 1-step unroll from a fresh optimiser state
-    differentiates Adam's first update lr·g/(|g|+eps), which is sign-like and has a near-zero derivative,
-    so the 'exact' reference would be degenerate.) `none`/`naive` have no α: fidelity is n/a (None).
+    Both use a plain SGD lower step with η = the run's world-model lr (`sgd_trainer`, over the same `Run`): that
+    is the update eq. 8 (exact) and eq. 9 (θ'≈θ) are written for. (With the recipe's Adam, a 1-step unroll
+    from a fresh optimiser state differentiates Adam's first update lr·g/(|g|+eps), which is sign-like and has
+    a near-zero derivative, so the 'exact' reference would be degenerate.) `none`/`naive` have no α: fidelity is
+    n/a (None).
     """
     if not bilevel_config(config, get_size(size)).uses_weighter:
         return {"cosine_vs_unroll1": None, "rel_norm_vs_unroll1": None, "rel_err_vs_unroll1": None}
@@ -288,8 +403,7 @@ def alpha_grad_fidelity(size: str, config: str, device: str = "cpu", seed: int =
     if cached is not None and all(torch.equal(a, b) for a, b in zip(cached[0], alpha_state, strict=True)):
         ref = cached[1]
     else:
-        ref_trainer = make_trainer(bench.problem, REFERENCE, bench.size, "sgd")
-        ref_trainer.weighter.load_state_dict(bench.trainer.weighter.state_dict())
+        ref_trainer = sgd_trainer(bench.run, bilevel_config(REFERENCE, bench.size))  # α from bench.trainer
         ref = alpha_grad_at(ref_trainer, bench.problem, bench.batch, noise_seed)
         _REF_CACHE[key] = (alpha_state, ref)
     # Compare derivatives at the derivative's scale: approx with -η, not the recipe's unit (official) scale.

@@ -24,27 +24,35 @@ from benchmarks.common import machine
 # The sizes by value, so that a checkout whose benchmarks/common.py predates a size can still build it.
 SIZE_ARGS = {
     "dmc_state": dict(name="dmc_state", obs_key="state", obs_shape=(24,), action_dim=6, discrete_actions=False,
-                      T=50, B=16, world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, mlp_units=400,
-                                                   mlp_layers=4),
+                      T=50, B=16, world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, units=400,
+                                                   layers=4),
                       agent=dict(horizon=15, units=400, layers=4)),
     "dmc": dict(name="dmc", obs_key="image", obs_shape=(64, 64, 3), action_dim=6, discrete_actions=False, T=50, B=16,
-                world_model=dict(deter=200, stoch=32, discrete=0, hidden=200, depth=48, mlp_units=400, mlp_layers=4),
+                world_model=dict(deter=200, stoch=32, discrete=0, hidden=200, depth=48, units=400, layers=4),
                 agent=dict(horizon=15, units=400, layers=4)),
     "atari": dict(name="atari", obs_key="image", obs_shape=(64, 64, 1), action_dim=6, discrete_actions=True, T=50,
-                  B=16, world_model=dict(deter=600, stoch=32, discrete=32, hidden=600, depth=48, mlp_units=400,
-                                         mlp_layers=4, discount_head=True, kl_free=0.0, kl_scale=0.1,
-                                         loss_scales={"reward": 1.0, "discount": 5.0}),
+                  B=16, world_model=dict(deter=600, stoch=32, discrete=32, hidden=600, depth=48, units=400,
+                                         layers=4, discount_head=True, kl_free=0.0, kl_scale=0.1,
+                                         reward_scale=1.0, discount_scale=5.0),
                   agent=dict(horizon=15, units=400, layers=4, gamma=0.999, actor_lr=4e-5, critic_lr=1e-4,
                              actor_ent=1e-3, actor_grad="reinforce", use_discount_head=True),
                   lower_lr=2e-4),
 }
 
 CHILD = """
-import json, statistics, sys, time, torch
+import inspect, json, statistics, sys, time, torch
 from benchmarks.common import Size, build
+from worldmodels import WorldModel
 torch.set_num_threads({threads})
 torch.set_flush_denormal(True)
-size = Size(**{size!r})
+args = {size!r}
+wm = args["world_model"]
+if "mlp_units" in inspect.signature(WorldModel.__init__).parameters:  # a checkout before config-named kwargs
+    wm["mlp_units"], wm["mlp_layers"] = wm.pop("units"), wm.pop("layers")
+    scales = {{k[:-6]: wm.pop(k) for k in ("reward_scale", "discount_scale") if k in wm}}
+    if scales:
+        wm["loss_scales"] = scales
+size = Size(**args)
 bench = build(size, {config!r})
 bench.train_step()
 ts = []

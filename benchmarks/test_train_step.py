@@ -1,7 +1,7 @@
 """Whole training step, TEMPO vs DreamerV2 on the same code, as RATIOS measured in the same run.
 
 * `test_train_step_tempo_vs_none`: one step = the bilevel world-model step + one actor-critic update
-  from the posterior states of that pass (`Bench.train_step` = `recipes.tempo.Run.train_once`).
+  from the posterior states of that pass (`Bench.train_step` = the recipe's own `recipes.run.Run.update`).
   TEMPO (`--bench-tempo`, default approx-terms_fd as the recipe runs it) and weighting `none` run
   interleaved A, B, A, B, ... (a round is `meta_every` steps of each, see `_paired`) for
   `--bench-rounds` rounds; the headline is the MEDIAN of the per-round ratios A/B (paired, so load

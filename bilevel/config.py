@@ -4,31 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-CONTRACTIONS = ("double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference")
-
-# What each engine can do: strategy -> accepted contractions.
-SUPPORTED: dict[str, dict[str, tuple[str, ...]]] = {
-    "native": {
-        "none": CONTRACTIONS, "naive": CONTRACTIONS, "approx": CONTRACTIONS,
-        "unroll": ("double_backward",), "implicit": CONTRACTIONS,
-    },
-    # higher differentiates through its differentiable optimisers: unrolling only.
-    "higher": {"none": CONTRACTIONS, "naive": CONTRACTIONS, "unroll": ("double_backward",)},
-    # Betty's darts is a finite difference; its neumann/cg contract by double backward.
-    "betty": {
-        "none": CONTRACTIONS, "naive": CONTRACTIONS, "approx": ("finite_difference",),
-        "implicit": ("double_backward",),
-    },
-}
+from bilevel.contractions import CONTRACTIONS
+from bilevel.engines import ENGINES, supported
+from bilevel.strategies import STRATEGIES
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Strict(BaseModel):
+    """Every config section: unknown fields, wrong types and non-finite floats fail at validation."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-class WeighterConfig(_Strict):
+class WeighterConfig(Strict):
     """Meta weighter N_α (paper appendix C; every knob of the Fig. 6 ablation)."""
 
     layers: int = Field(5, ge=1, description="dense layers including the output layer")
@@ -47,12 +36,12 @@ class WeighterConfig(_Strict):
     weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay: α <- (1 - wd)·α per step")
 
 
-class BilevelConfig(_Strict):
+class BilevelConfig(Strict):
     """How weights are made and how α is updated."""
 
-    strategy: Literal["none", "naive", "approx", "unroll", "implicit"] = "approx"
-    contraction: Literal["double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference"] = "double_backward"
-    engine: Literal["native", "higher", "betty"] = "native"
+    strategy: str = Field("approx", description=f"one of {STRATEGIES.names()} (`bilevel.strategies`)")
+    contraction: str = Field("double_backward", description=f"one of {CONTRACTIONS.names()} (`bilevel.contractions`)")
+    engine: str = Field("native", description=f"one of {ENGINES.names()} (`bilevel.engines`)")
     sign: Literal["correct", "official"] = Field(
         "correct", description="'official': apply +(d2L_low/dθdα)·∇θL_up as the deng-ai-lab code does"
     )
@@ -68,24 +57,40 @@ class BilevelConfig(_Strict):
     cg_damping: float = Field(0.0, ge=0)
     fd_radius: float = Field(1e-2, gt=0, description="finite difference ε = radius / ||v|| (DARTS)")
     terms_fd_radius: float = Field(
-        1e-4, gt=0, description="terms_fd's one-sided step ε = radius / ||v||; 1e-4 measured best in float32 "
-        "at DMC and Atari sizes (cosine to the exact contraction 0.999996 / 0.9999994)")
+        1e-4, gt=0, description="terms_fd's one-sided step ε = radius / ||v||; the default is the most accurate "
+        "in float32 at DMC and Atari sizes (README)")
     meta_every: int = Field(1, ge=1, description="update α only every k steps")
     naive_momentum: float = Field(0.99, ge=0, lt=1, description="moving mean/var of the naive baseline")
     weighter: WeighterConfig = WeighterConfig()
 
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        return STRATEGIES.check(v)
+
+    @field_validator("contraction")
+    @classmethod
+    def _contraction(cls, v: str) -> str:
+        return CONTRACTIONS.check(v)
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        return ENGINES.check(v)
+
     @model_validator(mode="after")
     def _check_combination(self) -> BilevelConfig:
-        allowed = SUPPORTED[self.engine]
-        if self.strategy not in allowed:
+        contractions = supported(self.engine, self.strategy)
+        if contractions is None:
+            strategies = sorted(s for s in STRATEGIES if supported(self.engine, s) is not None)
             raise ValueError(
                 f"engine {self.engine!r} does not support strategy {self.strategy!r}; "
-                f"supported strategies for {self.engine!r}: {sorted(allowed)}"
+                f"supported strategies for {self.engine!r}: {strategies}"
             )
-        if self.contraction not in allowed[self.strategy]:
+        if self.contraction not in contractions:
             raise ValueError(
                 f"engine {self.engine!r} with strategy {self.strategy!r} does not support contraction "
-                f"{self.contraction!r}; supported: {list(allowed[self.strategy])}"
+                f"{self.contraction!r}; supported: {contractions}"
             )
         if self.sign == "official" and self.strategy != "approx":
             raise ValueError(
@@ -96,14 +101,12 @@ class BilevelConfig(_Strict):
 
     @property
     def uses_weighter(self) -> bool:
-        return self.strategy in ("approx", "unroll", "implicit")
+        return STRATEGIES[self.strategy].uses_weighter
 
     @property
     def replays_stop_gradients(self) -> bool:
         """The α-gradient re-evaluates the lower losses at a shifted θ by value (a finite difference), so the
-        forward pass must record its `bilevel.stopgrad` values for the shifted passes to replay."""
-        if not self.uses_weighter or self.strategy == "unroll":
-            return False
-        if self.engine == "betty":
-            return self.strategy == "approx"  # darts
-        return self.contraction in ("terms_fd", "finite_difference")
+        forward pass must record its `bilevel.stopgrad` values for the shifted passes to replay. (Betty's darts
+        is the `finite_difference` contraction; the strategies that contract nothing accept only
+        `double_backward`.)"""
+        return self.uses_weighter and CONTRACTIONS[self.contraction].replays_stop_gradients

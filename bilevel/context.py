@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from bilevel import stopgrad
 from bilevel.precision import float32
 from bilevel.problem import BilevelProblem, Params
 from bilevel.stopgrad import Tape
+
+if TYPE_CHECKING:
+    from bilevel.config import BilevelConfig
 
 
 @dataclass
@@ -63,11 +66,12 @@ class StepContext:
     weighter: nn.Module | None
     rng: RngState
     losses: Any  # per-sample lower losses from the forward pass at θ
-    ctx: Any  # the problem's context from that same pass
+    lower_ctx: Any  # the problem's context from that same pass (`lower_losses`' second output)
     x: Tensor  # detached weighter inputs [..., F]
     w: Tensor  # weights [...] (graph to α when a weighter is used)
     lower: Tensor  # scalar weighted lower objective
     lr: float  # lower learning rate η
+    cfg: BilevelConfig  # the trainer's config when the step ran (strategies and contractions read it here)
     sg_tape: Tape | None = None  # stop-gradient values of the forward pass (kept for `terms_fd` only)
     reduced: bool = False  # the forward pass ran under a reduced-precision autocast
     scaler: torch.amp.GradScaler | None = None  # float16: backward passes through the forward graph scale the loss
@@ -112,8 +116,15 @@ class StepContext:
                     ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
                     self._upper = self.problem.upper_loss(self.batch, ctx)
             else:
-                self._upper = self.problem.upper_loss(self.batch, self.ctx)
+                self._upper = self.problem.upper_loss(self.batch, self.lower_ctx)
         return self._upper
+
+    def upper_value(self) -> float:
+        """L_up for the metrics: the value the hypergradient used, else one evaluation without a graph."""
+        if self._upper is not None:
+            return float(self._upper.detach())
+        with torch.no_grad():
+            return float(self.problem.upper_loss(self.batch, self.lower_ctx))
 
     def upper_grad(self) -> list[Tensor]:
         """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params (cached)."""

@@ -20,8 +20,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -29,71 +28,139 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel import stopgrad
 from bilevel.context import StepContext, grads_or_zeros, norm
-
-Contraction = Callable[[StepContext, list[Tensor]], list[Tensor]]
-
-
-def double_backward(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
-    g = sc.lower_grad(create_graph=True)
-    # Contract only where v is non-zero (for `approx`: the upper parameters): zero blocks would still cost
-    # a full second backward through e.g. the decoder (measured -34% time of this step at DMC size).
-    nonzero = torch.stack([vi.any() for vi in v]).tolist()  # one host sync, not one per tensor
-    idx = [i for i, nz in enumerate(nonzero) if nz]
-    if not idx:
-        return [torch.zeros_like(a) for a in sc.alpha]
-    return grads_or_zeros([g[i] for i in idx], sc.alpha, grad_outputs=[v[i] for i in idx], retain_graph=True)
+from bilevel.registry import Registry
 
 
-def jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
-    assert sc.weighter is not None
-    theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
-    alpha = {n: p.detach() for n, p in sc.weighter.named_parameters()}
-    tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
+class Contraction:
+    """mixed(v) for one step: `__call__(sc, v)` returns one tensor per α entry.
 
-    def grad_alpha(th: dict[str, Tensor]) -> dict[str, Tensor]:
-        return torch.func.grad(lambda a: sc.lower_at(th, a))(alpha)
+    A new contraction is one registered subclass with a `name` that declares:
+    * `needs_graph`: it differentiates ∇θ L_low of the forward pass again, so that gradient is taken with
+      `create_graph=True` and the pass's graph is kept (second order: refused under float16);
+    * `replays_stop_gradients`: it re-evaluates the lower losses at a shifted θ by value, so the forward pass
+      records its `bilevel.stopgrad` values for the shifted passes to replay.
+    """
 
-    _, out = torch.func.jvp(grad_alpha, (theta,), (tangent,))
-    return [out[n] for n in alpha]
+    name: ClassVar[str]
+    needs_graph: ClassVar[bool] = False
+    replays_stop_gradients: ClassVar[bool] = False
 
-
-def terms_jvp(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
-    theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
-    tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
-
-    def losses_at(th: dict[str, Tensor]) -> Any:
-        with sc.rng.replay():
-            return sc.problem.lower_losses(sc.batch, th)[0]
-
-    _, u = torch.func.jvp(losses_at, (theta,), (tangent,))  # J_losses v, same structure as the losses
-    return _contract_terms(sc, tree_flatten(u)[0])
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        raise NotImplementedError
 
 
-def terms_fd(sc: StepContext, v: list[Tensor], radius: float = 1e-4) -> list[Tensor]:
-    if sc.sg_tape is None:
-        raise RuntimeError("terms_fd needs the stop-gradient values of the forward pass: build the StepContext "
-                           "with BilevelTrainer (it records them when contraction='terms_fd')")
-    vnorm = float(norm(v))
-    if vnorm == 0.0:
-        return [torch.zeros_like(a) for a in sc.alpha]
-    eps = radius / vnorm
-    nonzero = torch.stack([vi.any() for vi in v]).tolist()
-    named = list(sc.problem.model.named_parameters())
-    params = {n: p.detach() + eps * vi if nz else p.detach() for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
-    shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
-    with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
-        deltas = tree_flatten(sc.problem.loss_deltas(sc.batch, params, sc.ctx, sc.losses, shifted))[0]
-    if sc.reduced:
-        # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
-        # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel).
-        at_theta = {n: p.detach() for n, p in named}
+CONTRACTIONS: Registry[type[Contraction]] = Registry("contraction")
+
+
+@CONTRACTIONS.register
+class DoubleBackward(Contraction):
+    name = "double_backward"
+    needs_graph = True
+
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        g = sc.lower_grad(create_graph=True)
+        # Contract only where v is non-zero (for `approx`: the upper parameters): zero blocks would still cost
+        # a full second backward through e.g. the decoder.
+        nonzero = torch.stack([vi.any() for vi in v]).tolist()  # one host sync, not one per tensor
+        idx = [i for i, nz in enumerate(nonzero) if nz]
+        if not idx:
+            return [torch.zeros_like(a) for a in sc.alpha]
+        return grads_or_zeros([g[i] for i in idx], sc.alpha, grad_outputs=[v[i] for i in idx], retain_graph=True)
+
+
+@CONTRACTIONS.register
+class Jvp(Contraction):
+    name = "jvp"
+
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        assert sc.weighter is not None
+        theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+        alpha = {n: p.detach() for n, p in sc.weighter.named_parameters()}
+        tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
+
+        def grad_alpha(th: dict[str, Tensor]) -> dict[str, Tensor]:
+            return torch.func.grad(lambda a: sc.lower_at(th, a))(alpha)
+
+        _, out = torch.func.jvp(grad_alpha, (theta,), (tangent,))
+        return [out[n] for n in alpha]
+
+
+@CONTRACTIONS.register
+class TermsJvp(Contraction):
+    name = "terms_jvp"
+
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+        tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
+
+        def losses_at(th: dict[str, Tensor]) -> Any:
+            with sc.rng.replay():
+                return sc.problem.lower_losses(sc.batch, th)[0]
+
+        _, u = torch.func.jvp(losses_at, (theta,), (tangent,))  # J_losses v, same structure as the losses
+        return contract_terms(sc, tree_flatten(u)[0])
+
+
+@CONTRACTIONS.register
+class TermsFd(Contraction):
+    name = "terms_fd"
+    replays_stop_gradients = True
+
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        if sc.sg_tape is None:
+            raise RuntimeError("terms_fd needs the stop-gradient values of the forward pass: build the "
+                               "StepContext with BilevelTrainer (it records them for this contraction)")
+        vnorm = float(norm(v))
+        if vnorm == 0.0:
+            return [torch.zeros_like(a) for a in sc.alpha]
+        eps = sc.cfg.terms_fd_radius / vnorm
+        nonzero = torch.stack([vi.any() for vi in v]).tolist()
+        named = list(sc.problem.model.named_parameters())
+        params = {n: p.detach() + eps * vi if nz else p.detach()
+                  for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
+        shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
+        deltas = self._deltas(sc, params, shifted)
+        if sc.reduced:
+            # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
+            # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel).
+            base = self._deltas(sc, {n: p.detach() for n, p in named}, shifted)
+            deltas = [d - b for d, b in zip(deltas, base, strict=True)]
+        return contract_terms(sc, [d / eps for d in deltas])
+
+    @staticmethod
+    def _deltas(sc: StepContext, params: dict[str, Tensor], shifted: set[str]) -> list[Tensor]:
         with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
-            base = tree_flatten(sc.problem.loss_deltas(sc.batch, at_theta, sc.ctx, sc.losses, shifted))[0]
-        deltas = [d - b for d, b in zip(deltas, base, strict=True)]
-    return _contract_terms(sc, [d / eps for d in deltas])
+            return tree_flatten(sc.problem.loss_deltas(sc.batch, params, sc.lower_ctx, sc.losses, shifted))[0]
 
 
-def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
+@CONTRACTIONS.register
+class FiniteDifference(Contraction):
+    name = "finite_difference"
+    replays_stop_gradients = True
+
+    def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+        theta = sc.theta
+        vnorm = float(norm(v))
+        if vnorm == 0.0:
+            return [torch.zeros_like(a) for a in sc.alpha]
+        eps = sc.cfg.fd_radius / vnorm
+        saved = [p.detach().clone() for p in theta]
+        params = dict(sc.problem.model.named_parameters())
+        try:
+            grads = []
+            for sgn in (1.0, -1.0):
+                with torch.no_grad():
+                    for p, p0, vi in zip(theta, saved, v, strict=True):
+                        p.copy_(p0 + sgn * eps * vi)
+                grads.append(grads_or_zeros(sc.lower_at(params), sc.alpha))
+        finally:
+            with torch.no_grad():
+                for p, p0 in zip(theta, saved, strict=True):
+                    p.copy_(p0)  # bit-exact restore
+        return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]
+
+
+def contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
     """∂α[ Σ_i ∂F/∂losses_i · u_i ] where F = lower_objective(losses, w(α)) and u = J_losses·v (flattened)."""
     flat_l, spec = tree_flatten(sc.losses)
     leaves = [t.detach().requires_grad_() for t in flat_l]
@@ -104,40 +171,3 @@ def _contract_terms(sc: StepContext, flat_u: list[Tensor]) -> list[Tensor]:
     g = torch.autograd.grad(objective, leaves, create_graph=True, allow_unused=True)
     s = sum((gi * ui).sum() for gi, ui in zip(g, flat_u, strict=True) if gi is not None)
     return grads_or_zeros(s, sc.alpha, retain_graph=True)
-
-
-def finite_difference(sc: StepContext, v: list[Tensor], radius: float = 1e-2) -> list[Tensor]:
-    theta = sc.theta
-    vnorm = float(norm(v))
-    if vnorm == 0.0:
-        return [torch.zeros_like(a) for a in sc.alpha]
-    eps = radius / vnorm
-    saved = [p.detach().clone() for p in theta]
-    params = dict(sc.problem.model.named_parameters())
-    try:
-        grads = []
-        for sgn in (1.0, -1.0):
-            with torch.no_grad():
-                for p, p0, vi in zip(theta, saved, v, strict=True):
-                    p.copy_(p0 + sgn * eps * vi)
-            grads.append(grads_or_zeros(sc.lower_at(params), sc.alpha))
-    finally:
-        with torch.no_grad():
-            for p, p0 in zip(theta, saved, strict=True):
-                p.copy_(p0)  # bit-exact restore
-    return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads, strict=True)]
-
-
-def get(name: str, fd_radius: float = 1e-2, terms_fd_radius: float = 1e-4) -> Contraction:
-    if name == "double_backward":
-        return double_backward
-    if name == "jvp":
-        return jvp
-    if name == "terms_jvp":
-        return terms_jvp
-    if name == "terms_fd":
-        return lambda sc, v: terms_fd(sc, v, terms_fd_radius)
-    if name == "finite_difference":
-        return lambda sc, v: finite_difference(sc, v, fd_radius)
-    accepted = ["double_backward", "jvp", "terms_jvp", "terms_fd", "finite_difference"]
-    raise ValueError(f"unknown contraction {name!r}; accepted: {accepted}")

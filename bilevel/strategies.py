@@ -23,13 +23,94 @@ With the lower update θ' = θ - η ∇θ L_low(θ, w(α)) the true one-step hyp
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from bilevel import contractions, diffopt
-from bilevel.config import BilevelConfig
+from bilevel import diffopt
 from bilevel.context import StepContext, dot, grads_or_zeros
+from bilevel.contractions import Contraction
+from bilevel.norm import MovingNorm
+from bilevel.problem import BilevelProblem
+from bilevel.registry import Registry
+
+if TYPE_CHECKING:
+    from bilevel.config import BilevelConfig
+
+
+class Strategy(nn.Module):
+    """How one step makes its weights and, with a weighter, its α-gradient.
+
+    A new strategy is one registered subclass with a `name` that declares:
+    * `uses_weighter`: the weights come from the weighter N_α, which this strategy trains;
+    * `needs_graph`: it differentiates ∇θ L_low of the forward pass itself (HVPs, unrolled steps), so that
+      gradient is taken with a graph whatever the contraction;
+    * `frees_forward_graph`: it reads nothing of the forward graph but ∇θ L_up, so the trainer takes that first
+      and lets the lower backward free the graph (with a contraction that re-evaluates the losses);
+    * `contractions`: the ones it accepts on the native engine (None: all; see `bilevel.engines`);
+    * `float16`: its α-gradient is first order, so it runs under float16 loss scaling;
+    * `differentiates_optimizer`: it differentiates the lower optimizer's real step (`bilevel.diffopt`), so an
+      optimizer that cannot be differentiated is refused when the trainer is built.
+    A module, so state it keeps (the naive baseline's moving statistics) is saved with the trainer.
+    """
+
+    name: ClassVar[str]
+    uses_weighter: ClassVar[bool] = True
+    needs_graph: ClassVar[bool] = False
+    frees_forward_graph: ClassVar[bool] = False
+    contractions: ClassVar[tuple[str, ...] | None] = None
+    float16: ClassVar[bool] = False
+    differentiates_optimizer: ClassVar[bool] = False
+
+    def __init__(self, cfg: BilevelConfig) -> None:
+        super().__init__()  # the α-gradient reads the step's config (`sc.cfg`), which callers may swap per step
+
+    def weights(self, problem: BilevelProblem, batch: Any, ctx: Any, x: Tensor, weighter: nn.Module | None,
+                shape: torch.Size) -> Tensor:
+        """w for the forward pass: N_α(x) with its graph to α."""
+        assert weighter is not None
+        return weighter(x)
+
+    def alpha_grad(self, sc: StepContext, mixed: Contraction, lower_opt: torch.optim.Optimizer,
+                   lower_clip: float | None) -> list[Tensor]:
+        raise ValueError(f"strategy {self.name!r} has no weighter, so there is no α-gradient")
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+@STRATEGIES.register
+class NoWeights(Strategy):
+    """Every weight 1: the unweighted baseline (DreamerV2)."""
+
+    name = "none"
+    uses_weighter = False
+    float16 = True
+
+    def weights(self, problem: BilevelProblem, batch: Any, ctx: Any, x: Tensor, weighter: nn.Module | None,
+                shape: torch.Size) -> Tensor:
+        return torch.ones(shape, device=x.device)
+
+
+@STRATEGIES.register
+class Naive(Strategy):
+    """w = 1 + Norm(per-sample upper loss): weight by the task loss directly, no hypergradient (paper §4)."""
+
+    name = "naive"
+    uses_weighter = False
+    float16 = True
+
+    def __init__(self, cfg: BilevelConfig) -> None:
+        super().__init__(cfg)
+        self.norm = MovingNorm(cfg.naive_momentum)
+
+    def weights(self, problem: BilevelProblem, batch: Any, ctx: Any, x: Tensor, weighter: nn.Module | None,
+                shape: torch.Size) -> Tensor:
+        with torch.no_grad():
+            per_sample = problem.upper_losses(batch, ctx).detach()
+            self.norm.update(per_sample)
+            return 1.0 + self.norm(per_sample)
 
 
 def approx_coef(cfg: BilevelConfig, lr: float) -> float:
@@ -37,9 +118,18 @@ def approx_coef(cfg: BilevelConfig, lr: float) -> float:
     return (-1.0 if cfg.sign == "correct" else 1.0) * (lr if cfg.approx_scale == "lr" else 1.0)
 
 
-def approx(sc: StepContext, mixed: contractions.Contraction, cfg: BilevelConfig) -> list[Tensor]:
-    coef = approx_coef(cfg, sc.lr)
-    return [coef * m for m in mixed(sc, sc.upper_grad())]
+@STRATEGIES.register
+class Approx(Strategy):
+    """θ' ≈ θ (paper eq. 9): c · mixed(∇θ L_up(θ)) from the forward pass's own upper gradient."""
+
+    name = "approx"
+    frees_forward_graph = True
+    float16 = True
+
+    def alpha_grad(self, sc: StepContext, mixed: Contraction, lower_opt: torch.optim.Optimizer,
+                   lower_clip: float | None) -> list[Tensor]:
+        coef = approx_coef(sc.cfg, sc.lr)
+        return [coef * m for m in mixed(sc, sc.upper_grad())]
 
 
 # ---- implicit -------------------------------------------------------------------------------------
@@ -79,38 +169,59 @@ def cg_inverse_hvp(hvp: Callable, v: list[Tensor], iters: int, damping: float) -
     return x
 
 
-def implicit(sc: StepContext, mixed: contractions.Contraction, cfg: BilevelConfig) -> list[Tensor]:
-    v = sc.upper_grad()
-    hvp = hvp_fn(sc)
-    if cfg.implicit == "neumann":
-        x = neumann_inverse_hvp(hvp, v, cfg.implicit_iters, cfg.neumann_alpha or sc.lr)
-    else:
-        x = cg_inverse_hvp(hvp, v, cfg.implicit_iters, cfg.cg_damping)
-    return [-m for m in mixed(sc, x)]
+@STRATEGIES.register
+class Implicit(Strategy):
+    """Implicit function theorem: -mixed(H⁻¹ ∇θ L_up), H⁻¹v by a Neumann series or CG."""
+
+    name = "implicit"
+    needs_graph = True
+
+    def alpha_grad(self, sc: StepContext, mixed: Contraction, lower_opt: torch.optim.Optimizer,
+                   lower_clip: float | None) -> list[Tensor]:
+        cfg = sc.cfg
+        v = sc.upper_grad()
+        hvp = hvp_fn(sc)
+        if cfg.implicit == "neumann":
+            x = neumann_inverse_hvp(hvp, v, cfg.implicit_iters, cfg.neumann_alpha or sc.lr)
+        else:
+            x = cg_inverse_hvp(hvp, v, cfg.implicit_iters, cfg.cg_damping)
+        return [-m for m in mixed(sc, x)]
 
 
-# ---- unroll (native) ------------------------------------------------------------------------------
-def lower_grad_at(sc: StepContext, params: list[Tensor]) -> list[Tensor]:
-    """∇θ L_low at θ_k = `params` (k ≥ 1 of an unroll), with a graph: the step's batch and noise, the weighter's
-    inputs recomputed at θ_k and detached, stop-gradient values those of θ_k (constants to autograd)."""
+# ---- unroll ---------------------------------------------------------------------------------------
+def lower_objective_at(sc: StepContext, params: list[Tensor]) -> Tensor:
+    """L_low at θ_k = `params` (k ≥ 1 of an unroll): the step's batch and noise, the weighter's inputs recomputed
+    at θ_k and detached, stop-gradient values those of θ_k (constants to autograd)."""
     with sc.rng.replay():
         losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(sc.names, params, strict=True)))
-    w = sc.weighter(sc.problem.weighter_inputs(ctx).detach())
-    return grads_or_zeros(sc.problem.lower_objective(losses, w), params, create_graph=True)
+    return sc.problem.lower_objective(losses, sc.weighter(sc.problem.weighter_inputs(ctx).detach()))
 
 
-def upper_at(sc: StepContext, params: list[Tensor]) -> Tensor:
-    """L_up at θ_K = `params`, with the step's batch and noise."""
+def upper_grad_through(sc: StepContext, params: list[Tensor]) -> list[Tensor]:
+    """∇α L_up(θ_K) for θ_K = `params` reached by differentiable steps: L_up re-evaluated with the step's batch and
+    noise, differentiated back through the steps to α (the unroll's tail, for every engine)."""
     with sc.rng.replay():
         _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(sc.names, params, strict=True)))
-    return sc.problem.upper_loss(sc.batch, ctx)
+    return grads_or_zeros(sc.problem.upper_loss(sc.batch, ctx), sc.alpha)
 
 
-def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float | None) -> list[Tensor]:
-    """∇α L_up(θ_K): K differentiable copies of the trainer's real step (clip, then `opt`'s update)."""
-    dopt = diffopt.DiffOptimizer(opt, sc.theta, clip)
-    params = sc.theta
-    for k in range(steps):
-        g = sc.lower_grad(create_graph=True) if k == 0 else lower_grad_at(sc, params)  # k = 0: the shared pass
-        params = dopt.step(params, g)
-    return grads_or_zeros(upper_at(sc, params), sc.alpha)
+@STRATEGIES.register
+class Unroll(Strategy):
+    """∇α L_up(θ_K): K differentiable copies of the trainer's real step (clip, then `lower_opt`'s update)."""
+
+    name = "unroll"
+    needs_graph = True
+    differentiates_optimizer = True
+    contractions = ("double_backward",)  # it contracts nothing; the default name keeps configs unambiguous
+
+    def alpha_grad(self, sc: StepContext, mixed: Contraction, lower_opt: torch.optim.Optimizer,
+                   lower_clip: float | None) -> list[Tensor]:
+        dopt = diffopt.DiffOptimizer(lower_opt, sc.theta, lower_clip)
+        params = sc.theta
+        for k in range(sc.cfg.unroll_steps):
+            if k == 0:  # the shared forward pass
+                g = sc.lower_grad(create_graph=True)
+            else:
+                g = grads_or_zeros(lower_objective_at(sc, params), params, create_graph=True)
+            params = dopt.step(params, g)
+        return upper_grad_through(sc, params)

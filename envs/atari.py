@@ -50,12 +50,14 @@ def atari_games() -> dict[str, str]:
 class Atari(Env):
     """An ALE game with ``{'image': (H, W, 1)}`` uint8 grayscale observations and one-hot discrete actions."""
 
+    action_repeat_default = 4  # DreamerV2's; the one place it is written
+
     def __init__(
         self,
         game: str,
         seed: int = 0,
         size: tuple[int, int] = (64, 64),
-        action_repeat: int = 4,
+        action_repeat: int | None = None,
         time_limit: int | None = DEFAULT_TIME_LIMIT,
         sticky: float = 0.25,
         noop_max: int = 30,
@@ -67,10 +69,11 @@ class Atari(Env):
         from gymnasium.wrappers import AtariPreprocessing
 
         env_id = atari_games()[game]
+        self.action_repeat = action_repeat or self.action_repeat_default  # frames per agent step
         # frameskip=1: AtariPreprocessing repeats the action and max-pools the last two frames itself.
         # The ALE frame cap (which also counts the reset no-ops) is set just above our agent-step limit so
         # that the agent-step limit is the binding one; 0 disables it when time_limit is None.
-        max_frames = (time_limit * action_repeat + noop_max + 1) if time_limit else 0
+        max_frames = (time_limit * self.action_repeat + noop_max + 1) if time_limit else 0
         env = gymnasium.make(
             env_id,
             frameskip=1,
@@ -81,7 +84,7 @@ class Atari(Env):
         self._env = AtariPreprocessing(
             env,
             noop_max=noop_max,
-            frame_skip=action_repeat,
+            frame_skip=self.action_repeat,
             screen_size=(int(size[1]), int(size[0])),  # cv2 convention: (width, height)
             terminal_on_life_loss=False,
             grayscale_obs=grayscale,

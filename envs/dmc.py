@@ -39,13 +39,15 @@ class DMC(Env):
     reports a zero discount at the last step (no standard suite task does).
     """
 
+    action_repeat_default = 2  # DreamerV2's; the one place it is written
+
     def __init__(
         self,
         name: str,
         obs: str = "pixels",
         seed: int = 0,
         size: tuple[int, int] = (64, 64),
-        action_repeat: int = 2,
+        action_repeat: int | None = None,
         time_limit: int | None = None,
         camera: int | None = None,
     ) -> None:
@@ -58,7 +60,7 @@ class DMC(Env):
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
         self._obs_mode = obs
         self._size = tuple(size)
-        self._repeat = action_repeat
+        self.action_repeat = action_repeat or self.action_repeat_default  # frames per agent step
         # DreamerV2: the default camera of quadruped looks at the floor far away; camera 2 tracks the body.
         self._camera = camera if camera is not None else (2 if domain == "quadruped" else 0)
         spec = self._env.action_spec()
@@ -85,7 +87,7 @@ class DMC(Env):
         # Rescale [-1, 1] to the actuator bounds (all suite tasks use [-1, 1] already, but stay generic).
         action = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
         reward = 0.0
-        for _ in range(self._repeat):
+        for _ in range(self.action_repeat):
             time_step = self._env.step(action)
             reward += time_step.reward or 0.0
             if time_step.last():

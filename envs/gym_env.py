@@ -18,13 +18,15 @@ def _is_image_space(space) -> bool:
 
 
 class Gym(Env):
+    action_repeat_default = 1  # DreamerV2's; the one place it is written
+
     def __init__(
         self,
         env_id: str,
         obs: str = "auto",
         seed: int = 0,
         size: tuple[int, int] = (64, 64),
-        action_repeat: int = 1,
+        action_repeat: int | None = None,
         time_limit: int | None = None,
         **make_kwargs,
     ) -> None:
@@ -47,7 +49,7 @@ class Gym(Env):
         self._mode = "state" if obs == "state" else ("image" if image_obs else "render")
         self._env = env
         self._size = (int(size[0]), int(size[1]))
-        self._repeat = action_repeat
+        self.action_repeat = action_repeat or self.action_repeat_default  # frames per agent step
         self._seed: int | None = seed
 
         if self._mode == "state":
@@ -95,7 +97,7 @@ class Gym(Env):
             scaled = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
             action = scaled.astype(self._env.action_space.dtype)
         reward, terminated, truncated = 0.0, False, False
-        for _ in range(self._repeat):
+        for _ in range(self.action_repeat):
             raw, r, terminated, truncated, _ = self._env.step(action)
             reward += float(r)
             if terminated or truncated:

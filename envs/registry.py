@@ -34,7 +34,7 @@ PAPER_DMC_TASKS = (
 PAPER_ATARI_GAMES = ("bank_heist", "crazy_climber", "freeway", "hero", "kangaroo", "pong")
 
 
-def _split(task: str) -> tuple[str, str]:
+def split_task(task: str) -> tuple[str, str]:
     if not isinstance(task, str) or not task.strip():
         raise ValueError(f"Task must be a non-empty string, got {task!r}. {SUITES_HELP}")
     task = task.strip()
@@ -56,7 +56,7 @@ def validate_task(task: str) -> tuple[str, str]:
 
     Returns ``(suite, name)``. Raises ``ValueError`` listing close matches and the known suites otherwise.
     """
-    suite, name = _split(task)
+    suite, name = split_task(task)
     if suite not in SUITES:
         keys = difflib.get_close_matches(suite, SUITES, n=3, cutoff=0.5)
         hint = f" Did you mean suite: {', '.join(keys)}?" if keys else ""
@@ -120,14 +120,14 @@ def make_env(
         from envs.dmc import DMC
 
         mode = "pixels" if obs == "auto" else obs
-        return DMC(name, mode, seed, size, action_repeat or 2, time_limit, **kw)
+        return DMC(name, mode, seed, size, action_repeat, time_limit, **kw)
     if suite == "atari":
         from envs.atari import DEFAULT_TIME_LIMIT, Atari
 
         if obs == "state":
             raise ValueError("Atari only supports pixel observations (obs='pixels' or 'auto')")
         limit = DEFAULT_TIME_LIMIT if time_limit is None else time_limit
-        return Atari(name, seed, size, action_repeat or 4, limit, **kw)
+        return Atari(name, seed, size, action_repeat, limit, **kw)
     from envs.gym_env import Gym
 
-    return Gym(name, obs, seed, size, action_repeat or 1, time_limit, **kw)
+    return Gym(name, obs, seed, size, action_repeat, time_limit, **kw)

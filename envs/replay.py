@@ -6,9 +6,10 @@ most a stray ``*.tmp.npz`` which the loader skips with a warning; a truncated/co
 the same way. On construction all complete episodes in the directory are loaded newest first up to the
 capacity, so a resumed run sees its earlier experience.
 
-Capacity is counted in stored steps. When exceeded, the oldest episodes are dropped *from memory only*: the
-files stay on disk because they are the run's experience record (and cheap after compression: measured
-~0.3-2 KB per 64x64x3 DMC step, ~50 B per 64x64x1 Atari step). File names are
+Capacity is counted in stored steps. When exceeded, the oldest episodes are dropped from memory; the files
+stay on disk, the run's experience record, up to `disk_capacity` steps (default: the same capacity), beyond
+which the oldest files are deleted. Non-finite observations, rewards or actions are stored as 0, counted and
+warned about once. File names are
 ``YYYYmmddTHHMMSS-<id>-<length>.npz`` where ``<id>`` is 32 hex chars (ns timestamp + random bits) so that
 names sort chronologically even within one second; ``<length>`` counts stored steps (obs), not transitions.
 Images stay uint8 in memory and in sampled batches; float conversion belongs to the model.
@@ -60,7 +61,7 @@ class Replay:
 
     Args:
         directory: Where episodes are written and (on construction) loaded from.
-        capacity_steps: Maximum number of steps kept in memory (oldest episodes dropped first).
+        capacity: Maximum number of steps kept in memory (oldest episodes dropped first).
         seed: Seed of the sampling ``np.random.Generator``.
         prioritize_ends: DreamerV2 Atari trick; extends the start-index range by ``length`` and clamps, so
             chunks that end exactly at an episode end are sampled ``length + 1`` times as often.
@@ -75,25 +76,39 @@ class Replay:
     def __init__(
         self,
         directory: str | os.PathLike,
-        capacity_steps: int,
+        capacity: int,
         seed: int = 0,
         prioritize_ends: bool = False,
         uniform_over: str = "episodes",
+        disk_capacity: int | None = None,
+        batch: int = 16,
+        length: int = 50,
     ) -> None:
-        if capacity_steps <= 0:
-            raise ValueError(f"capacity_steps must be positive, got {capacity_steps}")
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
         if uniform_over not in ("episodes", "steps"):
             raise ValueError(f"uniform_over must be 'episodes' or 'steps', got {uniform_over!r}")
         self.uniform_over = uniform_over
         self.directory = pathlib.Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.capacity = int(capacity_steps)
+        self.capacity = int(capacity)
+        self.batch, self.length = batch, length  # what `sample()` draws unless told otherwise
         self.prioritize_ends = prioritize_ends
         self._rng = np.random.default_rng(seed)
         self._episodes: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
         self._steps = 0
         self._current: list[tuple[dict[str, Any], np.ndarray | None]] = []
         self._index: tuple[int, list[str], np.ndarray, np.ndarray] | None = None
+        self._last_file: str | None = None
+        self.disk_capacity = int(disk_capacity or capacity)
+        if self.disk_capacity < 1:
+            raise ValueError(f"disk_capacity must be positive, got {disk_capacity}")
+        self.sanitized_steps = self.deleted_files = 0
+        self._warned = False
+        # every complete episode file on disk, oldest first: name -> stored steps (from the name)
+        self._disk: collections.OrderedDict[str, int] = collections.OrderedDict(
+            (p.name, _episode_length(p.name) or 0) for p in sorted(self.directory.glob("*.npz"))
+            if not p.name.endswith(TMP_SUFFIX))
         self._load()
 
     # ------------------------------------------------------------------ adding
@@ -118,7 +133,9 @@ class Replay:
         elif action is None:
             raise ValueError("Replay.add: an action is required for every step after the first")
         step = {k: v for k, v in obs.items() if k in OBS_KEYS or (k in REQUIRED_KEYS and k != "action")}
-        self._current.append((step, None if action is None else np.asarray(action, dtype=np.float32)))
+        action = None if action is None else np.asarray(action, dtype=np.float32)
+        step, action = self._sanitize(step, action)
+        self._current.append((step, action))
         if obs["is_last"]:
             episode = self._stack(self._current)
             self._current = []
@@ -127,6 +144,30 @@ class Replay:
             return path
         return None
 
+    def _sanitize(self, step: dict[str, Any], action: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray | None]:
+        """A NaN/inf observation, reward or action would stay in the replay and poison every batch it is in:
+        store 0 in its place, count the step (`counters()`) and warn once."""
+        values = {k: step[k] for k in (*OBS_KEYS, "reward") if k in step}
+        bad = [k for k, v in values.items() if not np.isfinite(np.asarray(v, dtype=np.float64)).all()]
+        if action is not None and not np.isfinite(action).all():
+            bad.append("action")
+        if not bad:
+            return step, action
+        self.sanitized_steps += 1
+        if not self._warned:
+            warnings.warn(f"Replay: non-finite {', '.join(bad)} in a step, stored as 0 (counted as "
+                          "replay_sanitized_steps in the metrics; warned once)", stacklevel=3)
+            self._warned = True
+        step = {k: (np.nan_to_num(np.asarray(v), nan=0.0, posinf=0.0, neginf=0.0) if k in bad else v)
+                for k, v in step.items()}
+        if action is not None:
+            action = np.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)
+        return step, action
+
+    def counters(self) -> dict[str, int]:
+        """Bad data sanitised and episode files deleted to bound the disk, since this object was built."""
+        return {"replay_sanitized_steps": self.sanitized_steps, "replay_deleted_files": self.deleted_files}
+
     def add_episode(self, episode: dict[str, np.ndarray]) -> pathlib.Path:
         """Store an already stacked episode (arrays with a leading time axis)."""
         episode = {k: np.asarray(v) for k, v in episode.items()}
@@ -134,6 +175,21 @@ class Replay:
         path = self._write(episode)
         self._insert(path.name, episode)
         return path
+
+    def pending_episode(self) -> dict[str, np.ndarray] | None:
+        """The episode being collected, stacked and marked as ending here (`is_last` on its last step, not
+        terminal), or None before its first transition. A checkpoint keeps it: the environment itself cannot be
+        restored, so a resumed run stores it as an episode cut at the checkpoint."""
+        if len(self._current) < 2:
+            return None
+        episode = self._stack(self._current)
+        episode["is_last"] = episode["is_last"].copy()
+        episode["is_last"][-1] = True
+        return episode
+
+    def last_file(self) -> str | None:
+        """Name of the newest episode file written (names sort by creation time), or None."""
+        return self._last_file
 
     @staticmethod
     def _stack(steps: list[tuple[dict[str, Any], np.ndarray | None]]) -> dict[str, np.ndarray]:
@@ -163,6 +219,8 @@ class Replay:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        self._disk[name] = len(episode["action"])
+        self._bound_disk()
         try:  # Make the rename itself durable; not supported on every platform/filesystem.
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
@@ -173,7 +231,22 @@ class Replay:
             pass
         return final
 
+    def _bound_disk(self) -> None:
+        """Delete the oldest episode files while the files on disk hold more than `disk_capacity` steps (the
+        newest file always stays); ones still in memory are dropped from it too."""
+        total = sum(self._disk.values())
+        while total > self.disk_capacity and len(self._disk) > 1:
+            name, n = self._disk.popitem(last=False)
+            (self.directory / name).unlink(missing_ok=True)
+            total -= n
+            self.deleted_files += 1
+            old = self._episodes.pop(name, None)
+            if old is not None:
+                self._steps -= len(old["action"])
+                self._index = None
+
     def _insert(self, name: str, episode: dict[str, np.ndarray]) -> None:
+        self._last_file = max(name, self._last_file or "")
         self._episodes[name] = episode
         self._steps += len(episode["action"])
         self._index = None
@@ -227,14 +300,16 @@ class Replay:
         draws = lengths - length + 1 + (length if self.prioritize_ends else 0)
         return length, names, lengths, np.cumsum(draws)
 
-    def sample(self, batch: int = 16, length: int = 50) -> dict[str, np.ndarray]:
+    def sample(self, batch: int | None = None, length: int | None = None) -> dict[str, np.ndarray]:
         """Sample ``batch`` chunks of ``length`` consecutive steps, each within a single stored episode.
 
         An episode with at least ``length`` steps is drawn (uniformly, or in proportion to its number of starts,
         see ``uniform_over``), then a start uniformly among its valid starts (with ``prioritize_ends`` the range is
         extended past the end and clamped). ``is_first`` is set at each chunk's first step. Returns
-        ``[B, T, ...]`` arrays; images stay uint8.
+        ``[B, T, ...]`` arrays; images stay uint8. Defaults: the replay's own ``batch`` and ``length``.
         """
+        batch = self.batch if batch is None else batch
+        length = self.length if length is None else length
         if self._index is None or self._index[0] != length:
             self._index = self._build_index(length)  # cached until the next episode is inserted
         _, names, lengths, cumdraws = self._index

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from losses.upper import UpperLoss
+from losses.base import UpperLoss
 
 _REGISTRY: dict[str, type] = {}
 C = TypeVar("C", bound=type)
@@ -58,6 +58,28 @@ def _resolve(name_or_path: str) -> Any:
     return obj
 
 
+def check_upper_loss(name_or_path: str) -> str:
+    """Validate an upper-loss name or `'module.path:ClassName'` without building it; return it unchanged.
+
+    For config validation: a registered name costs a dict lookup, a path imports its module. Raises a
+    one-line ValueError naming the bad value and the registered names when the name is unknown, the path
+    cannot be resolved, or it resolves to something that cannot be called.
+    """
+    if not isinstance(name_or_path, str):
+        raise ValueError(f"upper loss must be a name or 'module.path:ClassName', got {name_or_path!r}; "
+                         f"registered: {registered()}")
+    try:
+        obj = _resolve(name_or_path)
+    except ValueError as e:
+        # an unknown name's message already lists the registered names; an import failure's may span lines
+        msg = str(e) if ":" not in name_or_path else f"{e}; registered: {registered()}"
+        raise ValueError(re.sub(r"\s*\n\s*", " ", msg)) from e
+    if not callable(obj):
+        raise ValueError(f"upper loss {name_or_path!r} resolves to a non-callable {type(obj).__name__}; "
+                         f"registered: {registered()}")
+    return name_or_path
+
+
 def upper_loss_class(name_or_path: str) -> Any:
     """What `get_upper_loss` would instantiate (a class or callable), without building it."""
     return _resolve(name_or_path)
@@ -70,8 +92,6 @@ def get_upper_loss(name_or_path: str, **kwargs: Any) -> UpperLoss:
     callable is accepted if its instance is callable as `loss(h, s_post, s_prior, value_fn) -> scalar`
     (`per_sample` / `values` are then only available if it defines them).
     """
-    from losses.upper import UpperLoss
-
     cls = _resolve(name_or_path)
     if not callable(cls):
         raise ValueError(f"upper loss {name_or_path!r} resolves to a non-callable {type(cls).__name__}")

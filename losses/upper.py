@@ -1,138 +1,18 @@
-"""Task-aware upper losses for TEMPO (paper §2.2 eq. 4, §2.3, §3.4), independent of the world model.
+"""Task-aware upper losses for TEMPO (paper §2.2 eq. 4, §2.3, §3.4), independent of the world model:
+V-VAML and VaGraM, registered as 'vvaml' and 'vagram'.
 
-Inputs are latent states of an RSSM-like model (any leading dims; `[T, B]` below):
-
-* `h [T, B, D]`       deterministic states,
-* `s_post [T, B, S]`  posterior stochastic states (flattened; for categorical latents straight-through
-  one-hot samples, or class probabilities),
-* `s_prior [T, B, S]` prior stochastic states, same layout,
-* `value_fn(feat [..., F]) -> [...]` with `feat = cat(h, s)`: the slow target critic's mean (an
-  output `[..., 1]` is squeezed).
-
-Contract on `value_fn`: the losses never update it, and only differentiate w.r.t. the *states*, but
-`loss.backward()` accumulates `.grad` into every leaf that requires grad, so the caller must pass a
-critic whose parameters do not require grad (TEMPO passes the slow critic after `requires_grad_(False)`)
-or differentiate with `torch.autograd.grad` w.r.t. the parameters it cares about.
+Input layout and the contract on `value_fn`: see `losses.base`.
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable
-from typing import Literal
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from losses.base import NORMS, NormMode, UpperLoss, ValueFn, ValueNorm, evaluate_value
 from losses.registry import register
 
-ValueFn = Callable[[Tensor], Tensor]
-NormMode = Literal["batch", "moving", "none"]
-NORMS = ("batch", "moving", "none")
-
-
-def evaluate_value(value_fn: ValueFn, h: Tensor, s: Tensor) -> Tensor:
-    """V(h, s) = value_fn(cat(h, s)): `h [T, B, D]`, `s [T, B, S]` -> `[T, B]`."""
-    if h.shape[:-1] != s.shape[:-1]:
-        raise ValueError(f"h {tuple(h.shape)} and s {tuple(s.shape)} must share leading dims")
-    v = value_fn(torch.cat([h, s], dim=-1))
-    lead = h.shape[:-1]
-    if v.shape == (*lead, 1):
-        v = v.squeeze(-1)
-    if v.shape != lead:
-        raise ValueError(f"value_fn must return shape {tuple(lead)} (or {(*lead, 1)}), got {tuple(v.shape)}")
-    return v
-
-
-class ValueNorm(nn.Module):
-    """Joint normalisation of posterior and prior values, Norm({V(s_post), V(s_prior)}) (Alg. 1 line 5).
-
-    With x = [v_post, v_prior] `[2, T, B]` and statistics (μ, σ²):  v̂ = (v - μ) / sqrt(σ² + eps), eps = 1e-3 as
-    the official code's Keras BatchNormalization(center=False, scale=False) in training mode.
-
-    * `'batch'`  (official code): μ, σ² = mean and population variance of x over all its entries,
-      computed with gradient (the statistics are part of the graph).
-    * `'moving'` (paper text, §2.3): buffers updated without gradient on each call with `update=True`,
-      μ ← m·μ + (1-m)·mean(x), σ² ← m·σ² + (1-m)·var(x) (the first update copies the batch statistics),
-      then used as constants. Before any update, the (detached) batch statistics are used.
-    * `'none'`: identity.
-    """
-
-    moving_mean: Tensor
-    moving_var: Tensor
-    num_updates: Tensor
-
-    def __init__(self, mode: NormMode = "batch", momentum: float = 0.99, eps: float = 1e-3) -> None:
-        super().__init__()
-        if mode not in NORMS:
-            raise ValueError(f"unknown value norm {mode!r}; accepted: {list(NORMS)}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.mode, self.momentum, self.eps = mode, momentum, eps
-        self.register_buffer("moving_mean", torch.zeros(()))
-        self.register_buffer("moving_var", torch.ones(()))
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    def forward(self, v_post: Tensor, v_prior: Tensor, update: bool = False) -> tuple[Tensor, Tensor]:
-        if self.mode == "none":
-            return v_post, v_prior
-        x = torch.stack([v_post, v_prior])  # [2, T, B]
-        mean, var = x.mean(), x.var(correction=0)  # scalars, with grad
-        if self.mode == "moving":
-            if update:
-                with torch.no_grad():
-                    m = self.momentum if self.num_updates > 0 else 0.0
-                    self.moving_mean.mul_(m).add_((1 - m) * mean.detach().to(self.moving_mean))
-                    self.moving_var.mul_(m).add_((1 - m) * var.detach().to(self.moving_var))
-                    self.num_updates += 1
-            if self.num_updates > 0:
-                mean, var = self.moving_mean.to(x), self.moving_var.to(x)
-            else:
-                mean, var = mean.detach(), var.detach()
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return x[0], x[1]
-
-
-class UpperLoss(nn.Module, abc.ABC):
-    """Base class of task-aware upper losses L^upper(h, s_post, s_prior; V).
-
-    Subclasses implement `per_sample -> [T, B]`; `loss(h, s_post, s_prior, value_fn)` is its mean over
-    (t, b) (a scalar). `values` gives the (normalised) values (v_post, v_prior) `[T, B]` that the loss
-    uses, which TEMPO also feeds to the meta weighter (eq. 5).
-
-    Stateful normalisation (`norm='moving'`) updates its statistics once per `loss(...)` / `per_sample`
-    call in training mode; use `.eval()` or `values(..., update=False)` for extra evaluations (e.g. the
-    weighter's inputs) so the statistics are not updated twice per step.
-
-    `use_probs` tells the caller which stochastic states to pass for categorical latents: straight-through
-    one-hot samples (False) or class probabilities (True).
-    """
-
-    use_probs: bool = False
-
-    def __init__(self, norm: NormMode = "none", momentum: float = 0.99, eps: float = 1e-3) -> None:
-        super().__init__()
-        self.value_norm = ValueNorm(norm, momentum, eps)
-
-    def values(
-        self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn, update: bool | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """(Norm(V(h, s_post)), Norm(V(h, s_prior))) `[T, B]` each; `update=None` means `self.training`."""
-        if s_post.shape != s_prior.shape:
-            raise ValueError(
-                f"s_post {tuple(s_post.shape)} and s_prior {tuple(s_prior.shape)} differ in shape"
-            )
-        v_post = evaluate_value(value_fn, h, s_post)  # [T, B]
-        v_prior = evaluate_value(value_fn, h, s_prior)  # [T, B]
-        return self.value_norm(v_post, v_prior, update=self.training if update is None else update)
-
-    @abc.abstractmethod
-    def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
-        """Per-timestep losses `[T, B]` (with graph; detach them for the naive weighting of §3.4)."""
-
-    def forward(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
-        """Scalar loss: mean over (t, b) of `per_sample`."""
-        return self.per_sample(h, s_post, s_prior, value_fn).mean()
+__all__ = ["NORMS", "VVAML", "NormMode", "UpperLoss", "VaGraM", "ValueFn", "ValueNorm", "evaluate_value"]
 
 
 @register("vvaml")

@@ -2,7 +2,7 @@
 
 Defaults are the official TEMPO / DreamerV2 configs (deng-ai-lab/TEMPO and danijar/dreamerv2 `configs.yaml`,
 `defaults` + `dmc_vision`), which the paper's appendix C summarises. Presets only override fields;
-`recipes.tempo.resolve()` picks one from the task and device when none is given. Every field can be overridden
+`recipes.cli.resolve()` picks one from the task and device when none is given. Every field can be overridden
 from the command line as `--section.field value`.
 
 Units, as in the references: `run.steps`, `run.eval_every`, `run.log_every` and `run.checkpoint_every` count
@@ -16,27 +16,28 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator
 
 from agents import schedules
-from bilevel.config import BilevelConfig
+from bilevel.config import BilevelConfig, Strict
+from bilevel.strategies import STRATEGIES
+from losses import check_upper_loss
 
 PRESETS = ("dmc_pixels", "dmc_state", "atari", "debug")
+# `tempo.weighting` alone decides whether and how samples are weighted; `tempo.bilevel.strategy` is then the
+# hypergradient of the 'meta' weighting (one source for the method: no "meta weighting without a weighter").
+HYPERGRADIENTS = [s for s in STRATEGIES if STRATEGIES[s].uses_weighter]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class EnvConfig(_Strict):
+class EnvConfig(Strict):
     task: str = "finger_spin"
     obs: Literal["auto", "pixels", "state"] = "pixels"
-    size: tuple[int, int] = (64, 64)
+    size: tuple[PositiveInt, PositiveInt] = (64, 64)
     action_repeat: int | None = Field(None, ge=1, description="None = suite default (DMC 2, Atari 4)")
     time_limit: int | None = Field(None, ge=1, description="agent steps; None = suite default")
 
 
-class WorldModelConfig(_Strict):
+class WorldModelConfig(Strict):
     deter: int = Field(200, ge=1)
     stoch: int = Field(32, ge=1)
     discrete: int = Field(0, ge=0, description="classes per categorical latent; 0 = Gaussian (DMC)")
@@ -59,7 +60,7 @@ class WorldModelConfig(_Strict):
     weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay: θ <- (1 - wd)·θ per step")
 
 
-class AgentConfig(_Strict):
+class AgentConfig(Strict):
     """DreamerV2's actor-critic (`agents.ActorCritic`); `reward_transform` is DreamerV2's `clip_rewards`."""
 
     horizon: int = Field(15, ge=1)
@@ -85,16 +86,17 @@ class AgentConfig(_Strict):
         return v
 
 
-class ReplayConfig(_Strict):
+class ReplayConfig(Strict):
     capacity: int = Field(2_000_000, ge=1)
     batch: int = Field(16, ge=1)
     length: int = Field(50, ge=2)
     prioritize_ends: bool = False
+    disk_capacity: int | None = Field(None, ge=1, description="steps kept on disk; None = capacity")
     uniform_over: Literal["episodes", "steps"] = Field(
         "episodes", description="draw an episode uniformly, then a start (DreamerV2), or every start equally")
 
 
-class TempoConfig(_Strict):
+class TempoConfig(Strict):
     """The task-aware part: how samples are weighted and by what upper loss."""
 
     weighting: Literal["meta", "naive", "none"] = "meta"
@@ -103,12 +105,25 @@ class TempoConfig(_Strict):
         "batch", description="values standardised jointly over the batch (official code) or moving stats (paper)"
     )
     weighter_inputs: Literal["DSV", "SV", "S", "DS", "DV", "D", "V"] = "DSV"
-    # terms_fd: the mixed derivative from one encoder+RSSM re-run (measured cosine 0.999996 to the exact
-    # double_backward at DMC size; 1.0x memory instead of 1.7x). The library default stays exact.
+    # terms_fd: the mixed derivative from one no-grad encoder+RSSM re-run, no second-order graph (its accuracy
+    # and cost against the exact double_backward: README and benchmarks/results). The library default stays exact.
     bilevel: BilevelConfig = BilevelConfig(contraction="terms_fd")
 
+    @field_validator("upper_loss")
+    @classmethod
+    def _upper_loss(cls, v: str) -> str:
+        return check_upper_loss(v)  # an unknown name or an unimportable path fails before any file is written
 
-class RunConfig(_Strict):
+    @field_validator("bilevel")
+    @classmethod
+    def _hypergradient(cls, b: BilevelConfig) -> BilevelConfig:
+        if b.strategy not in HYPERGRADIENTS:
+            raise ValueError(f"tempo.bilevel.strategy {b.strategy!r} is a weighting, not a hypergradient: set "
+                             f"tempo.weighting (--weighting) instead; hypergradients: {HYPERGRADIENTS}")
+        return b
+
+
+class RunConfig(Strict):
     steps: int = Field(1_000_000, ge=0, description="environment frames")
     prefill: int = Field(1000, ge=0, description="agent steps of random actions before training")
     pretrain: int = Field(100, ge=0, description="updates right after the prefill")
@@ -132,7 +147,7 @@ class RunConfig(_Strict):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # --run.precision 16 parses as int
 
 
-class Config(_Strict):
+class Config(Strict):
     preset: Literal["dmc_pixels", "dmc_state", "atari", "debug"] = "dmc_pixels"
     env: EnvConfig = EnvConfig()
     world_model: WorldModelConfig = WorldModelConfig()
@@ -239,5 +254,6 @@ def format_error(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if "input" in e and loc else ""))
+        scalar = "input" in e and loc and not isinstance(e["input"], dict)  # a whole section is no news
+        lines.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if scalar else ""))
     return "; ".join(lines)

@@ -34,11 +34,13 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from bilevel import BilevelConfig, BilevelProblem, BilevelTrainer, Params, WeighterConfig
+from bilevel.contractions import CONTRACTIONS
+from bilevel.engines import ENGINES
+from bilevel.strategies import STRATEGIES as STRATEGY_REGISTRY
 
 NUM_CLASSES = 10
-STRATEGIES = ("approx", "unroll", "implicit")
-CONTRACTIONS = ("double_backward", "jvp", "finite_difference")
-ENGINES = ("native", "higher", "betty")
+# The registries decide what exists; this recipe trains a weighter, so only strategies that have one.
+STRATEGIES = [s for s in STRATEGY_REGISTRY if STRATEGY_REGISTRY[s].uses_weighter]
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -142,11 +144,9 @@ def validate(noise: float, seed: int, epochs: int, strategy: str, contraction: s
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    if contraction not in CONTRACTIONS:
-        raise ValueError(f"contraction must be one of {list(CONTRACTIONS)}, got {contraction!r}")
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    CONTRACTIONS.check(contraction)
+    ENGINES.check(engine)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not lr > 0:
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--strategy", choices=STRATEGIES, default="approx")
-    ap.add_argument("--contraction", choices=CONTRACTIONS, default="double_backward")
-    ap.add_argument("--engine", choices=ENGINES, default="native")
+    ap.add_argument("--contraction", choices=CONTRACTIONS.names(), default="double_backward")
+    ap.add_argument("--engine", choices=ENGINES.names(), default="native")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam lr of the classifier (η)")
     ap.add_argument("--meta-lr", type=float, default=1e-3, help="Adam lr of the weighter")

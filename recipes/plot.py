@@ -272,15 +272,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj):
+def json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": {f"{t}/{m}": [r["path"] for r in v] for (t, m), v in groups.items()},
         "rows": rows,
     }
-    stats_path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n")
+    stats_path.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     print(f"wrote {out}")
     print(f"wrote {stats_path}")
     return 0

@@ -463,7 +463,7 @@ def test_lean_imagination_computes_what_the_previous_loop_did(discrete, grad):
     from worldmodels import WorldModel
 
     torch.manual_seed(0)
-    wm = WorldModel({"state": (5,)}, 2, deter=16, stoch=4, discrete=discrete, hidden=16, mlp_units=32, mlp_layers=2)
+    wm = WorldModel({"state": (5,)}, 2, deter=16, stoch=4, discrete=discrete, hidden=16, units=32, layers=2)
     start = {k: v.detach() for k, v in wm.observe({"state": torch.randn(6, 3, 5), "action": torch.rand(6, 3, 2),
                                                     "is_first": torch.zeros(6, 3, dtype=torch.bool)})[0].items()}
     agent = ActorCritic(wm.rssm.feat_dim, 2, False, actor_grad=grad, layers=2, units=32, actor_ent=3e-3)

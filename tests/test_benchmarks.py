@@ -5,23 +5,34 @@ The benchmark suites live in `benchmarks/` (not under testpaths); see benchmarks
 
 from __future__ import annotations
 
+import gc
 import json
+import math
 
 import pytest
 import torch
 
 from benchmarks import report
 from benchmarks.common import (
+    BASELINE,
     CONFIGS,
+    REPO_ROOT,
     SIZES,
+    TEMPO,
+    Size,
     alpha_grad_fidelity,
     bilevel_config,
     build,
+    config_for,
+    get_size,
     interleaved,
     make_batch,
     param_count,
 )
 from benchmarks.memory import measure_subprocess
+from bilevel import BilevelConfig
+from recipes.config import build as build_config
+from recipes.run import bilevel_config as run_bilevel_config
 
 
 def _bench(name: str, median: float, iqr: float, **extra) -> dict:
@@ -82,36 +93,149 @@ def test_memory_subprocess_reports_positive_rss():
 
 
 def test_every_config_is_valid_for_every_size():
-    for size in SIZES.values():
-        for name in CONFIGS:
-            cfg = bilevel_config(name, size)
-            assert cfg.strategy == CONFIGS[name]["strategy"]
+    for size in SIZES:
+        weighter = config_for(size, "none").tempo.bilevel.weighter  # the preset's
+        for name, fields in CONFIGS.items():
+            cfg = config_for(size, name)
+            b = bilevel_config(name, size)
+            assert b == run_bilevel_config(cfg) and b.strategy == fields["strategy"]
+            if fields["strategy"] in ("none", "naive"):
+                assert cfg.tempo.weighting == fields["strategy"]
+            else:  # exactly the config's fields over the library defaults (not the recipe's terms_fd)
+                assert cfg.tempo.weighting == "meta"
+                assert b == BilevelConfig(**fields, weighter=weighter)
+    assert config_for("tiny", "implicit-neumann").tempo.bilevel.contraction == "double_backward"
+    assert config_for("tiny", TEMPO).tempo.bilevel == build_config("debug").tempo.bilevel  # the recipe's TEMPO
+    assert SIZES["tiny"].preset == "debug" and get_size("atari").task == "atari:pong"
+    with pytest.raises(ValueError, match="unknown benchmark config"):
+        config_for("tiny", "approx-typo")
+    with pytest.raises(ValueError, match="unknown benchmark size"):
+        config_for("huge", "none")
 
 
 def test_builders_produce_documented_sizes():
     tiny = build("tiny", "approx-double_backward")
     rssm = tiny.wm.rssm
-    assert (rssm.deter, rssm.stoch, rssm.discrete) == (16, 4, 0) and tiny.wm.obs_key == "state"
-    assert tiny.batch["state"].shape == (10, 4, 8) and tiny.batch["action"].shape == (10, 4, 2)
-    assert tiny.trainer.weighter is not None
+    assert tiny.cfg.preset == "debug" and tiny.cfg.env.task == "finger_spin" and tiny.cfg.run.precision == "32"
+    assert (rssm.deter, rssm.stoch, rssm.discrete, rssm.img_in[0].out_features) == (16, 4, 0, 16)
+    assert tiny.agent.horizon == 5 and tiny.trainer.weighter is not None
+    assert tiny.wm.obs_key == "state" and tiny.run.env.obs_space == {"state": (9,)}  # finger_spin: 9-d, 2 actions
+    assert tiny.batch["state"].shape == (10, 4, 9) and tiny.batch["action"].shape == (10, 4, 2)
+    assert param_count(tiny.trainer.weighter) == 2083  # 3 x 32 (the debug preset's), not 5 x 400
+    assert isinstance(tiny.trainer.lower_opt, torch.optim.Adam)
+    assert tiny.trainer.lower_opt.param_groups[0]["lr"] == 3e-4
 
-    dmc = SIZES["dmc"]
-    wm = build("dmc", "none").wm
+    dmc = build("dmc", "none")
+    wm = dmc.wm
+    assert (dmc.cfg.preset, dmc.cfg.env.task, dmc.cfg.tempo.weighting) == ("dmc_pixels", "walker_stand", "none")
     assert (wm.rssm.deter, wm.rssm.stoch, wm.rssm.discrete, wm.rssm.img_in[0].out_features) == (200, 32, 0, 200)
-    assert wm.obs_key == "image" and wm.discount_head is None
-    assert 5e6 < param_count(wm) < 3e7  # 11.2M: conv encoder/decoder depth 48, MLPs 4 x 400
-    b = make_batch(dmc)
+    assert wm.obs_key == "image" and wm.discount_head is None and dmc.trainer.weighter is None
+    assert param_count(wm) == 11_151_940  # conv encoder/decoder depth 48, MLPs 4 x 400 (as before the recipe)
+    b = dmc.batch
     assert b["image"].shape == (50, 16, 64, 64, 3) and b["image"].dtype == torch.uint8
+    assert int(b["image"].max()) > 250 and int(b["image"].min()) < 5  # raw bytes: the model normalises them
     assert b["action"].shape == (50, 16, 6) and b["action"].dtype == torch.float32
-    assert b["reward"].shape == (50, 16) and b["is_first"].dtype == torch.bool and bool(b["is_first"][0].all())
+    assert bool((b["action"].abs() <= 1).all()) and float(b["action"][1:].abs().max()) > 0.9
+    assert b["reward"].shape == (50, 16) and float(b["reward"].abs().max()) > 1  # no reward transform on DMC
+    assert b["is_first"].dtype == torch.bool and bool(b["is_first"][0].all())
+    assert int(b["is_first"].sum()) == 17 and bool(b["is_terminal"][24, 0]) and bool(b["is_first"][25, 0])
+    assert bool((b["action"][b["is_first"]] == 0).all())  # zeros at episode start, as the replay stores them
 
     atari = build("atari", "none")
     r = atari.wm.rssm
     assert (r.deter, r.stoch, r.discrete, r.img_in[0].out_features) == (600, 32, 32, 600)
     assert atari.wm.discount_head is not None and atari.agent.actor_grad == "reinforce"
+    assert atari.cfg.world_model.lr == 2e-4 and atari.trainer.lower_opt.param_groups[0]["lr"] == 2e-4
     assert atari.batch["image"].shape == (50, 16, 64, 64, 1)
-    assert bool((atari.batch["action"].sum(-1)[1:] == 1).all())  # one-hot discrete actions
-    assert param_count(atari.wm) > param_count(wm)
+    first = atari.batch["is_first"]
+    assert bool((atari.batch["action"].sum(-1) == (~first).float()).all())  # one-hot, zeros at episode starts
+    assert bool((atari.batch["action"].amax(-1) == (~first).float()).all())
+    assert float(atari.batch["reward"].abs().max()) < 1  # the atari preset's tanh, applied by Run.to_torch
+    assert param_count(atari.wm) == 19_968_179 and param_count(atari.wm) > param_count(wm)
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_build_is_seeded_and_cleans_up():
+    a, b, c = build("tiny", TEMPO, seed=0), build("tiny", TEMPO, seed=0), build("tiny", TEMPO, seed=1)
+    assert _same(_params(a.wm), _params(b.wm)) and _same(_params(a.agent), _params(b.agent))
+    assert _same(_params(a.trainer.weighter), _params(b.trainer.weighter))  # same α
+    assert all(torch.equal(a.batch[k], b.batch[k]) for k in a.batch)
+    assert not _same(_params(a.wm), _params(c.wm)) and not torch.equal(a.batch["state"], c.batch["state"])
+    assert not _same(_params(a.trainer.weighter), _params(c.trainer.weighter))
+    assert all(torch.equal(make_batch(a.run, 2)[k], c.batch[k]) for k in c.batch)  # the batch seed is seed + 1
+    logdirs = [x.run.logdir for x in (a, b, c)]
+    assert all((d / "replay").is_dir() for d in logdirs) and len(set(logdirs)) == 3
+    a.close()
+    assert not logdirs[0].exists()
+    del b
+    gc.collect()
+    assert not logdirs[1].exists() and logdirs[2].exists()
+    with c:
+        pass
+    assert not logdirs[2].exists()
+
+
+def test_train_step_is_the_recipes_update_and_step_the_trainers():
+    a, b = build("tiny", TEMPO), build("tiny", TEMPO)
+    wm0, agent0, alpha0 = _params(a.wm), _params(a.agent), _params(a.trainer.weighter)
+    torch.manual_seed(7)
+    metrics = a.train_step()
+    torch.manual_seed(7)
+    b.run.update(b.batch)  # what the recipe does with a replay batch
+    assert _same(_params(a.wm), _params(b.wm)) and _same(_params(a.agent), _params(b.agent))
+    assert _same(_params(a.trainer.weighter), _params(b.trainer.weighter))
+    recorded = {k: v[-1] for k, v in b.run.pending.items()}
+    assert metrics.keys() == recorded.keys() and a.run.pending == {}
+    assert {k: v for k, v in metrics.items() if "/time_" not in k} == {  # all but the phase timings
+        k: v for k, v in recorded.items() if "/time_" not in k}
+    assert a.run.updates == 1 and metrics["wm/meta_step"] == 1.0 and math.isfinite(metrics["agent/actor_loss"])
+    assert not _same(_params(a.wm), wm0) and not _same(_params(a.agent), agent0)
+    assert not _same(_params(a.trainer.weighter), alpha0)
+
+    wm1, agent1, alpha1 = _params(a.wm), _params(a.agent), _params(a.trainer.weighter)
+    m = a.step()  # the bilevel world-model step alone: θ and α move, the actor-critic does not
+    assert m["meta_step"] == 1.0 and "grad_norm" in m and not any(k.startswith("agent/") for k in m)
+    assert not _same(_params(a.wm), wm1) and not _same(_params(a.trainer.weighter), alpha1)
+    assert _same(_params(a.agent), agent1) and a.run.updates == 1
+
+
+def test_sgd_lower_optimizer_keeps_the_runs_alpha():
+    adam, sgd = build("tiny", TEMPO), build("tiny", TEMPO, lower_opt="sgd")
+    assert isinstance(sgd.trainer.lower_opt, torch.optim.SGD) and sgd.trainer.lr == sgd.cfg.world_model.lr
+    assert sgd.trainer.cfg == adam.trainer.cfg and sgd.trainer.model is sgd.wm
+    assert _same(_params(sgd.trainer.weighter), _params(adam.trainer.weighter))
+    assert _same(_params(sgd.wm), _params(adam.wm))
+    theta = _params(sgd.wm)
+    sgd.train_step()  # the run's update goes through the SGD trainer
+    assert not _same(_params(sgd.wm), theta) and sgd.run.trainer is sgd.trainer
+
+
+def test_sizes_by_value_of_compare_commits_build_the_same_runs(tmp_path, monkeypatch):
+    """`benchmarks/compare_commits.py` passes sizes by value (`Size(**SIZE_ARGS[...])`) to each checkout's
+    `build`: here they become the same configs as the named sizes, and its child script runs on this tree."""
+    from benchmarks import compare_commits
+
+    for name, args in compare_commits.SIZE_ARGS.items():
+        for config in (BASELINE, TEMPO):
+            assert config_for(Size(**args), config) == config_for(name, config), name
+    legacy_tiny = Size("tiny", "state", (8,), 2, False, T=10, B=4, world_model={}, agent={})
+    with pytest.raises(ValueError, match="finger_spin"):  # the task's observations are (9,), not (8,)
+        build(legacy_tiny, "none")
+    with pytest.raises(ValueError, match="use_discount_head"):
+        Size("atari", "image", (64, 64, 1), 6, True, T=2, B=2, world_model={},
+             agent={"use_discount_head": True}).bench_size()
+
+    small = {**compare_commits.SIZE_ARGS["dmc_state"], "T": 3, "B": 2}  # the real child code, a small batch
+    monkeypatch.setitem(compare_commits.SIZE_ARGS, "dmc_state", small)
+    out = compare_commits.run_in(REPO_ROOT, "dmc_state", "none", steps=1, threads=1)
+    assert len(out["times_s"]) == 1 and out["median_s"] > 0
 
 
 def test_fidelity_of_exact_and_approximate_hypergradients():

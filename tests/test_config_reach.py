@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel
 
 from recipes.config import Config, build, deep_update
-from recipes.tempo import Run
+from recipes.run import Run
 
 SECTIONS = ("world_model", "agent", "replay", "tempo")
 
@@ -33,7 +33,8 @@ COMMON = {
               "slow_target_every": 7, "actor_grad": "both", "actor_ent": "linear(1e-3,1e-4,100)",
               "actor_grad_mix": 0.3, "reward_transform": "tanh", "units": 20, "layers": 3, "eps": 1e-6, "clip": 50.0,
               "weight_decay": 1e-5},
-    "replay": {"capacity": 5000, "batch": 3, "length": 6, "prioritize_ends": True, "uniform_over": "steps"},
+    "replay": {"capacity": 5000, "batch": 3, "length": 6, "prioritize_ends": True, "uniform_over": "steps",
+               "disk_capacity": 7000},
     "tempo": {"upper_loss": "vagram", "value_norm": "moving", "weighter_inputs": "SV",
               "bilevel": {"weighter": {"layers": 3, "units": 9, "act": "tanh", "norm": "layer", "out_norm": "none",
                                        "norm_eps": 1e-4, "out_scale": 0.4, "out_shift": 0.8, "lr": 2e-4,
@@ -59,13 +60,19 @@ def linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
 
 
 def sample_args(run: Run) -> tuple[int, int]:
-    """(batch, length) that Run.train_once asks the replay for, and run one update with them."""
+    """(batch, length) of what Run.train_once samples from the replay, and run one update with it."""
     seen = []
     sample = run.replay.sample
-    run.replay.sample = lambda b, n: seen.append((b, n)) or sample(b, n)  # type: ignore[method-assign]
+
+    def recorded(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        seen.append(out["reward"].shape)  # [B, T]
+        return out
+
+    run.replay.sample = recorded  # type: ignore[method-assign]
     run.train_once()
     run.replay.sample = sample  # type: ignore[method-assign]
-    return seen[0]
+    return tuple(seen[0])
 
 
 def reward_as_trained(run: Run) -> float:
@@ -118,6 +125,7 @@ REACH: dict[str, Getter] = {
     "replay.length": lambda r: sample_args(r)[1],
     "replay.prioritize_ends": lambda r: r.replay.prioritize_ends,
     "replay.uniform_over": lambda r: r.replay.uniform_over,
+    "replay.disk_capacity": lambda r: r.replay.disk_capacity,
     "tempo.upper_loss": lambda r: type(r.problem.upper).__name__.lower(),
     "tempo.value_norm": lambda r: r.problem.upper.value_norm.mode,
     "tempo.weighter_inputs": lambda r: r.problem.inputs,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bilevel import BilevelConfig, BilevelProblem, BilevelTrainer, stopgrad
-from bilevel.config import SUPPORTED
+from bilevel.engines import combinations
 from bilevel.trainer import make_optimizer
 
 N, D, K_FEAT, M = 16, 3, 3, 9
@@ -131,7 +131,7 @@ def inverse_hessian_times(problem, trainer, v: list[torch.Tensor], seed: int, da
 
 DAMPING = 1.0
 FIRST_ORDER = {"approx": -0.05, "implicit": -1.0}  # c: -η (approx_scale 'lr'), -1 (implicit)
-CASES = [(e, s, c) for e, strategies in SUPPORTED.items() for s, cs in strategies.items()
+CASES = [(e, s, c) for e, strategies in combinations().items() for s, cs in strategies.items()
          if s in FIRST_ORDER for c in cs]
 TOL = {"finite_difference": 1e-6, "terms_fd": 1e-5}  # central O(ε²) / one-sided O(ε) at the radii below
 

@@ -89,25 +89,25 @@ def test_vvaml_moving_norm_updates_across_calls() -> None:
     mean2, var2 = hand_stats(hand_values(h2, p2) + hand_values(h2, q2))
 
     out1 = loss(h1, p1, q1, linear_value).item()  # first call initialises from the batch
-    assert loss.value_norm.moving_mean.item() == pytest.approx(mean1, rel=1e-6)
-    assert loss.value_norm.moving_var.item() == pytest.approx(var1, rel=1e-6)
+    assert loss.value_norm.stats.mean.item() == pytest.approx(mean1, rel=1e-6)
+    assert loss.value_norm.stats.var.item() == pytest.approx(var1, rel=1e-6)
     assert out1 == pytest.approx(hand_vvaml(hand_values(h1, p1), hand_values(h1, q1), mean1, var1), rel=1e-5)
 
     out2 = loss(h2, p2, q2, linear_value).item()  # then μ ← mμ + (1-m)μ_batch, same for σ²
     mean12, var12 = m * mean1 + (1 - m) * mean2, m * var1 + (1 - m) * var2
-    assert loss.value_norm.moving_mean.item() == pytest.approx(mean12, rel=1e-6)
-    assert loss.value_norm.moving_var.item() == pytest.approx(var12, rel=1e-6)
+    assert loss.value_norm.stats.mean.item() == pytest.approx(mean12, rel=1e-6)
+    assert loss.value_norm.stats.var.item() == pytest.approx(var12, rel=1e-6)
     assert out2 == pytest.approx(
         hand_vvaml(hand_values(h2, p2), hand_values(h2, q2), mean12, var12), rel=1e-5
     )
-    assert int(loss.value_norm.num_updates) == 2
+    assert int(loss.value_norm.stats.count) == 2
 
     # no update in eval mode, nor with values(update=False)
     loss.values(h1, p1, q1, linear_value, update=False)
     loss.eval()
     loss(h1, p1, q1, linear_value)
-    assert int(loss.value_norm.num_updates) == 2
-    assert loss.value_norm.moving_mean.item() == pytest.approx(mean12, rel=1e-6)
+    assert int(loss.value_norm.stats.count) == 2
+    assert loss.value_norm.stats.mean.item() == pytest.approx(mean12, rel=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["batch", "moving", "none"])

@@ -49,7 +49,7 @@ def test_losses_on_a_fixed_batch_match_float32(mode, discrete):
     """World-model terms and actor-critic losses of one batch, same parameters and noise, within 3% (bf16) /
     0.5% (fp16) of float32; every loss and distribution parameter comes out in float32."""
     torch.manual_seed(0)
-    wm = WorldModel({"state": (10,)}, 3, deter=64, stoch=8, discrete=discrete, hidden=64, mlp_units=128)
+    wm = WorldModel({"state": (10,)}, 3, deter=64, stoch=8, discrete=discrete, hidden=64, units=128)
     agent = ActorCritic(wm.rssm.feat_dim, 3, False, units=128, horizon=8)
     batch = vec_batch(12, 8, 10, 3)
     out = {}
@@ -127,7 +127,7 @@ UPDATES = 150
 def train(precision: str, seed: int) -> dict[str, np.ndarray]:
     """UPDATES updates of the debug preset on a fixed replay of random cartpole episodes."""
     from recipes.config import build
-    from recipes.tempo import Run
+    from recipes.run import Run
 
     torch.set_num_threads(1)
     cfg = build("debug", {"env": {"task": "cartpole_swingup"}, "run": {"precision": precision, "seed": seed}})

@@ -38,7 +38,7 @@ def add_episode(replay: Replay, ep: int, length: int, act_dim: int = 2, image: b
 
 
 def test_episode_file_format_and_first_action(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=1000)
+    replay = Replay(tmp_path, capacity=1000)
     path = add_episode(replay, ep=3, length=12)
     assert NAME_RE.match(path.name) and int(NAME_RE.match(path.name).group(1)) == 12
     assert sorted(os.listdir(tmp_path)) == [path.name]  # no temp file left behind
@@ -53,13 +53,13 @@ def test_episode_file_format_and_first_action(tmp_path):
 
 
 def test_reload_in_new_process_samples_identically(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=10_000, seed=7)
+    replay = Replay(tmp_path, capacity=10_000, seed=7)
     for ep in range(3):
         add_episode(replay, ep, length=20 + 5 * ep)
     out = tmp_path.parent / f"{tmp_path.name}_batch.npz"
     code = (
         "import sys, numpy as np; from envs import Replay; "
-        f"r = Replay({str(tmp_path)!r}, capacity_steps=10_000, seed=7); "
+        f"r = Replay({str(tmp_path)!r}, capacity=10_000, seed=7); "
         "s = r.stats(); assert s['episodes'] == 3 and s['steps'] == 75, s; "
         f"np.savez({str(out)!r}, **r.sample(8, 10))"
     )
@@ -73,7 +73,7 @@ def test_reload_in_new_process_samples_identically(tmp_path):
 
 
 def test_truncated_and_temp_files_are_skipped_with_warning(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=1000)
+    replay = Replay(tmp_path, capacity=1000)
     good = add_episode(replay, 0, 15)
     broken = add_episode(replay, 1, 15)
     data = broken.read_bytes()
@@ -82,7 +82,7 @@ def test_truncated_and_temp_files_are_skipped_with_warning(tmp_path):
     stray.write_bytes(good.read_bytes()[:100])  # leftover temp file of an interrupted atomic write
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reloaded = Replay(tmp_path, capacity_steps=1000)
+        reloaded = Replay(tmp_path, capacity=1000)
     messages = " | ".join(str(w.message) for w in caught)
     assert broken.name in messages and stray.name in messages
     assert reloaded.stats()["episodes"] == 1
@@ -90,7 +90,7 @@ def test_truncated_and_temp_files_are_skipped_with_warning(tmp_path):
 
 
 def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch):
-    replay = Replay(tmp_path, capacity_steps=1000)
+    replay = Replay(tmp_path, capacity=1000)
 
     def crash(*args):
         raise KeyboardInterrupt  # process killed between fsync and rename
@@ -102,24 +102,30 @@ def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch):
     files = os.listdir(tmp_path)
     assert len(files) == 1 and files[0].endswith(".tmp.npz")
     with pytest.warns(UserWarning, match=re.escape(files[0])):
-        assert Replay(tmp_path, capacity_steps=1000).stats()["episodes"] == 0
+        assert Replay(tmp_path, capacity=1000).stats()["episodes"] == 0
 
 
 def test_capacity_evicts_oldest_in_memory_and_on_reload(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=25)
+    replay = Replay(tmp_path, capacity=25)
     for ep in range(4):
         add_episode(replay, ep, 10)
     kept = [int(e["state"][0, 0]) for e in replay.episodes]
     assert kept == [2, 3] and replay.stats()["steps"] == 20
-    assert len(os.listdir(tmp_path)) == 4  # disk keeps the full experience record
-    reloaded = Replay(tmp_path, capacity_steps=25)
+    assert len(os.listdir(tmp_path)) == 2  # disk is bounded too: by default to the same capacity
+    reloaded = Replay(tmp_path, capacity=25)
     assert [int(e["state"][0, 0]) for e in reloaded.episodes] == [2, 3]
-    assert [int(e["state"][0, 0]) for e in Replay(tmp_path, capacity_steps=1000).episodes] == [0, 1, 2, 3]
+
+    longer = tmp_path / "longer"  # a larger disk capacity keeps the older record for a later, larger replay
+    replay = Replay(longer, capacity=25, disk_capacity=1000)
+    for ep in range(4):
+        add_episode(replay, ep, 10)
+    assert [int(e["state"][0, 0]) for e in replay.episodes] == [2, 3] and len(os.listdir(longer)) == 4
+    assert [int(e["state"][0, 0]) for e in Replay(longer, capacity=1000).episodes] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("uniform_over", ["steps", "episodes"])
 def test_samples_are_exact_subwindows(tmp_path, uniform_over):
-    replay = Replay(tmp_path, capacity_steps=10_000, seed=1, uniform_over=uniform_over)
+    replay = Replay(tmp_path, capacity=10_000, seed=1, uniform_over=uniform_over)
     lengths = {0: 30, 1: 8, 2: 50}  # episode 1 is shorter than the chunk length: never sampled
     for ep, n in lengths.items():
         add_episode(replay, ep, n)
@@ -154,7 +160,7 @@ def test_prioritize_ends(tmp_path):
     n, length, draws = 100, 10, 4000
 
     def end_fraction(prioritize: bool) -> float:
-        replay = Replay(tmp_path / str(prioritize), capacity_steps=1000, seed=0, prioritize_ends=prioritize)
+        replay = Replay(tmp_path / str(prioritize), capacity=1000, seed=0, prioritize_ends=prioritize)
         add_episode(replay, 0, n)
         batch = replay.sample(draws, length)
         return batch["is_last"][:, -1].mean()
@@ -166,7 +172,7 @@ def test_prioritize_ends(tmp_path):
 
 
 def test_rng_state_round_trip(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=1000, seed=5)
+    replay = Replay(tmp_path, capacity=1000, seed=5)
     for ep in range(3):
         add_episode(replay, ep, 20)
     replay.sample(4, 5)
@@ -176,13 +182,13 @@ def test_rng_state_round_trip(tmp_path):
     assert not np.array_equal(first["state"], second["state"])
     replay.set_rng_state(state)
     np.testing.assert_array_equal(replay.sample(16, 5)["state"], first["state"])
-    resumed = Replay(tmp_path, capacity_steps=1000, seed=123)  # resumed run restores the sampler state
+    resumed = Replay(tmp_path, capacity=1000, seed=123)  # resumed run restores the sampler state
     resumed.set_rng_state(state)
     np.testing.assert_array_equal(resumed.sample(16, 5)["state"], first["state"])
 
 
 def test_image_bytes_per_step_and_uint8_batches(tmp_path):
-    replay = Replay(tmp_path, capacity_steps=1000)
+    replay = Replay(tmp_path, capacity=1000)
     add_episode(replay, 0, 20, act_dim=6, image=True)
     stats = replay.stats()
     # 64*64*3 image + 6 float32 action + float32 reward + 3 bool flags, nothing upcast in memory.
@@ -197,7 +203,7 @@ def test_image_bytes_per_step_and_uint8_batches(tmp_path):
 def test_real_env_round_trip(tmp_path):
     """A real DMC episode goes through add() and comes back from disk bit-exact."""
     rng = np.random.default_rng(0)
-    replay = Replay(tmp_path, capacity_steps=1000)
+    replay = Replay(tmp_path, capacity=1000)
     with make_env("finger_spin", obs="state", time_limit=30) as env:
         obs = env.reset()
         path, states, actions = replay.add(obs), [obs["state"]], [np.zeros(2, np.float32)]
@@ -207,7 +213,7 @@ def test_real_env_round_trip(tmp_path):
             path = replay.add(obs, action)
             states.append(obs["state"])
             actions.append(action)
-    reloaded = Replay(tmp_path, capacity_steps=1000).episodes[0]
+    reloaded = Replay(tmp_path, capacity=1000).episodes[0]
     np.testing.assert_array_equal(reloaded["state"], np.stack(states))
     np.testing.assert_array_equal(reloaded["action"], np.stack(actions))
     assert len(reloaded["state"]) == 31 and reloaded["is_last"][-1] and not reloaded["is_terminal"].any()

@@ -19,8 +19,8 @@ T, B, OBS, ACT = 5, 3, 6, 2
 def make(cfg: dict, discrete: int = 0, eta: float = 1e-2, kl_free: float = 1.0, upper: str = "vvaml",
          inputs: str = "DSV", dtype=torch.float64):
     torch.manual_seed(0)
-    wm = WorldModel({"state": (OBS,)}, ACT, deter=16, stoch=4, discrete=discrete, hidden=16, mlp_units=32,
-                    mlp_layers=2, kl_free=kl_free).to(dtype)
+    wm = WorldModel({"state": (OBS,)}, ACT, deter=16, stoch=4, discrete=discrete, hidden=16, units=32,
+                    layers=2, kl_free=kl_free).to(dtype)
     with torch.no_grad():  # move ELUs off their kink at exactly zero (biases start at 0)
         for p in wm.parameters():
             p.add_(1e-2 * torch.randn_like(p))
@@ -127,7 +127,7 @@ def test_terms_fd_matches_autograd_with_replayed_stop_gradients(discrete, linear
         shifted = p3.lower_losses(b3, shifted_params)[0]
     u = [(shifted[k] - sc.losses[k].detach()) / eps for k in sc.losses]
     coef = approx_coef(t3.cfg, sc.lr)
-    plain = torch.cat([(coef * m).reshape(-1) for m in contractions._contract_terms(sc, u)])
+    plain = torch.cat([(coef * m).reshape(-1) for m in contractions.contract_terms(sc, u)])
     print("plain FD rel err:", rel(plain, exact))
     assert rel(plain, exact) > 100 * errs[1e-5]
 
@@ -205,8 +205,8 @@ def test_weighter_inputs_are_detached_state_summaries():
     problem, trainer, batch = make({"strategy": "approx"})
     torch.manual_seed(0)
     sc = trainer.forward(problem, batch)
-    post, prior = sc.ctx.post, sc.ctx.prior
-    v_post, v_prior = problem.values(sc.ctx)
+    post, prior = sc.lower_ctx.post, sc.lower_ctx.prior
+    v_post, v_prior = problem.values(sc.lower_ctx)
     want = torch.cat([post["h"], post["mean"], prior["mean"], v_post[..., None], v_prior[..., None]], -1)
     assert sc.x.shape == (T, B, 16 + 2 * 4 + 2) and problem.input_dim == 26
     assert torch.equal(sc.x, want.detach()) and not sc.x.requires_grad
@@ -223,8 +223,8 @@ def test_categorical_weighter_inputs_are_the_logits():
     """The official weighter reads post['logit'] and prior['logit'] flattened (its Atari branch)."""
     problem, trainer, batch = make({"strategy": "approx"}, discrete=4)
     sc = trainer.forward(problem, batch)
-    assert torch.equal(sc.x[..., 16:32], sc.ctx.post["logits"].flatten(-2).detach())
-    assert torch.equal(sc.x[..., 32:48], sc.ctx.prior["logits"].flatten(-2).detach())
+    assert torch.equal(sc.x[..., 16:32], sc.lower_ctx.post["logits"].flatten(-2).detach())
+    assert torch.equal(sc.x[..., 32:48], sc.lower_ctx.prior["logits"].flatten(-2).detach())
 
 
 def test_upper_gradient_only_through_encoder_and_rssm():
@@ -253,7 +253,7 @@ def test_weights_enter_elbo_terms():
 def test_vvaml_is_zero_when_prior_equals_posterior():
     problem, trainer, batch = make({"strategy": "approx"})
     sc = trainer.forward(problem, batch)
-    h, s = sc.ctx.post["h"], sc.ctx.post["s"]
+    h, s = sc.lower_ctx.post["h"], sc.lower_ctx.post["s"]
     assert float(VVAML()(h, s, s, problem.value_fn)) == 0.0
 
 
@@ -269,8 +269,9 @@ def test_vvaml_per_sample_losses_reuse_the_weighters_values():
     problem, trainer, batch = make({"strategy": "approx"})
     torch.manual_seed(0)
     sc = trainer.forward(problem, batch)
-    want = problem.upper.per_sample(sc.ctx.post["h"], sc.ctx.post["s"], sc.ctx.prior["s"], problem.value_fn)
-    torch.testing.assert_close(problem.upper_losses(batch, sc.ctx), want, rtol=0, atol=0)
+    post, prior = sc.lower_ctx.post, sc.lower_ctx.prior
+    want = problem.upper.per_sample(post["h"], post["s"], prior["s"], problem.value_fn)
+    torch.testing.assert_close(problem.upper_losses(batch, sc.lower_ctx), want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
@@ -279,9 +280,9 @@ def test_vvaml_upper_loss_reuses_the_weighters_values(norm):
     problem.upper = VVAML(norm=norm)
     torch.manual_seed(0)
     sc = trainer.forward(problem, batch)
-    want = VVAML(norm=norm)(sc.ctx.post["h"], sc.ctx.post["s"], sc.ctx.prior["s"], problem.value_fn)
-    got = problem.upper_loss(batch, sc.ctx)
+    want = VVAML(norm=norm)(sc.lower_ctx.post["h"], sc.lower_ctx.post["s"], sc.lower_ctx.prior["s"], problem.value_fn)
+    got = problem.upper_loss(batch, sc.lower_ctx)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
-    g1 = torch.autograd.grad(got, sc.ctx.post["s"], retain_graph=True)[0]
-    g2 = torch.autograd.grad(want, sc.ctx.post["s"])[0]
+    g1 = torch.autograd.grad(got, sc.lower_ctx.post["s"], retain_graph=True)[0]
+    g2 = torch.autograd.grad(want, sc.lower_ctx.post["s"])[0]
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)

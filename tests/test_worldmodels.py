@@ -19,7 +19,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def tiny_wm(discrete: int = 0, dtype: torch.dtype = torch.float32, **kw) -> WorldModel:
-    cfg = dict(deter=8, stoch=4, discrete=discrete, hidden=8, mlp_units=8, mlp_layers=2, discount_head=True)
+    cfg = dict(deter=8, stoch=4, discrete=discrete, hidden=8, units=8, layers=2, discount_head=True)
     cfg.update(kw)
     return WorldModel({"state": (3,)}, 2, **cfg).to(dtype)
 
@@ -117,7 +117,7 @@ def test_balance_splits_kl_gradient_between_prior_and_posterior(discrete):
 
 def test_meta_weights_enter_every_term_before_free_nats():
     torch.manual_seed(0)
-    wm = tiny_wm(0, torch.float64, kl_free=1.0, kl_scale=0.7, loss_scales={"discount": 5.0})
+    wm = tiny_wm(0, torch.float64, kl_free=1.0, kl_scale=0.7, discount_scale=5.0)
     batch = vec_batch(T=5, B=3, dtype=torch.float64)
     _, terms, _, _, _ = wm.loss(batch)
     terms = {k: v.detach() for k, v in terms.items()}
@@ -266,7 +266,7 @@ def train(wm: WorldModel, batch, steps: int, lr: float) -> list[dict[str, float]
 
 def test_world_model_learns_point_mass():
     torch.manual_seed(0)
-    wm = WorldModel({"state": (2,)}, 2, deter=32, stoch=8, hidden=32, mlp_units=64, mlp_layers=2)
+    wm = WorldModel({"state": (2,)}, 2, deter=32, stoch=8, hidden=32, units=64, layers=2)
     batch = point_mass_batch()
     t0 = time.time()
     hist = train(wm, batch, steps=100, lr=1e-3)
@@ -299,8 +299,8 @@ def test_world_model_learns_moving_dot_images():
     batch = {"image": img, "action": action, "reward": torch.zeros(T, B), "is_first": is_first,
              "is_terminal": torch.zeros(T, B, dtype=torch.bool)}
     torch.manual_seed(0)
-    wm = WorldModel({"image": (64, 64, 1)}, 2, depth=4, deter=16, stoch=8, hidden=16, mlp_units=16,
-                    mlp_layers=2)
+    wm = WorldModel({"image": (64, 64, 1)}, 2, depth=4, deter=16, stoch=8, hidden=16, units=16,
+                    layers=2)
     t0 = time.time()
     hist = train(wm, batch, steps=40, lr=1e-3)
     const = 64 * 64 * 0.5 * LOG_2PI

@@ -1,5 +1,7 @@
 """Building blocks of the DreamerV2 world model: MLP, norm-GRU, conv encoder/decoder, log-likelihoods.
 
+The MLP also builds the agent's actor and critic (`agents` imports it from here).
+
 Everything here is written with out-of-place ops and smooth activations (ELU, tanh, sigmoid, softplus) so
 the world-model loss is twice differentiable, both by double backward and by `torch.func.jvp` over
 `torch.func.grad`: the bilevel hypergradient differentiates the lower-level gradient once more.
@@ -8,6 +10,8 @@ the world-model loss is twice differentiable, both by double backward and by `to
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +32,22 @@ def dreamer_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class MLP(nn.Module):
+class MLP(nn.Sequential):
     """`layers` x (Linear(units) [+ LayerNorm] + act), then an optional linear output layer.
 
-    With `out=None` the last hidden activation is the output (DreamerV2's vector encoder has no output
-    layer); otherwise heads map to `out` raw parameters (mean, logit, ...).
+    The one MLP builder of the project: the world model's vector encoder, decoder, reward and discount heads
+    and the agent's actor and critic. With `out=None` the last hidden activation is the output (DreamerV2's
+    vector encoder has no output layer); otherwise heads map to `out` raw parameters (mean, logit, ...).
+
+    Layers keep torch's default initialisation, so that building consumes the random stream exactly as a
+    plain stack of these layers would; callers apply `dreamer_init` when they want Keras' init (the world
+    model does it once all its parts exist, the agent right away).
+
+    A Sequential itself, so the layers are `mlp[i]` and the parameters `0.weight`, `0.bias`, ...
     """
 
     def __init__(self, inp: int, out: int | None, layers: int = 4, units: int = 400,
                  act: type[nn.Module] = nn.ELU, norm: bool = False):
-        super().__init__()
         mods: list[nn.Module] = []
         dim = inp
         for _ in range(layers):
@@ -49,11 +59,27 @@ class MLP(nn.Module):
         if out is not None:
             mods.append(nn.Linear(dim, out))
             dim = out
-        self.net = nn.Sequential(*mods)
+        super().__init__(*mods)
         self.out_dim = dim
+        # Checkpoints of the world model written before the MLP was a Sequential name its layers 'net.<i>.*'.
+        self._register_load_state_dict_pre_hook(_drop_net_prefix)
 
-    def forward(self, x: Tensor) -> Tensor:  # [..., inp] -> [..., out]
-        return self.net(x)
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        if isinstance(idx, slice):  # Sequential would rebuild a slice as type(self)(OrderedDict), not an MLP call
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+    @property
+    def net(self) -> MLP:
+        """The layer stack, i.e. the module itself (kept for callers that index `head.net[i]`)."""
+        return self
+
+
+def _drop_net_prefix(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Rename an old checkpoint's '<prefix>net.<rest>' keys of an MLP to '<prefix><rest>', in place."""
+    old = prefix + "net."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + key[len(old):]] = state_dict.pop(key)
 
 
 class GRUCell(nn.Module):

@@ -29,7 +29,7 @@ from worldmodels.rssm import RSSM, State
 
 class WorldModel(nn.Module):
     """Config-agnostic: plain kwargs with DreamerV2/TEMPO-DMC defaults (Atari: deter=600, discrete=32,
-    kl_scale=0.1, loss_scales={'discount': 5.0}, discount_head=True)."""
+    kl_scale=0.1, discount_scale=5.0, discount_head=True)."""
 
     # Submodules the task (upper) loss V(s_post) - V(s_prior) is differentiated through.
     upper_modules = ["encoder", "rssm"]
@@ -38,9 +38,9 @@ class WorldModel(nn.Module):
                  discrete_actions: bool = False, *, deter: int = 200, stoch: int = 32, discrete: int = 0,
                  hidden: int = 200, min_std: float = 0.1, unimix: float = 0.0, std_act: str = "sigmoid2",
                  depth: int = 48,
-                 mlp_units: int = 400, mlp_layers: int = 4,
+                 units: int = 400, layers: int = 4,
                  discount_head: bool = False, kl_balance: float = 0.8, kl_free: float = 1.0,
-                 kl_scale: float = 1.0, loss_scales: dict[str, float] | None = None,
+                 kl_scale: float = 1.0, reward_scale: float = 1.0, discount_scale: float = 1.0,
                  act: type[nn.Module] = nn.ELU):
         super().__init__()
         keys = [k for k in ("image", "state") if k in obs_space]
@@ -50,7 +50,7 @@ class WorldModel(nn.Module):
         self.obs_shape = tuple(obs_space[self.obs_key])
         self.action_dim, self.discrete_actions = action_dim, discrete_actions
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
-        self.loss_scales = dict(loss_scales or {})
+        self.loss_scales = {"reward": reward_scale, "discount": discount_scale}
 
         if self.obs_key == "image":
             if len(self.obs_shape) != 3 or self.obs_shape[:2] != (64, 64):
@@ -60,16 +60,16 @@ class WorldModel(nn.Module):
         else:
             if len(self.obs_shape) != 1:
                 raise ValueError(f"state obs must be (D,), got {self.obs_shape}")
-            self.encoder = MLP(self.obs_shape[0], None, mlp_layers, mlp_units, act)
+            self.encoder = MLP(self.obs_shape[0], None, layers, units, act)
         self.rssm = RSSM(action_dim, self.encoder.out_dim, deter, stoch, discrete, hidden, min_std, unimix, std_act,
                          act)
         feat = self.rssm.feat_dim
         if self.obs_key == "image":
             self.decoder: nn.Module = ConvDecoder(feat, channels, depth, act=act)
         else:
-            self.decoder = MLP(feat, self.obs_shape[0], mlp_layers, mlp_units, act)
-        self.reward_head = MLP(feat, 1, mlp_layers, mlp_units, act)
-        self.discount_head = MLP(feat, 1, mlp_layers, mlp_units, act) if discount_head else None
+            self.decoder = MLP(feat, self.obs_shape[0], layers, units, act)
+        self.reward_head = MLP(feat, 1, layers, units, act)
+        self.discount_head = MLP(feat, 1, layers, units, act) if discount_head else None
         for m in (self.encoder, self.decoder, self.reward_head, self.discount_head):
             if m is not None:
                 dreamer_init(m)

@@ -2,7 +2,7 @@
 stepping the optimizer the trainer really steps.
 
 `higher.innerloop_ctx` would pick higher's own DifferentiableAdam, which adds eps to √v before the bias
-correction (the legacy torch formula): its first-step α-gradient is 20-27x too large and it ignores
+correction (the legacy torch formula): its α-gradient is off most at the first steps (README) and it ignores
 `decoupled_weight_decay` and clipping. So we build the two pieces ourselves: `higher.monkeypatch` for the fast
 weights (`copy_initial_weights=False`: the trajectory starts at the live θ; unlike the native unroll step 0
 re-runs the lower loss, with the same noise), and `ExactDifferentiableOptimizer`, a
@@ -21,7 +21,8 @@ from higher.optim import DifferentiableOptimizer
 from torch import Tensor
 
 from bilevel import diffopt
-from bilevel.context import StepContext, grads_or_zeros
+from bilevel.context import StepContext
+from bilevel.strategies import lower_objective_at, upper_grad_through
 
 
 class ExactDifferentiableOptimizer(DifferentiableOptimizer):
@@ -40,7 +41,7 @@ class ExactDifferentiableOptimizer(DifferentiableOptimizer):
 
 
 def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float | None) -> list[Tensor]:
-    names, model = sc.names, sc.problem.model
+    model = sc.problem.model
     fmodel = higher.monkeypatch(model, copy_initial_weights=False, track_higher_grads=True)
 
     def clip_grads(gs: list[Tensor | None]) -> list[Tensor]:
@@ -49,10 +50,6 @@ def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float 
 
     dopt = ExactDifferentiableOptimizer(opt, model.parameters(), fmodel=fmodel, grad_callback=clip_grads,
                                         track_higher_grads=True)
-    for _ in range(steps):
-        with sc.rng.replay():
-            losses, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
-        dopt.step(sc.problem.lower_objective(losses, sc.weighter(sc.problem.weighter_inputs(ctx).detach())))
-    with sc.rng.replay():
-        _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(names, fmodel.fast_params, strict=True)))
-    return grads_or_zeros(sc.problem.upper_loss(sc.batch, ctx), sc.alpha)
+    for _ in range(steps):  # the native unroll's L_low at θ_k, at higher's fast weights (θ_0 included)
+        dopt.step(lower_objective_at(sc, list(fmodel.fast_params)))
+    return upper_grad_through(sc, list(fmodel.fast_params))

@@ -16,6 +16,7 @@ lr·|g|/(|g| + eps), with g at unit scale (the default) and at η scale (`approx
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recipes.cli import resolve
 from recipes.config import Config
-from recipes.tempo import Run, resolve
+from recipes.run import Run
 
 
 def main(argv: list[str]) -> dict:
     torch.set_num_threads(1)
     updates = 5
-    cfg, _ = resolve(["--task", "walker_stand", "--logdir", tempfile.mkdtemp(), *argv])
+    cfg = resolve(["--task", "walker_stand", "--logdir", tempfile.mkdtemp(), *argv]).cfg
     run = Run(cfg, Path(cfg.run.logdir))
     obs = run.env.reset()
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
@@ -60,8 +62,12 @@ def trained(run_dir: Path, batches: int = 8) -> dict:
     torch.set_num_threads(1)
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = Config.model_validate({k: v for k, v in saved.items() if k in Config.model_fields})
-    run = Run(cfg, run_dir)  # reads the replay episodes; writes nothing
-    run.load(run_dir / "checkpoint.pt")
+    copy = Path(tempfile.mkdtemp())  # restoring writes the checkpoint's pending episode: never into the run
+    shutil.copytree(run_dir / "replay", copy / "replay")
+    run = Run(cfg, copy)
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state.setdefault("replay", {"last_file": None, "pending": None})  # checkpoints from before issue 12
+    run.restore(state)
     trainer, wc = run.trainer, cfg.tempo.bilevel.weighter
     trainer.cfg = trainer.cfg.model_copy(update={"approx_scale": "unit"})
     gs = []

@@ -1,0 +1,215 @@
+"""The run directory, kept consistent whatever happens to the process (crash, kill -9, Ctrl-C).
+
+    config.json              the run's config, plus `history`: the safe changes made on resumes
+    checkpoint.pt            the newest checkpoint; checkpoint.prev.pt the one before (a fallback if it is unreadable)
+    metrics.jsonl, tb/       one record per log step (TensorBoard: the same scalars)
+    replay/*.npz             the episodes (`envs.Replay`), names sorted by creation time
+    eval_*.gif               evaluation videos
+
+Every file is written atomically (temp file, fsync, rename). A rerun either resumes from the newest readable
+checkpoint or starts clean, and says which: on resume, whatever the dead process wrote after that checkpoint
+(metrics records, TensorBoard events, episode files, videos) is dropped, so no step is duplicated or orphaned;
+with no checkpoint at all, the files of the attempt that never checkpointed are removed first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+RUN_FILES = ("config.json", "metrics.jsonl", "tb", "replay", CHECKPOINT, PREVIOUS)
+# Fault injection (tests only): seconds to sleep between writing a checkpoint's temp file and renaming it.
+WRITE_DELAY_ENV = "TEMPO_TEST_CHECKPOINT_WRITE_DELAY"
+
+
+class RunDirError(Exception):
+    """The directory cannot be used as asked: reported as one line, before anything is written."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:  # make a rename durable; not every platform/filesystem supports it
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # -- reading --------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES) or bool(self.videos())
+
+    def videos(self) -> list[Path]:
+        return sorted(self.path.glob("eval_*.gif")) if self.path.is_dir() else []
+
+    def saved_config(self) -> dict[str, Any]:
+        """config.json as a dict; a missing or unreadable file is a one-line RunDirError."""
+        path = self.path / "config.json"
+        try:
+            data = json.loads(path.read_bytes().decode())
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing, so the checkpoint next to it cannot be resumed; "
+                              "use another --logdir") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunDirError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:80]}); "
+                              "use another --logdir") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path} does not hold a config object; use another --logdir")
+        return data
+
+    def load_checkpoint(self, device: torch.device | str = "cpu") -> tuple[dict[str, Any], Path] | None:
+        """(state, file) of the newest readable checkpoint, falling back to the previous one with a one-line
+        warning; None if there is none; a RunDirError if checkpoints exist but none is readable."""
+        failures = []
+        for name in (CHECKPOINT, PREVIOUS):
+            path = self.path / name
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location=device, weights_only=False)
+                if not isinstance(state, dict) or "counters" not in state:
+                    raise ValueError("not a checkpoint of this recipe")
+            except Exception as e:  # noqa: BLE001 - any unreadable file: one line, then the fallback
+                failures.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}")
+                print(f"warning: {path} is unreadable ({failures[-1]}); trying the previous checkpoint",
+                      file=sys.stderr)
+                continue
+            return state, path
+        if failures:
+            raise RunDirError(f"no readable checkpoint in {self.path} ({'; '.join(failures)}); "
+                              "use another --logdir to start over")
+        return None
+
+    # -- making it consistent ---------------------------------------------------------------------------
+    def start_clean(self) -> list[str]:
+        """Remove the files of an attempt that never wrote a checkpoint (nothing else); return their names."""
+        removed = []
+        for name in RUN_FILES:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(name + "/")
+            elif path.exists():
+                path.unlink()
+                removed.append(name)
+        for path in self.videos() + sorted(self.path.glob("*.tmp")):
+            path.unlink()
+            removed.append(path.name)
+        return removed
+
+    def roll_back_to(self, state: dict[str, Any]) -> dict[str, int]:
+        """Drop what the dead process wrote after the checkpoint `state`: episode files newer than its last one,
+        videos of later steps, interrupted temp files. (metrics.jsonl and TensorBoard are cut by MetricsLog.)"""
+        step = state["counters"]["step"]
+        last = state["replay"]["last_file"]
+        episodes = [p for p in (self.path / "replay").glob("*.npz")
+                    if p.name.endswith(".tmp.npz") or last is None or p.name > last]
+        videos = [p for p in self.videos() if _video_step(p) is None or _video_step(p) > step]
+        for p in [*episodes, *videos, *self.path.glob("*.tmp")]:
+            p.unlink()
+        return {"episodes": len(episodes), "videos": len(videos)}
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write checkpoint.pt atomically, keeping the one before as checkpoint.prev.pt."""
+        path = self.path / CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        if delay:
+            time.sleep(delay)
+        if path.exists():
+            os.replace(path, self.path / PREVIOUS)
+        os.replace(tmp, path)
+        _fsync_dir(self.path)
+
+    def write_config(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "config.json", json.dumps(data, indent=2, allow_nan=False))
+
+
+def _video_step(path: Path) -> int | None:
+    try:
+        return int(path.stem.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+class MetricsLog:
+    """metrics.jsonl (one record per log step) + TensorBoard. On resume, records past the checkpoint are dropped
+    (TensorBoard: `purge_step`), so no step is duplicated; lines that do not parse (a line cut by a kill, binary
+    garbage) are dropped with one warning."""
+
+    def __init__(self, logdir: Path, resume_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = logdir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            keep, bad = [], 0
+            for raw in self.path.read_bytes().splitlines():
+                try:
+                    rec = json.loads(raw.decode())
+                    step = rec["step"]
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    bad += 1
+                    continue
+                if step <= resume_step:
+                    keep.append(raw.decode())
+            if bad:
+                print(f"warning: {self.path}: dropped {bad} unreadable line(s)", file=sys.stderr)
+            atomic_write_text(self.path, "".join(f"{line}\n" for line in keep))
+        self.file = open(self.path, "a")  # noqa: SIM115
+        self.tb = SummaryWriter(str(logdir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+        self.file.write(json.dumps(clean, allow_nan=False) + "\n")
+        self.file.flush()
+        for k, v in clean.items():
+            if k != "step" and isinstance(v, int | float):
+                self.tb.add_scalar(k, v, record["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def save_video(frames: list[np.ndarray], path: Path) -> None:
+    import imageio.v2 as imageio
+
+    tmp = path.with_name(path.stem + ".tmp.gif")
+    imageio.mimsave(tmp, frames[::2] if len(frames) > 200 else frames, duration=0.05, loop=0)
+    os.replace(tmp, path)

@@ -1,0 +1,408 @@
+"""A grid of `recipes.tempo` runs on Ray Tune: tasks x methods x seeds x config values, resumable.
+
+    python -m recipes.sweep runs/sweeps/first --tasks reacher_easy,walker_stand --methods tempo,dreamerv2 \\
+        --seeds 3 --preset dmc_state --steps 100000
+    python -m recipes.sweep runs/sweeps/first                      # the same sweep again: resumes / skips
+    python -m recipes.sweep runs/sweeps/lr --tasks walker_stand --methods tempo --seeds 2 \\
+        --grid tempo.bilevel.weighter.lr=1e-4,3e-4 --run.eval_every 5000
+    python -m recipes.sweep runs/sweeps/first --address HOST:6379   # on a running Ray cluster
+
+Every trial is the recipe's own training loop in its own run directory,
+`SWEEP/<task>/<method>/<seed>[/<field=value,...>]`, reporting each metrics record to Tune. Re-running the same
+command resumes unfinished trials from their checkpoints (the run directory guarantees of `recipes.rundir`) and
+skips finished ones, whatever stopped the last attempt (Ctrl-C, a crash of the driver, a lost node). The sweep
+spec is written to `SWEEP/sweep.yaml` (re-run with only the directory, or pass it to `--config`), the trial
+states to `SWEEP/sweep_status.json`. Every trial's config is validated before Ray starts.
+
+On a cluster the sweep directory must be on storage every node sees (e.g. NFS): a retried trial resumes from
+its checkpoint on whichever node it lands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recipes.cli import UsageError, flatten, preflight, resolve
+from recipes.config import PRESETS
+from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text
+
+# Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
+METHODS: dict[str, list[str]] = {
+    "dreamerv2": ["--weighting", "none"],
+    "tempo": ["--weighting", "meta"],
+    "naive": ["--weighting", "naive"],
+    "tempo-official": ["--weighting", "meta", "--sign", "official"],
+    "tempo-vagram": ["--weighting", "meta", "--upper-loss", "vagram"],
+}
+SPEC_FILE, STATUS_FILE = "sweep.yaml", "sweep_status.json"
+# Fault injection (tests only): a trial whose name is listed here raises before training.
+FAIL_ENV = "TEMPO_TEST_SWEEP_FAIL"
+
+
+@dataclass
+class Spec:
+    """What a sweep runs; written to `sweep.yaml` and loadable from it."""
+
+    tasks: list[str]
+    methods: list[str]
+    seeds: list[int]
+    preset: str | None = None
+    steps: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, shared by every trial
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted field -> values
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class Trial:
+    task: str
+    method: str
+    seed: int
+    point: tuple[tuple[str, Any], ...]  # the grid values of this trial
+    logdir: str
+
+    @property
+    def name(self) -> str:
+        return str(Path(self.task, self.method, str(self.seed), *([point_dir(self.point)] if self.point else [])))
+
+
+def point_dir(point: tuple[tuple[str, Any], ...]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point)
+
+
+def cli_value(v: Any) -> str:
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def trial_argv(spec: Spec, trial: Trial) -> list[str]:
+    """The `python -m recipes.tempo` command line of one trial."""
+    argv = ["--task", trial.task, "--seed", str(trial.seed), "--logdir", trial.logdir, *METHODS[trial.method]]
+    if spec.preset:
+        argv += ["--preset", spec.preset]
+    if spec.steps is not None:
+        argv += ["--steps", str(spec.steps)]
+    if spec.gpus_per_trial > 0:
+        argv += ["--device", "cuda"]
+    for k, v in [*spec.overrides.items(), *trial.point]:
+        argv += [f"--{k}", cli_value(v)]
+    return argv
+
+
+def trials(spec: Spec, root: Path) -> list[Trial]:
+    points = [tuple(zip(spec.grid, values, strict=True)) for values in itertools.product(*spec.grid.values())]
+    out = []
+    for task, method, seed, point in itertools.product(spec.tasks, spec.methods, spec.seeds, points or [()]):
+        logdir = root / task / method / str(seed)
+        if point:
+            logdir = logdir / point_dir(point)
+        out.append(Trial(task, method, seed, point, str(logdir)))
+    return out
+
+
+def progress(trial: Trial) -> tuple[int, int | None, float | None]:
+    """(frames of its newest checkpoint, frames asked, last eval return) of a trial's run directory;
+    (0, None, None) before its first checkpoint."""
+    rundir = RunDir(Path(trial.logdir))
+    if not (rundir.path / CHECKPOINT).exists():
+        return 0, None, None
+    try:
+        saved = rundir.saved_config()
+        loaded = rundir.load_checkpoint()
+    except RunDirError:
+        return 0, None, None
+    if loaded is None:
+        return 0, None, None
+    counters = loaded[0]["counters"]
+    return counters["step"], saved.get("run", {}).get("steps"), counters["last_eval"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------------
+def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
+    p = argparse.ArgumentParser(prog="python -m recipes.sweep", description=__doc__.split("\n\n")[0],
+                                epilog="Other --section.field VALUE pairs are shared by every trial.")
+    p.add_argument("dir", help="sweep directory (holds sweep.yaml, the trials' run directories)")
+    p.add_argument("--config", help="a sweep.yaml to start from (default: DIR/sweep.yaml if it exists)")
+    p.add_argument("--tasks", help="comma-separated tasks, e.g. reacher_easy,walker_stand")
+    p.add_argument("--methods", help="comma-separated: " + ", ".join(METHODS))
+    p.add_argument("--seeds", help="a count (3 = seeds 0,1,2) or a comma-separated list")
+    p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--steps", type=int, help="environment frames per trial")
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="a config field and its values (repeatable: the grid is their product)")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--max-failures", type=int, help="retries of a failing trial (default 2)")
+    p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
+    args, rest = p.parse_known_args(argv)
+
+    root = Path(args.dir).expanduser()
+    source = Path(args.config) if args.config else root / SPEC_FILE
+    if args.config and not source.is_file():
+        raise UsageError(f"--config {args.config}: no such file")
+    data: dict[str, Any] = {}
+    if source.is_file():
+        try:
+            data = yaml.safe_load(source.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(data, dict):
+            raise UsageError(f"{source}: expected a mapping of sweep fields, got {type(data).__name__}")
+    unknown = set(data) - set(Spec.__dataclass_fields__)
+    if unknown:
+        raise UsageError(f"{source}: unknown field(s) {sorted(unknown)}; accepted: {list(Spec.__dataclass_fields__)}")
+    if args.tasks:
+        data["tasks"] = args.tasks.split(",")
+    if args.methods:
+        data["methods"] = args.methods.split(",")
+    if args.seeds:
+        data["seeds"] = (list(range(int(args.seeds))) if args.seeds.isdigit()
+                         else [int(s) for s in args.seeds.split(",")])
+    for key in ("preset", "steps", "cpus_per_trial", "gpus_per_trial", "max_failures"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    grid = dict(data.get("grid") or {})
+    for item in args.grid:
+        k, sep, values = item.partition("=")
+        if not sep or not k or not values:
+            raise UsageError(f"--grid {item!r}: expected FIELD=V1,V2,...")
+        grid[k.removeprefix("--")] = [parse_value(v) for v in values.split(",")]
+    data["grid"] = grid
+    overrides = dict(data.get("overrides") or {})
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--") or "." not in tok or i + 1 >= len(rest):
+            raise UsageError(f"unrecognised argument {tok!r}; shared config fields are set as --section.field VALUE")
+        overrides[tok[2:]] = parse_value(rest[i + 1])
+        i += 2
+    data["overrides"] = overrides
+    for key in ("tasks", "methods", "seeds"):
+        if not data.get(key):
+            raise UsageError(f"no {key} given (--{key}, or a sweep.yaml that has them)")
+    bad = [m for m in data["methods"] if m not in METHODS]
+    if bad:
+        raise UsageError(f"unknown method {bad[0]!r}; accepted: {list(METHODS)}")
+    spec = Spec(**data)
+    if spec.cpus_per_trial <= 0 or spec.gpus_per_trial < 0 or spec.max_failures < 0:
+        raise UsageError(f"need cpus_per_trial > 0, gpus_per_trial >= 0, max_failures >= 0; got "
+                         f"{spec.cpus_per_trial}, {spec.gpus_per_trial}, {spec.max_failures}")
+    return root, spec, args.address
+
+
+def parse_value(raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def validate(spec: Spec, root: Path) -> list[Trial]:
+    """Every trial's config through the recipe's own checks, before Ray starts (one line per bad value)."""
+    out = trials(spec, root)
+    for t in out:
+        try:
+            res = resolve(trial_argv(spec, t))
+            preflight(res.cfg)
+        except UsageError as e:
+            raise UsageError(f"trial {t.name}: {e}") from e
+        known = flatten(res.cfg.model_dump())
+        for k in [*spec.overrides, *spec.grid]:
+            if k not in known:
+                raise UsageError(f"unknown config field {k!r} (see recipes/config.py)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ray Tune
+# ---------------------------------------------------------------------------------------------------
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT that accepts no connection fails now, in one line (ray.init would retry for minutes)."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"expected HOST:PORT or 'auto', got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {address} ({e.strerror or e})") from e
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune trainable: the recipe's `main` on the trial's command line, each metrics record reported."""
+    import ray
+    from ray import tune
+
+    from recipes import tempo
+
+    name, argv = config["name"], config["argv"]
+    if config.get("inject_fault"):
+        raise RuntimeError(f"fault injected into trial {name} ({FAIL_ENV})")
+    node = ray.get_runtime_context().get_node_id()
+    last: dict[str, float] = {}
+
+    def report(rec: dict[str, Any]) -> None:
+        if "eval_return" in rec:
+            last["eval_return"] = rec["eval_return"]
+        tune.report({"frames": rec["step"], "fps": rec.get("fps", 0.0), **last, "node": node})
+
+    code = tempo.main(argv, on_log=report)
+    if code != 0:
+        raise RuntimeError(f"trial {name}: recipes.tempo exited with code {code}")
+
+
+class LiveTable:
+    """A table of every trial's state, frames, fps and last eval return, printed every `every` seconds and
+    when a trial ends: plain lines, so it reads the same in a terminal, a CI log or `nohup`."""
+
+    def __init__(self, names: list[str], every: float = 30.0) -> None:
+        self.rows = {n: {"state": "pending", "frames": 0, "fps": None, "eval_return": None, "node": None}
+                     for n in names}
+        self.every, self.last_print = every, 0.0
+
+    def update(self, name: str, **values: Any) -> None:
+        self.rows[name].update(values)
+
+    def print(self, force: bool = False) -> None:
+        if not force and time.time() - self.last_print < self.every:
+            return
+        self.last_print = time.time()
+        width = max(len(n) for n in self.rows)
+        lines = [f"{'trial':<{width}}  {'state':<10} {'frames':>9} {'fps':>7} {'eval':>8}"]
+        for n, r in self.rows.items():
+            fps = f"{r['fps']:.1f}" if r["fps"] is not None else "-"
+            ev = f"{r['eval_return']:.1f}" if r["eval_return"] is not None else "-"
+            lines.append(f"{n:<{width}}  {r['state']:<10} {r['frames']:>9} {fps:>7} {ev:>8}")
+        print("\n".join(lines), flush=True)
+
+
+def tune_callback(table: LiveTable) -> Any:
+    from ray import tune
+
+    class Reporter(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            table.update(trial.config["trial"]["name"], state="running")
+            table.print()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            name = trial.config["trial"]["name"]
+            table.update(name, state="running", frames=int(result["frames"]), fps=result["fps"],
+                         eval_return=result.get("eval_return"), node=result.get("node"))
+            table.print()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            table.update(trial.config["trial"]["name"], state="finished")
+            table.print(force=True)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            table.update(trial.config["trial"]["name"], state="failed")
+            table.print(force=True)
+
+    return Reporter()
+
+
+def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTable) -> dict[str, Any]:
+    status = {}
+    for t in all_trials:
+        frames, steps, last_eval = progress(t)
+        row = dict(table.rows[t.name])
+        row.update(frames=frames, steps=steps, eval_return=last_eval, logdir=t.logdir)
+        if steps is not None and frames >= steps:
+            row["state"] = "finished"
+        status[t.name] = row
+    out = {"spec": asdict(spec), "trials": status}
+    atomic_write_text(root / STATUS_FILE, json.dumps(out, indent=1))
+    return out
+
+
+def sweep(root: Path, spec: Spec, address: str | None) -> int:
+    all_trials = validate(spec, root)
+    table = LiveTable([t.name for t in all_trials])
+    todo = []
+    for t in all_trials:
+        frames, steps, last_eval = progress(t)
+        if steps is not None and frames >= steps:
+            table.update(t.name, state="finished", frames=frames, eval_return=last_eval)
+        else:
+            todo.append(t)
+    if todo:
+        import ray
+        from ray import tune
+
+        try:  # before anything is written: an unreachable cluster is bad input
+            if address:
+                check_reachable(address)
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
+    print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
+          flush=True)
+    if todo:
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
+        params = {"trial": tune.grid_search([
+            {"name": t.name, "argv": trial_argv(spec, t), "inject_fault": t.name in faults} for t in todo])}
+        tuner = tune.Tuner(
+            tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
+            param_space=params,
+            tune_config=tune.TuneConfig(reuse_actors=True,  # a worker keeps torch & co. imported between trials
+                                        trial_name_creator=lambda tr: tr.config["trial"]["name"].replace("/", "-"),
+                                        trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"),
+            run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%dT%H%M%S')}",
+                                      storage_path=str((root / ".tune").resolve()), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                      callbacks=[tune_callback(table)]),
+        )
+        try:
+            tuner.fit()
+        finally:
+            ray.shutdown()
+    status = write_status(root, spec, all_trials, table)
+    table.rows = {n: {**table.rows[n], **status["trials"][n]} for n in table.rows}
+    table.print(force=True)
+    failed = [n for n, r in status["trials"].items() if r["state"] != "finished"]
+    if failed:
+        print(f"{len(failed)} trial(s) did not finish: {', '.join(failed)}; re-run the same command to resume them "
+              f"(each trial's log: its run directory and {root / '.tune'})", file=sys.stderr)
+        return 1
+    print(f"all {len(all_trials)} trials finished; report: python -m recipes.report {root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        root, spec, address = parse(argv)
+        return sweep(root, spec, address)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; re-run the same command to resume the others",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

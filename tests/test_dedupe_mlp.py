@@ -1,0 +1,128 @@
+"""`worldmodels.nets.MLP` is the one MLP builder: the actor, the critic and the world model's heads build
+bit-identical parameters and outputs to a hand-built stack of the same layers created in the same order."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from agents import ActorCritic
+from worldmodels import MLP, RSSM, WorldModel
+
+SEED = 123
+
+
+def hand_mlp(inp: int, out: int | None, layers: int, units: int, act: type[nn.Module] = nn.ELU,
+             norm: bool = False) -> nn.Sequential:
+    """Reference: Linear [+ LayerNorm(eps=1e-3), Linear without bias] + act per layer, then Linear(out)."""
+    mods: list[nn.Module] = []
+    dim = inp
+    for _ in range(layers):
+        mods.append(nn.Linear(dim, units, bias=not norm))
+        if norm:
+            mods.append(nn.LayerNorm(units, eps=1e-3))
+        mods.append(act())
+        dim = units
+    if out is not None:
+        mods.append(nn.Linear(dim, out))
+    return nn.Sequential(*mods)
+
+
+def keras_init(net: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases on every Linear, in module order."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def assert_same(got: list[Tensor], ref: list[Tensor]) -> None:
+    assert len(got) == len(ref)
+    for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype, i
+        assert torch.equal(a, b), i
+
+
+def fixed_input(*shape: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+
+
+def test_mlp_layers_match_a_hand_built_stack() -> None:
+    for kw in (dict(out=3, layers=2, units=8), dict(out=None, layers=3, units=5),
+               dict(out=2, layers=2, units=6, norm=True), dict(out=4, layers=0, units=9)):
+        torch.manual_seed(SEED)
+        mlp = MLP(5, kw["out"], kw["layers"], kw["units"], nn.ELU, kw.get("norm", False))
+        torch.manual_seed(SEED)
+        ref = hand_mlp(5, kw["out"], kw["layers"], kw["units"], nn.ELU, kw.get("norm", False))
+        assert [type(m) for m in mlp] == [type(m) for m in ref]
+        assert list(mlp.state_dict()) == list(ref.state_dict())
+        assert_same(list(mlp.parameters()), list(ref.parameters()))
+        x = fixed_input(4, 5)
+        assert torch.equal(mlp(x), ref(x))
+        assert mlp.out_dim == (kw["out"] if kw["out"] is not None else kw["units"] if kw["layers"] else 5)
+
+
+def test_actor_and_critic_match_hand_built_reference() -> None:
+    feat, act_dim, layers, units = 12, 3, 2, 16
+    for discrete in (False, True):
+        torch.manual_seed(SEED)
+        agent = ActorCritic(feat, act_dim, discrete, layers=layers, units=units)
+        torch.manual_seed(SEED)
+        actor = hand_mlp(feat, act_dim if discrete else 2 * act_dim, layers, units)
+        keras_init(actor)
+        critic = hand_mlp(feat, 1, layers, units)
+        keras_init(critic)
+        ref = [*actor.parameters(), *critic.parameters(), *critic.parameters()]  # slow critic: a copy
+        assert_same([p.detach() for p in agent.parameters()], [p.detach() for p in ref])
+        x = fixed_input(5, feat)
+        assert torch.equal(agent.actor.net(x), actor(x))
+        assert torch.equal(agent.critic(x), critic(x).squeeze(-1))
+        assert torch.equal(agent.value(x, slow=True), critic(x).squeeze(-1))
+    # state_dict keys of the agent are those of a plain Sequential (checkpoints stay loadable)
+    assert "critic.net.0.weight" in agent.state_dict() and agent.critic.net[0] is agent.critic.net.net[0]
+
+
+def test_world_model_heads_match_hand_built_reference() -> None:
+    obs, act, units, layers = 3, 2, 8, 2
+    kw = dict(deter=8, stoch=4, hidden=8, units=units, layers=layers, discount_head=True)
+    torch.manual_seed(SEED)
+    wm = WorldModel({"state": (obs,)}, act, **kw)
+    # Same construction order as WorldModel: encoder, RSSM, decoder, reward, discount; then Keras init of
+    # the MLPs in that order (the RSSM initialises itself).
+    torch.manual_seed(SEED)
+    enc = hand_mlp(obs, None, layers, units)
+    rssm = RSSM(act, units, 8, 4, 0, 8)
+    feat = rssm.feat_dim
+    dec = hand_mlp(feat, obs, layers, units)
+    rew, disc = hand_mlp(feat, 1, layers, units), hand_mlp(feat, 1, layers, units)
+    for m in (enc, dec, rew, disc):
+        keras_init(m)
+    ref = [*enc.parameters(), *rssm.parameters(), *dec.parameters(), *rew.parameters(), *disc.parameters()]
+    assert_same([p.detach() for p in wm.parameters()], [p.detach() for p in ref])
+    x = fixed_input(4, 2, feat)
+    assert torch.equal(wm.reward(x), rew(x).squeeze(-1))
+    assert torch.equal(wm.discount(x), torch.sigmoid(disc(x).squeeze(-1)))
+    assert torch.equal(wm.decoder(x), dec(x))
+    o = fixed_input(4, 2, obs)
+    assert torch.equal(wm.encoder(o), enc(o))
+    assert wm.encoder.out_dim == units
+
+
+def test_old_world_model_checkpoint_keys_still_load() -> None:
+    torch.manual_seed(SEED)
+    wm = WorldModel({"state": (3,)}, 2, deter=8, stoch=4, hidden=8, units=8, layers=2, discount_head=True)
+    heads = ("encoder.", "decoder.", "reward_head.", "discount_head.")
+    # keys as written when the MLP wrapped its layers in a `net` Sequential
+    old = {(k.split(".", 1)[0] + ".net." + k.split(".", 1)[1] if k.startswith(heads) else k): v.clone() + 1
+           for k, v in wm.state_dict().items()}
+    assert "reward_head.net.0.weight" in old
+    wm.load_state_dict(old)  # strict
+    assert torch.equal(wm.reward_head[0].weight, old["reward_head.net.0.weight"])
+    assert wm.reward_head.net[0] is wm.reward_head[0]
+
+
+def test_mlp_slice_is_a_plain_sequential() -> None:
+    mlp = MLP(4, 2, 2, 8)
+    head = mlp[:-1]
+    assert type(head) is nn.Sequential and len(head) == len(mlp) - 1 and head[0] is mlp[0]

@@ -1,0 +1,191 @@
+"""A run directory that never lies: kill -9 at any moment, corrupt checkpoints, reruns with other settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_recipe_tempo import ROOT, records, run_cli
+
+REPEAT = 2  # DMC
+ARGS = ["--task", "cartpole_swingup", "--preset", "debug", "--run.steps", "900", "--run.checkpoint_every", "200",
+        "--run.log_every", "60", "--run.eval_every", "300"]
+
+
+def start(logdir: Path, extra_env: dict | None = None, args: list[str] = ARGS) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.Popen([sys.executable, "-m", "recipes.tempo", *args, "--logdir", str(logdir)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def stored_agent_steps(logdir: Path) -> int:
+    """Agent steps the replay holds: each episode file stores its first observation plus one per step."""
+    return sum(int(p.stem.rsplit("-", 1)[1]) - 1 for p in (logdir / "replay").glob("*.npz"))
+
+
+def check_consistent(logdir: Path, total: int | None = None) -> None:
+    steps = [r["step"] for r in records(logdir)]
+    assert steps == sorted(set(steps)), f"metrics steps not strictly increasing: {steps}"
+    state = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    pending = state["replay"]["pending"]
+    agent_steps = stored_agent_steps(logdir) + (len(pending["action"]) - 1 if pending is not None else 0)
+    assert agent_steps * REPEAT == state["counters"]["step"], "frame counter != what the replay holds"
+    newest = state["replay"]["last_file"]
+    assert all(p.name <= newest for p in (logdir / "replay").glob("*.npz"))
+    if total is not None:
+        assert state["counters"]["step"] == total and steps[-1] == total
+        assert [s for s in steps if s % 60 == 0] == list(range(0, total + 1, 60)), "a log step is missing"
+
+
+def test_sigkill_at_any_moment_then_resume_keeps_the_run_consistent(tmp_path):
+    """kill -9 before the first checkpoint, in the middle of a checkpoint write, and at two random moments;
+    each rerun resumes or starts clean, and the finished run has every log step once and a frame counter equal
+    to what the replay holds."""
+    logdir = tmp_path / "run"
+    rng = random.Random(0)
+    # 1. before the first checkpoint: metrics exist, no checkpoint yet
+    proc = start(logdir)
+    kill_when(proc, lambda: (logdir / "metrics.jsonl").exists() and (logdir / "replay").exists())
+    assert not (logdir / "checkpoint.pt").exists()
+    # 2. a rerun starts clean (and says so); killed while a checkpoint is being written
+    proc = start(logdir, {"TEMPO_TEST_CHECKPOINT_WRITE_DELAY": "3"})
+    kill_when(proc, lambda: (logdir / "checkpoint.pt.tmp").exists() and (logdir / "checkpoint.pt").exists())
+    assert "starting clean" in proc.stderr.read()
+    # 3, 4. random moments
+    for _ in range(2):
+        t0 = time.time()
+        proc = start(logdir)
+        wait = rng.uniform(4, 12)
+        kill_when(proc, lambda t0=t0, wait=wait: time.time() - t0 > wait)
+    p = run_cli([*ARGS, "--logdir", str(logdir)])
+    assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-3000:]
+    check_consistent(logdir, total=900)
+    assert json.loads(p.stdout.strip().splitlines()[-1])["step"] == 900
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    logdir = tmp_path / "run"
+    args = [*ARGS[:-6], "--run.checkpoint_every", "60", "--run.steps", "300"]
+    assert run_cli([*args, "--logdir", str(logdir)]).returncode == 0
+    ckpt = logdir / "checkpoint.pt"
+    assert (logdir / "checkpoint.prev.pt").exists()
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
+    p = run_cli([*args, "--run.steps", "360", "--logdir", str(logdir)])
+    assert p.returncode == 0, p.stderr[-2000:]
+    warnings = [ln for ln in p.stderr.splitlines() if ln.startswith("warning:") and "checkpoint.pt" in ln]
+    assert len(warnings) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "from checkpoint.prev.pt" in p.stderr
+    check_consistent(logdir, total=360)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # both unreadable: one line, exit 2, nothing touched
+        (logdir / name).write_bytes(os.urandom(500))
+    before = sorted(p.name for p in logdir.rglob("*"))
+    p = run_cli([*args, "--run.steps", "420", "--logdir", str(logdir)])
+    assert p.returncode == 2 and "no readable checkpoint" in p.stderr.splitlines()[-1], p.stderr
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")] and "Traceback" not in p.stderr
+    assert sorted(p.name for p in logdir.rglob("*")) == before
+
+
+def test_garbage_in_metrics_and_missing_config(tmp_path):
+    logdir = tmp_path / "run"
+    args = [*ARGS[:-6], "--run.steps", "240", "--run.checkpoint_every", "60"]
+    assert run_cli([*args, "--logdir", str(logdir)]).returncode == 0
+    with open(logdir / "metrics.jsonl", "ab") as f:
+        f.write(b"\xff\xfe\x00garbage\n{not json\n")
+    p = run_cli([*args, "--run.steps", "300", "--logdir", str(logdir)])
+    assert p.returncode == 0 and "dropped 2 unreadable line(s)" in p.stderr and "Traceback" not in p.stderr
+    check_consistent(logdir, total=300)
+    (logdir / "config.json").unlink()
+    p = run_cli([*args, "--run.steps", "360", "--logdir", str(logdir)])
+    assert p.returncode == 2 and p.stderr.startswith("error:") and "config.json is missing" in p.stderr
+
+
+def test_resume_refuses_other_settings_and_records_safe_changes(tmp_path):
+    logdir = tmp_path / "run"
+    base = [*ARGS[:-6], "--run.steps", "240", "--run.checkpoint_every", "60", "--logdir", str(logdir)]
+    assert run_cli(base).returncode == 0
+    config = (logdir / "config.json").read_text()
+    for extra, needle in ((["--world_model.deter", "8"], "world_model.deter 16 -> 8"),
+                          (["--task", "walker_walk"], "env.task 'cartpole_swingup' -> 'walker_walk'"),
+                          (["--preset", "dmc_state"], "preset 'debug' -> 'dmc_state'")):
+        p = run_cli([*base, *extra])
+        assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert (logdir / "config.json").read_text() == config  # nothing written
+    p = run_cli([*base, "--run.steps", "300", "--world_model.lr", "1e-4"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    saved = json.loads((logdir / "config.json").read_text())
+    assert saved["world_model"]["lr"] == 1e-4 and saved["run"]["steps"] == 300
+    assert saved["history"][-1]["changed"] == {"run.steps": [240, 300], "world_model.lr": [3e-4, 1e-4]}
+    # the resumed run trained with the new learning rate (DreamerV2's decoupled decay kept at 1e-6 per step)
+    state = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    group = state["trainer"]["lower_opt"]["param_groups"][0]
+    assert group["lr"] == 1e-4 and group["weight_decay"] * group["lr"] == pytest.approx(1e-6)
+    # a plain rerun with no options resumes the run's own settings
+    p = run_cli(["--logdir", str(logdir), "--run.steps", "360"])
+    assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-2000:]
+
+
+def test_sigint_works_in_a_background_job_that_ignores_it(tmp_path):
+    """A shell starts background jobs with SIGINT ignored; the recipe installs its handler explicitly."""
+    logdir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.tempo", *ARGS, "--run.steps", "100000", "--logdir",
+                             str(logdir)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    kill = proc.send_signal
+    deadline = time.time() + 120
+    while time.time() < deadline and not (logdir / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(2)
+    kill(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "checkpoint saved" in err, err[-2000:]
+
+
+# ---- the replay's own guards ------------------------------------------------------------------------------
+def episode_steps(n: int, reward=None):
+    for t in range(n):
+        yield {"state": np.full(3, float(t), np.float32), "reward": np.float32(1.0 if reward is None else reward(t)),
+               "is_first": t == 0, "is_last": t == n - 1, "is_terminal": False}
+
+
+def test_replay_sanitises_nonfinite_data_counts_and_warns_once(tmp_path):
+    from envs import Replay
+
+    replay = Replay(tmp_path, capacity=1000)
+    with pytest.warns(UserWarning, match="non-finite reward in a step, stored as 0") as w:
+        for _ in range(2):
+            for obs in episode_steps(10, reward=lambda t: np.nan if t in (3, 4) else 1.0):
+                replay.add(obs, np.zeros(2, np.float32))
+    assert len(w) == 1 and replay.counters()["replay_sanitized_steps"] == 4
+    batch = replay.sample(8, 10)
+    assert np.isfinite(batch["reward"]).all() and (batch["reward"] == 0).sum() == 16
+
+
+def test_replay_bounds_its_disk_use(tmp_path):
+    from envs import Replay
+
+    replay = Replay(tmp_path, capacity=1000, disk_capacity=25)
+    for _ in range(5):
+        for obs in episode_steps(10):
+            replay.add(obs, np.zeros(2, np.float32))
+    files = sorted(tmp_path.glob("*.npz"))
+    assert len(files) == 2 and replay.counters()["replay_deleted_files"] == 3 and len(replay) == 20

@@ -1,0 +1,140 @@
+"""`python -m recipes.sweep` on Ray Tune: interrupted and resumed, on a two-node local cluster, with a failing trial,
+and bad input refused before anything starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from recipes.sweep import FAIL_ENV, STATUS_FILE, Spec, Trial, progress, trials
+from tests.test_recipe_tempo import ROOT, records
+
+pytest.importorskip("ray")
+
+DEBUG = ["--preset", "debug", "--steps", "150", "--run.video_every", "0", "--run.checkpoint_every", "60"]
+
+
+def env(extra: dict | None = None) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", **(extra or {})}
+
+
+def sweep_cmd(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "recipes.sweep", str(root), *args]
+
+
+def digest(logdir: str) -> str:
+    h = hashlib.sha256()
+    for name in ("metrics.jsonl", "checkpoint.pt", "config.json"):
+        h.update((Path(logdir) / name).read_bytes())
+    return h.hexdigest()
+
+
+def all_trials(root: Path) -> list[Trial]:
+    import yaml
+
+    return trials(Spec(**yaml.safe_load((root / "sweep.yaml").read_text())), root)
+
+
+def finished(t: Trial) -> bool:
+    frames, steps, _ = progress(t)
+    return steps is not None and frames >= steps
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path):
+    root = tmp_path / "sweep"
+    args = ["--tasks", "cartpole_swingup,cartpole_balance", "--methods", "tempo,dreamerv2", "--seeds", "2", *DEBUG]
+    proc = subprocess.Popen(sweep_cmd(root, *args), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if (root / "sweep.yaml").exists() and sum(finished(t) for t in all_trials(root)) >= 2:
+            break
+    assert proc.poll() is None, f"the sweep ended before the interrupt:\n{proc.stdout.read()[-3000:]}"
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode != 0, out[-3000:]
+    done = {t.name: digest(t.logdir) for t in all_trials(root) if finished(t)}
+    assert 2 <= len(done) < 8, out[-3000:]
+
+    res = subprocess.run(sweep_cmd(root), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert f"8 trials, {len(done)} finished, {8 - len(done)} to run" in res.stdout
+    for t in all_trials(root):
+        assert finished(t), t.name
+        steps = [r["step"] for r in records(Path(t.logdir))]
+        assert steps == sorted(set(steps)) and steps[-1] == 150, (t.name, steps)  # no duplicated or lost step
+        if t.name in done:
+            assert digest(t.logdir) == done[t.name], f"{t.name} was finished but ran again"
+    status = json.loads((root / STATUS_FILE).read_text())["trials"]
+    assert all(s["state"] == "finished" and s["frames"] == 150 for s in status.values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_path):
+    port = free_port()
+    # a short temp dir: Ray's unix sockets live under it, and their paths are limited to ~107 characters
+    # loopback only, so no token authentication (a real cluster shares one token, see the README)
+    ray_env = env({"RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"), "RAY_AUTH_MODE": "disabled"})
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    local = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    start = subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *local],
+                           env=ray_env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    try:
+        node = subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", *local], env=ray_env,
+                              capture_output=True, text=True, timeout=180)
+        assert node.returncode == 0, node.stdout[-2000:] + node.stderr[-2000:]
+        root = tmp_path / "sweep"
+        args = ["--tasks", "cartpole_swingup,cartpole_balance,reacher_easy", "--methods", "dreamerv2", "--seeds", "1",
+                "--max-failures", "1", "--address", f"127.0.0.1:{port}", *DEBUG]
+        failing = "reacher_easy/dreamerv2/0"
+        res = subprocess.run(sweep_cmd(root, *args), cwd=ROOT, env={**ray_env, FAIL_ENV: failing},
+                             capture_output=True, text=True, timeout=900)
+        assert res.returncode == 1, (res.stdout + res.stderr)[-3000:]
+        assert f"1 trial(s) did not finish: {failing}" in res.stderr
+        status = json.loads((root / STATUS_FILE).read_text())["trials"]
+        assert status[failing]["state"] == "failed"
+        ok = [s for n, s in status.items() if n != failing]
+        assert all(s["state"] == "finished" for s in ok), status
+        assert len({s["node"] for s in ok}) == 2, status  # one CPU per node: the two trials ran side by side
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=ray_env, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "cartpole_swingup", "--methods", "tempo,foo", "--seeds", "1"], "unknown method 'foo'; accepted:"),
+    (["--tasks", "nosuchtask", "--methods", "tempo", "--seeds", "1"], "trial nosuchtask/tempo/0:"),
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--grid", "world_model.lr=fast"],
+     "world_model.lr: Input should be a valid number"),
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--grid", "world_model.nope=1"],
+     "world_model.nope: Extra inputs are not permitted"),
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--address", "127.0.0.1:1"],
+     "cannot reach Ray at '127.0.0.1:1'"),
+    (["--methods", "tempo", "--seeds", "1"], "no tasks given"),
+], ids=["method", "task", "grid-type", "grid-field", "address", "missing"])
+def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
+    root = tmp_path / "sweep"
+    res = subprocess.run(sweep_cmd(root, *args, "--preset", "debug"), cwd=ROOT, env=env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert not any((root / d).exists() for d in ("cartpole_swingup", "nosuchtask")), "a trial directory was made"
