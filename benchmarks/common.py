@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from bilevel import BilevelConfig, BilevelTrainer
+from bilevel.contractions import CONTRACTIONS
 from bilevel.precision import Precision, cpu_flags, cpu_model, native_bf16
 from recipes.config import HYPERGRADIENTS, Config, deep_update
 from recipes.config import build as build_config
@@ -146,13 +147,10 @@ def _bench_size(size: str | BenchSize | Size) -> BenchSize:
 CONFIGS: dict[str, dict[str, Any]] = {
     "none": {"strategy": "none"},
     "naive": {"strategy": "naive"},
-    "approx-double_backward": {"strategy": "approx", "contraction": "double_backward"},
-    "approx-jvp": {"strategy": "approx", "contraction": "jvp"},
-    "approx-terms_jvp": {"strategy": "approx", "contraction": "terms_jvp"},
-    "approx-terms_fd": {"strategy": "approx", "contraction": "terms_fd"},
+    # θ'≈θ with every registered contraction (a new one is benchmarked without an edit here)
+    **{f"approx-{c}": {"strategy": "approx", "contraction": c} for c in CONTRACTIONS},
     "approx-terms_fd-every2": {"strategy": "approx", "contraction": "terms_fd", "meta_every": 2},
     "approx-terms_fd-every4": {"strategy": "approx", "contraction": "terms_fd", "meta_every": 4},
-    "approx-finite_difference": {"strategy": "approx", "contraction": "finite_difference"},
     "unroll1-native": {"strategy": "unroll", "unroll_steps": 1, "engine": "native"},
     "unroll3-native": {"strategy": "unroll", "unroll_steps": 3, "engine": "native"},
     "unroll1-higher": {"strategy": "unroll", "unroll_steps": 1, "engine": "higher"},

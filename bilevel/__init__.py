@@ -1,11 +1,18 @@
 """Generic bilevel sample reweighting: a model θ trained on weighted per-sample losses, a weighter α
-trained by a hypergradient of a task (upper) loss. Knows nothing about world models."""
+trained by a hypergradient of a task (upper) loss. Knows nothing about world models.
+
+Extension points (one registered class each): `CONTRACTIONS` / `Contraction`, `STRATEGIES` / `Strategy`,
+`ENGINES` / `Engine`."""
 
 from bilevel.config import BilevelConfig, WeighterConfig
+from bilevel.contractions import CONTRACTIONS, Contraction
+from bilevel.engines import ENGINES, Engine
 from bilevel.norm import MovingNorm
 from bilevel.problem import BilevelProblem, Params
+from bilevel.strategies import STRATEGIES, Strategy
 from bilevel.trainer import BilevelTrainer, StepResult
 from bilevel.weighter import MetaWeighter
 
-__all__ = ["BilevelConfig", "BilevelProblem", "BilevelTrainer", "MetaWeighter", "MovingNorm", "Params",
-           "StepResult", "WeighterConfig"]
+__all__ = ["CONTRACTIONS", "ENGINES", "STRATEGIES", "BilevelConfig", "BilevelProblem", "BilevelTrainer",
+           "Contraction", "Engine", "MetaWeighter", "MovingNorm", "Params", "StepResult", "Strategy",
+           "WeighterConfig"]

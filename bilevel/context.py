@@ -114,9 +114,9 @@ class StepContext:
                           else contextlib.nullcontext())
                 with float32(self.lower.device), self.rng.replay(), replay:
                     ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
-                    self._upper = self.problem.upper_loss(self.batch, ctx)
+                    self._upper = self.problem.upper_objective(self.batch, ctx)
             else:
-                self._upper = self.problem.upper_loss(self.batch, self.lower_ctx)
+                self._upper = self.problem.upper_objective(self.batch, self.lower_ctx)
         return self._upper
 
     def upper_value(self) -> float:
@@ -124,7 +124,7 @@ class StepContext:
         if self._upper is not None:
             return float(self._upper.detach())
         with torch.no_grad():
-            return float(self.problem.upper_loss(self.batch, self.lower_ctx))
+            return float(self.problem.upper_objective(self.batch, self.lower_ctx))
 
     def upper_grad(self) -> list[Tensor]:
         """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params (cached)."""

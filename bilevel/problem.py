@@ -5,7 +5,7 @@ losses and a context (e.g. inferred latent states). Everything a hypergradient s
 expressed through the five methods below, so `bilevel/` never needs to know what the model is.
 
     lower:  θ*(α) = argmin_θ  lower_objective(lower_losses(θ), w)      w = N_α(weighter_inputs)
-    upper:  min_α  upper_loss(θ*(α))
+    upper:  min_α  upper_objective(θ*(α))
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class BilevelProblem(ABC):
         """Features for the weighter, `[..., F]` with the per-sample shape `[...]` as leading dims."""
 
     @abstractmethod
-    def upper_loss(self, batch: Any, ctx: Any) -> Tensor:
+    def upper_objective(self, batch: Any, ctx: Any) -> Tensor:
         """Scalar task loss, differentiable in θ through `ctx` (from the same forward pass)."""
 
     def lower_objective(self, losses: Tensor | Mapping[str, Tensor], w: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ class BilevelProblem(ABC):
         return {k: v - losses[k].detach() for k, v in new.items()}
 
     def upper_context(self, batch: Any, params: Params) -> Any:
-        """The context `upper_loss` needs, from a pass at `params` (the default: the whole `lower_losses`).
+        """The context `upper_objective` needs, from a pass at `params` (the default: the whole `lower_losses`).
 
         Used after a reduced-precision forward pass: the trainer recomputes the upper loss in float32 from this
         context (same noise, the forward's stop-gradient values replayed), since ∇θ L_up through a bfloat16

@@ -202,7 +202,7 @@ def upper_grad_through(sc: StepContext, params: list[Tensor]) -> list[Tensor]:
     noise, differentiated back through the steps to α (the unroll's tail, for every engine)."""
     with sc.rng.replay():
         _, ctx = sc.problem.lower_losses(sc.batch, dict(zip(sc.names, params, strict=True)))
-    return grads_or_zeros(sc.problem.upper_loss(sc.batch, ctx), sc.alpha)
+    return grads_or_zeros(sc.problem.upper_objective(sc.batch, ctx), sc.alpha)
 
 
 @STRATEGIES.register

@@ -126,7 +126,7 @@ class NoisyLabelsProblem(BilevelProblem):
     def weighter_inputs(self, ctx: dict[str, Any]) -> Tensor:
         return self.features(ctx["losses"], ctx["y"])
 
-    def upper_loss(self, batch: Any, ctx: dict[str, Any]) -> Tensor:
+    def upper_objective(self, batch: Any, ctx: dict[str, Any]) -> Tensor:
         return F.cross_entropy(self.call(ctx["params"], self.x_meta), self.y_meta)
 
     def upper_losses(self, batch: Any, ctx: dict[str, Any]) -> Tensor:

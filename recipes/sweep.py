@@ -27,14 +27,16 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
-from recipes.cli import UsageError, flatten, preflight, resolve
-from recipes.config import PRESETS
+from bilevel.config import Strict
+from recipes.cli import UsageError, preflight, resolve
+from recipes.config import PRESETS, format_error
 from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
@@ -50,20 +52,27 @@ SPEC_FILE, STATUS_FILE = "sweep.yaml", "sweep_status.json"
 FAIL_ENV = "TEMPO_TEST_SWEEP_FAIL"
 
 
-@dataclass
-class Spec:
-    """What a sweep runs; written to `sweep.yaml` and loadable from it."""
+class Spec(Strict):
+    """What a sweep runs; written to `sweep.yaml` and loadable from it (validated: a wrong type is one line)."""
 
-    tasks: list[str]
-    methods: list[str]
-    seeds: list[int]
+    tasks: list[str] = Field(min_length=1)
+    methods: list[str] = Field(min_length=1)
+    seeds: list[NonNegativeInt] = Field(min_length=1)
     preset: str | None = None
-    steps: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)  # dotted field -> value, shared by every trial
-    grid: dict[str, list[Any]] = field(default_factory=dict)  # dotted field -> values
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 2
+    steps: PositiveInt | None = None
+    overrides: dict[str, Any] = {}  # dotted field -> value, shared by every trial
+    grid: dict[str, list[Any]] = {}  # dotted field -> values
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_failures: int = Field(2, ge=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; accepted: {list(METHODS)}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -162,9 +171,9 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
             raise UsageError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
         if not isinstance(data, dict):
             raise UsageError(f"{source}: expected a mapping of sweep fields, got {type(data).__name__}")
-    unknown = set(data) - set(Spec.__dataclass_fields__)
+    unknown = set(data) - set(Spec.model_fields)
     if unknown:
-        raise UsageError(f"{source}: unknown field(s) {sorted(unknown)}; accepted: {list(Spec.__dataclass_fields__)}")
+        raise UsageError(f"{source}: unknown field(s) {sorted(unknown)}; accepted: {list(Spec.model_fields)}")
     if args.tasks:
         data["tasks"] = args.tasks.split(",")
     if args.methods:
@@ -194,13 +203,10 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
     for key in ("tasks", "methods", "seeds"):
         if not data.get(key):
             raise UsageError(f"no {key} given (--{key}, or a sweep.yaml that has them)")
-    bad = [m for m in data["methods"] if m not in METHODS]
-    if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; accepted: {list(METHODS)}")
-    spec = Spec(**data)
-    if spec.cpus_per_trial <= 0 or spec.gpus_per_trial < 0 or spec.max_failures < 0:
-        raise UsageError(f"need cpus_per_trial > 0, gpus_per_trial >= 0, max_failures >= 0; got "
-                         f"{spec.cpus_per_trial}, {spec.gpus_per_trial}, {spec.max_failures}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(format_error(e)) from e
     return root, spec, args.address
 
 
@@ -222,10 +228,6 @@ def validate(spec: Spec, root: Path) -> list[Trial]:
             preflight(res.cfg)
         except UsageError as e:
             raise UsageError(f"trial {t.name}: {e}") from e
-        known = flatten(res.cfg.model_dump())
-        for k in [*spec.overrides, *spec.grid]:
-            if k not in known:
-                raise UsageError(f"unknown config field {k!r} (see recipes/config.py)")
     return out
 
 
@@ -327,7 +329,7 @@ def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTab
         if steps is not None and frames >= steps:
             row["state"] = "finished"
         status[t.name] = row
-    out = {"spec": asdict(spec), "trials": status}
+    out = {"spec": spec.model_dump(), "trials": status}
     atomic_write_text(root / STATUS_FILE, json.dumps(out, indent=1))
     return out
 
@@ -355,7 +357,7 @@ def sweep(root: Path, spec: Spec, address: str | None) -> int:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / SPEC_FILE, yaml.safe_dump(asdict(spec), sort_keys=False))
+    atomic_write_text(root / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
     if todo:

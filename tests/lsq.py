@@ -32,7 +32,7 @@ class LSQProblem(BilevelProblem):
     def weighter_inputs(self, ctx):
         return self.batch["f"]
 
-    def upper_loss(self, batch, ctx):
+    def upper_objective(self, batch, ctx):
         pred = self.call(ctx["params"], batch["xv"]).squeeze(-1)
         return 0.5 * ((pred - batch["yv"]) ** 2).mean()
 

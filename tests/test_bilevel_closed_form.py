@@ -126,7 +126,7 @@ def test_unroll_sgd_one_step_equals_actual_update_direction():
         gth = torch.autograd.grad(sc.lower, problem.model.weight)[0]
         with torch.no_grad():
             th1 = theta0 - eta * gth
-            up = problem.upper_loss(problem.batch, {"params": {"weight": th1}})
+            up = problem.upper_objective(problem.batch, {"params": {"weight": th1}})
             a.sub_(delta)
             problem.model.weight.copy_(theta0)
         return float(up)

@@ -48,7 +48,7 @@ class SGProblem(BilevelProblem):
     def weighter_inputs(self, ctx):
         return self.batch["f"]
 
-    def upper_loss(self, batch, ctx):
+    def upper_objective(self, batch, ctx):
         return 0.5 * ((self.call(ctx["params"], batch["xv"]).squeeze(-1) - batch["yv"]) ** 2).mean()
 
 
@@ -106,7 +106,7 @@ def lower_grad_dot(problem, trainer, weighter, v: list[torch.Tensor], seed: int)
 
 
 def upper_grad(problem) -> list[torch.Tensor]:
-    out = problem.upper_loss(problem.batch, {"params": dict(problem.model.named_parameters())})
+    out = problem.upper_objective(problem.batch, {"params": dict(problem.model.named_parameters())})
     return [g.detach() for g in torch.autograd.grad(out, list(problem.model.parameters()))]
 
 
@@ -186,7 +186,7 @@ def upper_after_real_steps(problem, trainer, weighter, steps: int, seed: int, ta
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), trainer.lower_clip)
         opt.step()
     with torch.no_grad():
-        return float(problem.upper_loss(problem.batch, {"params": dict(model.named_parameters())}))
+        return float(problem.upper_objective(problem.batch, {"params": dict(model.named_parameters())}))
 
 
 def unroll_reference(problem, trainer, steps: int, seed: int) -> torch.Tensor:

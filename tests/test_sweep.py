@@ -42,7 +42,7 @@ def digest(logdir: str) -> str:
 def all_trials(root: Path) -> list[Trial]:
     import yaml
 
-    return trials(Spec(**yaml.safe_load((root / "sweep.yaml").read_text())), root)
+    return trials(Spec.model_validate(yaml.safe_load((root / "sweep.yaml").read_text())), root)
 
 
 def finished(t: Trial) -> bool:
@@ -129,7 +129,9 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--address", "127.0.0.1:1"],
      "cannot reach Ray at '127.0.0.1:1'"),
     (["--methods", "tempo", "--seeds", "1"], "no tasks given"),
-], ids=["method", "task", "grid-type", "grid-field", "address", "missing"])
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--cpus-per-trial", "0"],
+     "cpus_per_trial: Input should be greater than 0"),
+], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus"])
 def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
     root = tmp_path / "sweep"
     res = subprocess.run(sweep_cmd(root, *args, "--preset", "debug"), cwd=ROOT, env=env(), capture_output=True,

@@ -281,7 +281,7 @@ def test_vvaml_upper_loss_reuses_the_weighters_values(norm):
     torch.manual_seed(0)
     sc = trainer.forward(problem, batch)
     want = VVAML(norm=norm)(sc.lower_ctx.post["h"], sc.lower_ctx.post["s"], sc.lower_ctx.prior["s"], problem.value_fn)
-    got = problem.upper_loss(batch, sc.lower_ctx)
+    got = problem.upper_objective(batch, sc.lower_ctx)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
     g1 = torch.autograd.grad(got, sc.lower_ctx.post["s"], retain_graph=True)[0]
     g2 = torch.autograd.grad(want, sc.lower_ctx.post["s"])[0]

@@ -127,7 +127,7 @@ class TempoProblem(BilevelProblem):
             return post["h"], probs(post), probs(prior)
         return post["h"], post["s"], prior["s"]
 
-    def upper_loss(self, batch: Any, ctx: TempoContext) -> Tensor:
+    def upper_objective(self, batch: Any, ctx: TempoContext) -> Tensor:
         if isinstance(self.upper, VVAML) and self.upper.value_norm.mode != "moving":
             # the values the weighter read, with their graph: no second pair of critic passes (moving statistics
             # must be updated by the loss itself, once per step)

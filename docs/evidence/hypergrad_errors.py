@@ -78,7 +78,7 @@ class SGProblem(BilevelProblem):
     def weighter_inputs(self, ctx):
         return self.batch["f"]
 
-    def upper_loss(self, batch, ctx):
+    def upper_objective(self, batch, ctx):
         return 0.5 * ((self.call(ctx["params"], batch["xv"]).squeeze(-1) - batch["yv"]) ** 2).mean()
 
 
@@ -96,7 +96,7 @@ def upper_after_real_steps(problem, trainer, weighter, steps, seed, tapes, recor
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), trainer.lower_clip)
         opt.step()
     with torch.no_grad():
-        return float(problem.upper_loss(problem.batch, {"params": dict(model.named_parameters())}))
+        return float(problem.upper_objective(problem.batch, {"params": dict(model.named_parameters())}))
 
 
 def unroll_reference(problem, trainer, steps, seed, h=1e-6) -> torch.Tensor:
