@@ -64,6 +64,9 @@ class Spec(Strict):
     grid: dict[str, list[Any]] = {}  # dotted field -> values
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
+    # Reserved with Ray, so it never starts more trials than the memory holds (its OOM killer would end them):
+    # a `dmc_state` trial peaks at about 1.7 GB.
+    memory_per_trial_gb: float = Field(2.0, ge=0)
     max_failures: int = Field(2, ge=0)
 
     @field_validator("methods")
@@ -113,7 +116,9 @@ def trial_argv(spec: Spec, trial: Trial) -> list[str]:
 def trials(spec: Spec, root: Path) -> list[Trial]:
     points = [tuple(zip(spec.grid, values, strict=True)) for values in itertools.product(*spec.grid.values())]
     out = []
-    for task, method, seed, point in itertools.product(spec.tasks, spec.methods, spec.seeds, points or [()]):
+    # Seed-major: when not every trial fits at once, the first ones are whole seeds of the grid, so a partial
+    # sweep compares the methods on the same seeds and tasks.
+    for seed, task, method, point in itertools.product(spec.seeds, spec.tasks, spec.methods, points or [()]):
         logdir = root / task / method / str(seed)
         if point:
             logdir = logdir / point_dir(point)
@@ -155,6 +160,7 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
                    help="a config field and its values (repeatable: the grid is their product)")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
+    p.add_argument("--memory-per-trial-gb", type=float, help="memory reserved per trial (default 2)")
     p.add_argument("--max-failures", type=int, help="retries of a failing trial (default 2)")
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
     args, rest = p.parse_known_args(argv)
@@ -181,7 +187,7 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
     if args.seeds:
         data["seeds"] = (list(range(int(args.seeds))) if args.seeds.isdigit()
                          else [int(s) for s in args.seeds.split(",")])
-    for key in ("preset", "steps", "cpus_per_trial", "gpus_per_trial", "max_failures"):
+    for key in ("preset", "steps", "cpus_per_trial", "gpus_per_trial", "memory_per_trial_gb", "max_failures"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     grid = dict(data.get("grid") or {})
@@ -361,7 +367,8 @@ def sweep(root: Path, spec: Spec, address: str | None) -> int:
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
     if todo:
-        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial,
+                     "memory": int(spec.memory_per_trial_gb * 2**30)}
         faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
         params = {"trial": tune.grid_search([
             {"name": t.name, "argv": trial_argv(spec, t), "inject_fault": t.name in faults} for t in todo])}
