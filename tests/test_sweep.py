@@ -3,6 +3,7 @@ and bad input refused before anything starts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -87,24 +88,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ray_node(ray_env: dict, *args: str) -> subprocess.Popen:
+    """`ray start --block` in its own process group: stopping it stops this node only (`ray stop` would end every
+    Ray cluster of the user on the machine)."""
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
+           "--num-cpus=1", "--disable-usage-stats", *args]
+    return subprocess.Popen(cmd, env=ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def alive_nodes(address: str, ray_env: dict) -> int:
+    code = (f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))")
+    res = subprocess.run([sys.executable, "-c", code], env=ray_env, capture_output=True, text=True, timeout=120)
+    return int(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and res.stdout.strip() else 0
+
+
 @pytest.mark.slow
 def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_path):
     port = free_port()
-    # a short temp dir: Ray's unix sockets live under it, and their paths are limited to ~107 characters
+    address = f"127.0.0.1:{port}"
+    # a short temp dir: Ray's unix sockets live under it, and their paths are limited to ~107 characters;
     # loopback only, so no token authentication (a real cluster shares one token, see the README)
     ray_env = env({"RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp"), "RAY_AUTH_MODE": "disabled"})
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    local = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-    start = subprocess.run([*ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *local],
-                           env=ray_env, capture_output=True, text=True, timeout=180)
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    nodes = [ray_node(ray_env, "--head", f"--port={port}", "--include-dashboard=false")]
     try:
-        node = subprocess.run([*ray, "start", f"--address=127.0.0.1:{port}", *local], env=ray_env,
-                              capture_output=True, text=True, timeout=180)
-        assert node.returncode == 0, node.stdout[-2000:] + node.stderr[-2000:]
+        deadline = time.time() + 180
+        while time.time() < deadline and alive_nodes(address, ray_env) < 1:
+            time.sleep(2)
+        nodes.append(ray_node(ray_env, f"--address={address}"))
+        while time.time() < deadline and alive_nodes(address, ray_env) < 2:
+            time.sleep(2)
+        assert alive_nodes(address, ray_env) == 2, "the two-node cluster did not come up"
         root = tmp_path / "sweep"
         args = ["--tasks", "cartpole_swingup,cartpole_balance,reacher_easy", "--methods", "dreamerv2", "--seeds", "1",
-                "--max-failures", "1", "--address", f"127.0.0.1:{port}", *DEBUG]
+                "--max-failures", "1", "--memory-per-trial-gb", "0.5", "--address", address, *DEBUG]
         failing = "reacher_easy/dreamerv2/0"
         res = subprocess.run(sweep_cmd(root, *args), cwd=ROOT, env={**ray_env, FAIL_ENV: failing},
                              capture_output=True, text=True, timeout=900)
@@ -116,7 +134,14 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
         assert all(s["state"] == "finished" for s in ok), status
         assert len({s["node"] for s in ok}) == 2, status  # one CPU per node: the two trials ran side by side
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=ray_env, capture_output=True, timeout=120)
+        for proc in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in nodes:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("args,needle", [
