@@ -305,6 +305,9 @@ def tune_callback(table: LiveTable) -> Any:
     from ray import tune
 
     class Reporter(tune.Callback):
+        def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            table.print()  # every `every` seconds, also while no trial reports (slow log intervals)
+
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             table.update(trial.config["trial"]["name"], state="running")
             table.print()
