@@ -1,8 +1,9 @@
 """DreamerV2 actor-critic learned purely in imagination (Hafner et al., 2020), as used unchanged by TEMPO.
 
 The agent never sees the world model's internals: it programs against the small `LatentModel` protocol
-(imagine / reward / discount / feat), so it never imports the world model; the one thing it takes from
-`worldmodels` is the layer builder `worldmodels.nets.MLP`, and `worldmodels` never imports `agents`.
+(imagine / reward / discount / feat), so it never imports the world model; all it takes from `worldmodels`
+is the layer builder `worldmodels.nets.MLP` and `worldmodels.onehot.OneHot` (how a model says that its features
+end in an exactly one-hot block), and `worldmodels` never imports `agents`.
 
 Time alignment (DreamerV2's, kept on purpose because TEMPO leaves the agent untouched):
 
@@ -21,9 +22,10 @@ z_0..z_{H-2} (the last state only bootstraps and its action leads nowhere).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -35,6 +37,7 @@ from torch.func import functional_call
 from agents import schedules
 from bilevel.precision import f32
 from worldmodels.nets import MLP, dreamer_init
+from worldmodels.onehot import OneHot
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
 RewardTransform = Literal["none", "tanh"]
@@ -45,22 +48,43 @@ PolicyMode = Literal["explore", "eval", "random"]
 class LatentModel(Protocol):
     """What the agent needs from a world model (implemented by `worldmodels.WorldModel`)."""
 
-    def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor],
-                horizon: int) -> dict[str, Tensor]:
-        """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H, N, A]}.
+    def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: dict[str, Tensor],
+                horizon: int) -> dict[str, Any]:
+        """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H, N, A]}, and optionally
+        'onehot': a `OneHot` [H+1, N, G] when feat's last block is exactly one-hot (categorical latents).
 
         Index 0 is the start state and action[i] is the action taken at feat[i] (none at the last state).
+        policy(feat [N, F], onehot [N, G] | None) -> action [N, A].
         """
         ...
 
-    def reward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...] mean predicted reward
+    def reward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., F] -> [...] mean reward
         ...
 
-    def discount(self, feat: Tensor) -> Tensor | None:  # [..., F] -> [...] continue prob, or None
+    def discount(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor | None:  # [...] continue prob|None
         ...
 
     def feat(self, state: dict[str, Tensor]) -> Tensor:  # state -> [..., F]
         ...
+
+
+@contextlib.contextmanager
+def frozen(model: Any) -> Iterator[None]:
+    """Within the block the module's trainable parameters do not require grad (restored on exit, also after
+    an exception). A plain object that is not an nn.Module is left as it is."""
+    params = [p for p in model.parameters() if p.requires_grad] if isinstance(model, nn.Module) else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def cut(onehot: OneHot | None, stop: int) -> OneHot | None:
+    """onehot[:stop] along the horizon, as feat[:stop] (None stays None)."""
+    return None if onehot is None else onehot[:stop]
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor | float, lambda_: float,
@@ -159,8 +183,8 @@ class Actor(nn.Module):
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
         dreamer_init(self.net)  # Keras' glorot-uniform kernels and zero biases, as DreamerV2
 
-    def forward(self, feat: Tensor) -> Dist:  # [..., F] -> dist over [..., A]
-        return self.dist(self.net(feat))
+    def forward(self, feat: Tensor, onehot: OneHot | None = None) -> Dist:  # [..., F] -> dist over [..., A]
+        return self.dist(self.net(feat, onehot))
 
     def dist(self, out: Tensor) -> Dist:
         """The distribution from the network's raw output [..., A or 2A] (a float32 island under autocast)."""
@@ -180,8 +204,8 @@ class Critic(nn.Module):
         self.net = MLP(feat_dim, 1, layers, units, act)
         dreamer_init(self.net)
 
-    def forward(self, feat: Tensor) -> Tensor:  # [..., F] -> [...] (float32)
-        return f32(self.net(feat).squeeze(-1))
+    def forward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., F] -> [...] (float32)
+        return f32(self.net(feat, onehot).squeeze(-1))
 
 
 class ActorCritic(nn.Module):
@@ -272,7 +296,7 @@ class ActorCritic(nn.Module):
             return torch.where(pick, rand, action)
         return (action + amount * torch.randn_like(action)).clamp(-1, 1)
 
-    def value(self, feat: Tensor, slow: bool = True) -> Tensor:
+    def value(self, feat: Tensor, slow: bool = True, onehot: OneHot | None = None) -> Tensor:
         """Critic mean v(feat) [...] from feat [..., F], differentiable w.r.t. feat only.
 
         Used by TEMPO's V-VAML upper loss: gradients flow into `feat` (hence the world model) but the critic
@@ -280,7 +304,7 @@ class ActorCritic(nn.Module):
         """
         net = self.slow_critic if slow else self.critic
         params = {k: v.detach() for k, v in net.named_parameters()}
-        return functional_call(net, params, (feat,))
+        return functional_call(net, params, (feat, onehot))
 
     # ---------------------------------------------------------------- learning
 
@@ -298,25 +322,27 @@ class ActorCritic(nn.Module):
         track = self.actor_grad in ("dynamics", "both")
         outs: list[Tensor] = []  # the actor's raw outputs at z_0..z_{H-1}, reused by the actor loss
 
-        def act(feat: Tensor) -> Tensor:  # [N, F] -> [N, A]; the sample keeps a path to the actor params
-            outs.append(self.actor.net(feat.detach()))
+        def act(feat: Tensor, onehot: OneHot | None) -> Tensor:  # [N, F] -> [N, A]; sample keeps the actor path
+            outs.append(self.actor.net(feat.detach(), onehot))
             return self.actor.dist(outs[-1]).rsample()
 
-        with torch.set_grad_enabled(track):
+        # The world model's weights get no gradient here: leave them out of the graph (a custom layer such as
+        # `onehot_linear` cannot see that autograd.grad below asks for the agent's parameters only).
+        with torch.set_grad_enabled(track), frozen(model):
             seq = model.imagine(act, start, self.horizon)
-            feat = seq["feat"]  # [H+1, N, F]
-            reward = model.reward(feat)  # [H+1, N]
+            feat, hot = seq["feat"], seq.get("onehot")  # [H+1, N, F], OneHot [H+1, N, G] or None
+            reward = model.reward(feat, hot)  # [H+1, N]
             if self.reward_transform == "tanh":
                 reward = torch.tanh(reward)
-            disc = self._discount(model, feat, is_terminal)  # [H+1, N]
-            value = self.value(feat, slow=True)  # [H+1, N]
+            disc = self._discount(model, feat, is_terminal, hot)  # [H+1, N]
+            value = self.value(feat, slow=True, onehot=hot)  # [H+1, N]
             target = lambda_return(reward[:-1], value, disc[:-1], self.lambda_)  # [H, N]
         # weight_t = prod_{k<t} d_k: probability-weighted discount of reaching z_t at all.
         weight = torch.cumprod(torch.cat([torch.ones_like(disc[:1]), disc[:-1]], 0), 0).detach()  # [H+1, N]
 
         # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}, under the distributions the rollout sampled
         # them from (same inputs, same parameters: no second actor pass), unless it ran without a graph.
-        pi = self.actor.dist(torch.stack(outs[:-1])) if track else self.actor(feat[:-2].detach())
+        pi = self.actor.dist(torch.stack(outs[:-1])) if track else self.actor(feat[:-2].detach(), cut(hot, -2))
         mix = schedules.value(self.actor_grad_mix, step) if self.actor_grad == "both" else None
         if self.actor_grad == "dynamics":
             objective = target[1:]  # [H-1, N]
@@ -331,7 +357,7 @@ class ActorCritic(nn.Module):
         actor_loss = -(weight[:-2] * (objective + ent_scale * ent)).mean()
 
         # Critic: v(z_0..z_{H-1}) -> R_0..R_{H-1} on detached states.
-        v = self.critic(feat[:-1].detach())  # [H, N]
+        v = self.critic(feat[:-1].detach(), cut(hot, -1))  # [H, N]
         critic_loss = -(Normal(v, 1.0, validate_args=False).log_prob(target.detach()) * weight[:-1]).mean()
 
         actor_norm = self._grads(actor_loss, self.actor, self.actor_opt)
@@ -361,13 +387,14 @@ class ActorCritic(nn.Module):
             **({"loss_scale": scale} if scale is not None else {}),
         }
 
-    def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None) -> Tensor:
+    def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None,
+                  onehot: OneHot | None = None) -> Tensor:
         """d_t [H+1, N]: gamma * predicted continue prob, or the constant gamma without a discount head.
 
         As in DreamerV2, when the discount head is used the start states' d_0 is replaced by the true
         gamma * (1 - is_terminal) from replay (without a head, DreamerV2 ignores is_terminal).
         """
-        cont = model.discount(feat) if self.use_discount_head else None
+        cont = model.discount(feat, onehot) if self.use_discount_head else None
         if cont is None:
             return torch.full(feat.shape[:-1], self.gamma, device=feat.device, dtype=feat.dtype)
         disc = self.gamma * cont

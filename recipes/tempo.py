@@ -124,9 +124,10 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
                 run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
             if run.agent_step >= r.prefill and len(run.replay) >= cfg.replay.length:
                 if not pretrained:
-                    for _ in range(r.pretrain):
+                    progress.update(run.step, run.updates, run.last_eval, pretrain=(0, r.pretrain))
+                    for i in range(r.pretrain):
                         run.train_once()
-                        progress.update(run.step, run.updates, run.last_eval)
+                        progress.update(run.step, run.updates, run.last_eval, pretrain=(i + 1, r.pretrain))
                     pretrained = True
                 if run.agent_step // r.train_every > prev_agent // r.train_every:
                     run.train_once()

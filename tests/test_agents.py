@@ -40,14 +40,14 @@ class PointModel(nn.Module):
                 horizon: int) -> dict[str, Tensor]:
         feats, actions = [self.feat(start)], []
         for _ in range(horizon):
-            actions.append(policy(feats[-1].detach()))
+            actions.append(policy(feats[-1].detach(), None))
             feats.append(self.step(feats[-1], actions[-1]))
         return {"feat": torch.stack(feats), "action": torch.stack(actions)}
 
-    def reward(self, feat: Tensor) -> Tensor:
+    def reward(self, feat: Tensor, onehot: None = None) -> Tensor:
         return -((feat[..., 0] - GOAL) ** 2) * (1 + self.dummy)
 
-    def discount(self, feat: Tensor) -> Tensor | None:
+    def discount(self, feat: Tensor, onehot: None = None) -> Tensor | None:
         return torch.sigmoid(3 + self.dummy + 0 * feat[..., 0]) if self.discount_head else None
 
     def feat(self, state: dict[str, Tensor]) -> Tensor:
@@ -91,7 +91,7 @@ def imagined_return(agent: ActorCritic | None, model: PointModel, start: dict[st
             total += model.reward(x).mean().item()
         return total
     with torch.no_grad():
-        seq = model.imagine(lambda f: agent.policy(f, "eval"), flat, agent.horizon)
+        seq = model.imagine(lambda f, _: agent.policy(f, "eval"), flat, agent.horizon)
         return model.reward(seq["feat"][1:]).sum(0).mean().item()
 
 
@@ -259,8 +259,8 @@ def test_train_step_alignment():
         seen["seq"] = imagine(*args, **kwargs)
         return seen["seq"]
 
-    def spy_forward(feat: Tensor):
-        dist = forward(feat)
+    def spy_forward(feat: Tensor, onehot=None):
+        dist = forward(feat, onehot)
         log_prob = dist.log_prob
 
         def spy_log_prob(action: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ def test_debug_state_dmc_writes_all_outputs(tmp_path):
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     # no terminal: a progress line every 0.5 s, at each evaluation and at the end
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("progress ")]
-    pattern = re.compile(r"progress frames=(\d+)/300 fps=[\d.]+ updates=(\d+) eval=(-|-?[\d.]+) eta=(-|[\d:]+)$")
+    pattern = re.compile(r"progress frames=(\d+)/300 fps=[\d.]+ updates=(\d+)( pretrain=\d+/2)? eval=(-|-?[\d.]+) "
+                         r"eta=(-|[\d:]+)$")
     assert len(lines) >= 4 and all(pattern.match(ln) for ln in lines), lines
     assert pattern.match(lines[-1]).group(1, 2) == ("300", "12")
     # 150 agent steps: 2 pretrain updates when the 60-step prefill is done, then one every 10 agent steps

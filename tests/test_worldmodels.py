@@ -215,7 +215,7 @@ def test_imagine_shapes_and_semantics(discrete):
     post, _, _ = wm.observe(batch)
     start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}  # [N=6, ...]
     pol = torch.nn.Linear(wm.rssm.feat_dim, 2)
-    policy = lambda f: torch.tanh(pol(f))  # noqa: E731
+    policy = lambda f, onehot=None: torch.tanh(pol(f))  # noqa: E731
     H, N, F = 5, 6, wm.rssm.feat_dim
     torch.manual_seed(11)
     traj = wm.imagine(policy, start, H)
@@ -229,6 +229,14 @@ def test_imagine_shapes_and_semantics(discrete):
     g = torch.autograd.grad(wm.reward(traj["feat"][-1]).sum(), pol.weight)[0]
     assert g.abs().sum() > 0
     assert wm.discount(traj["feat"]).shape == (H + 1, N)
+    if discrete:  # feat's s block is exactly one-hot, at the columns traj['onehot'] names
+        hot = traj["onehot"]
+        s = traj["feat"][..., wm.rssm.deter:].reshape(H + 1, N, -1, discrete)
+        assert hot.start == wm.rssm.deter and torch.equal(s.sum(-1), torch.ones_like(s.sum(-1)))
+        assert torch.equal(hot.idx, s.argmax(-1) + torch.arange(s.shape[2]) * discrete)
+        torch.testing.assert_close(wm.reward(traj["feat"], hot), wm.reward(traj["feat"]), rtol=1e-6, atol=1e-6)
+    else:
+        assert "onehot" not in traj
 
 
 # --------------------------------------------------------------------------------------------------------

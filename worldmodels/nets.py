@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from bilevel.precision import f32  # every stop-gradient of the model: replayable by finite differences
 from bilevel.stopgrad import sg as sg
+from worldmodels.onehot import OneHot, onehot_linear
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -63,6 +64,17 @@ class MLP(nn.Sequential):
         self.out_dim = dim
         # Checkpoints of the world model written before the MLP was a Sequential name its layers 'net.<i>.*'.
         self._register_load_state_dict_pre_hook(_drop_net_prefix)
+
+    def forward(self, x: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., inp] -> [..., out_dim]
+        """`onehot`, if given, says that x's last block is exactly one-hot (`worldmodels.onehot`): the first
+        layer then gathers weight columns instead of multiplying zeros. Same values, up to summation order."""
+        if onehot is None:
+            return super().forward(x)
+        first = self[0]
+        x = onehot_linear(x, onehot, first.weight, first.bias)
+        for layer in list(self)[1:]:
+            x = layer(x)
+        return x
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):  # Sequential would rebuild a slice as type(self)(OrderedDict), not an MLP call

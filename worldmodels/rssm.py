@@ -14,6 +14,7 @@ differentiably - the task loss V(s_post) - V(s_prior) is differentiated through 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch.distributions import Distribution, Independent, Normal, OneHotCategor
 
 from bilevel.precision import f32
 from worldmodels.nets import GRUCell, dreamer_init, sg
+from worldmodels.onehot import OneHot
 
 State = dict[str, Tensor]
 
@@ -125,23 +127,34 @@ class RSSM(nn.Module):
             state = post
         return stack_states(posts), stack_states(priors)
 
-    def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int,
-                detach_policy_input: bool = True) -> dict[str, Tensor]:
-        """Roll the prior `horizon` steps from `start` ([N, ...]) under `policy(feat [N, F]) -> [N, A]`.
+    def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: State, horizon: int,
+                detach_policy_input: bool = True) -> dict[str, Any]:
+        """Roll the prior `horizon` steps from `start` ([N, ...]) under `policy(feat [N, F], onehot) -> [N, A]`.
 
         Returns {'feat': [H+1, N, F], 'action': [H, N, A]}: feat[0] is the start state and action[i] the
         action taken at feat[i]; none is sampled at the last state (it would lead nowhere). Actions enter
         img_step as produced and states are not detached, so actor gradients can flow through the dynamics; as
         in DreamerV2 the policy's *input* is detached by default. feat = cat(h, s) holds the whole state the
         agent needs: no other state key is stacked.
+
+        With categorical latents s is exactly one-hot (a straight-through sample; `start` must hold such samples,
+        as a posterior does), and the result also has 'onehot': a `OneHot` [H+1, N, G] over feat, which the
+        policy receives per step too, so heads can skip the zeros of their first layer (`worldmodels.onehot`).
         """
+        def hot(st: State) -> OneHot | None:
+            return OneHot.of(st["s"], self.deter, self.discrete) if self.discrete else None
+
         state = {k: start[k] for k in self.state_keys}
-        feats, actions = [self.feat(state)], []
+        feats, actions, hots = [self.feat(state)], [], [hot(state)]
         for _ in range(horizon):
-            actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1]))
+            actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1], hots[-1]))
             state = self.img_step(state, actions[-1])
             feats.append(self.feat(state))
-        return {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
+            hots.append(hot(state))
+        seq: dict[str, Any] = {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
+        if self.discrete:
+            seq["onehot"] = OneHot(self.deter, torch.stack([h.idx for h in hots if h is not None], 0))
+        return seq
 
     def feat(self, state: State) -> Tensor:
         """cat(h, s): [..., deter + stoch_flat] - the input of every head, the critic and the weighter."""

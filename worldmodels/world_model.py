@@ -10,6 +10,7 @@ The float dtype of 'action' sets the compute dtype (float32, or float64 for fini
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from worldmodels.nets import (
     dreamer_init,
     unit_normal_log_prob,
 )
+from worldmodels.onehot import OneHot
 from worldmodels.rssm import RSSM, State
 
 
@@ -146,17 +148,17 @@ class WorldModel(nn.Module):
     def feat(self, state: State) -> Tensor:
         return self.rssm.feat(state)
 
-    def imagine(self, policy: Callable[[Tensor], Tensor], start: State, horizon: int,
-                detach_policy_input: bool = True) -> dict[str, Tensor]:
-        """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H, N, A]}."""
+    def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: State, horizon: int,
+                detach_policy_input: bool = True) -> dict[str, Any]:
+        """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H, N, A]} (+ 'onehot' for categorical latents)."""
         return self.rssm.imagine(policy, start, horizon, detach_policy_input)
 
-    def reward(self, feat: Tensor) -> Tensor:
+    def reward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:
         """Mean predicted reward [...] from feat [..., F] (float32)."""
-        return f32(self.reward_head(feat).squeeze(-1))
+        return f32(self.reward_head(feat, onehot).squeeze(-1))
 
-    def discount(self, feat: Tensor) -> Tensor | None:
+    def discount(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor | None:
         """Predicted continue probability [...] (None without a discount head; caller then uses 1)."""
         if self.discount_head is None:
             return None
-        return torch.sigmoid(f32(self.discount_head(feat).squeeze(-1)))
+        return torch.sigmoid(f32(self.discount_head(feat, onehot).squeeze(-1)))
