@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int, help="environment steps (frames, after action repeat)")
     p.add_argument("--logdir", help="run directory (re-use it to resume)")
+    p.add_argument("--until", type=int, metavar="FRAMES",
+                   help="stop this sitting at FRAMES frames (checkpointed; re-run to go on): not a run setting, "
+                        "the run still aims at --steps")
     return p
 
 
@@ -113,6 +116,7 @@ class Resolved:
     notice: str | None
     explicit: dict[str, Any]  # what the command line set (switches and --section.field), before any default
     preset: str | None  # --preset, if given
+    until: int | None = None  # --until: where this sitting stops (not part of the run's config)
 
 
 def resolve(argv: list[str]) -> Resolved:
@@ -142,7 +146,9 @@ def resolve(argv: list[str]) -> Resolved:
         raise UsageError(format_error(e)) from None
     except ValueError as e:
         raise UsageError(str(e)) from None
-    return Resolved(cfg, notice, explicit, args.preset)
+    if args.until is not None and args.until <= 0:
+        raise UsageError(f"--until {args.until}: expected a positive number of frames")
+    return Resolved(cfg, notice, explicit, args.preset, args.until)
 
 
 # Settings a resumed run may change (recorded in config.json's history); anything else must stay as it was.

@@ -6,6 +6,7 @@
     python -m recipes.sweep runs/sweeps/lr --tasks walker_stand --methods tempo --seeds 2 \\
         --grid tempo.bilevel.weighter.lr=1e-4,3e-4 --run.eval_every 5000
     python -m recipes.sweep runs/sweeps/first --address HOST:6379   # on a running Ray cluster
+    python -m recipes.sweep runs/sweeps/first --until 20000        # every trial to 20k frames, then stop
 
 Every trial is the recipe's own training loop in its own run directory,
 `SWEEP/<task>/<method>/<seed>[/<field=value,...>]`, reporting each metrics record to Tune. Re-running the same
@@ -13,6 +14,11 @@ command resumes unfinished trials from their checkpoints (the run directory guar
 skips finished ones, whatever stopped the last attempt (Ctrl-C, a crash of the driver, a lost node). The sweep
 spec is written to `SWEEP/sweep.yaml` (re-run with only the directory, or pass it to `--config`), the trial
 states to `SWEEP/sweep_status.json`. Every trial's config is validated before Ray starts.
+
+`--until FRAMES` is for machines that run fewer trials at once than the sweep has: every trial stops (paused,
+checkpointed) at FRAMES, so the waiting trials get their turn and all methods and seeds advance together;
+re-running with a larger `--until`, or none, goes on. It is a property of the sitting, not of the sweep, so it
+is not written to `sweep.yaml`.
 
 On a cluster the sweep directory must be on storage every node sees (e.g. NFS): a retried trial resumes from
 its checkpoint on whichever node it lands.
@@ -99,9 +105,11 @@ def cli_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
-def trial_argv(spec: Spec, trial: Trial) -> list[str]:
-    """The `python -m recipes.tempo` command line of one trial."""
+def trial_argv(spec: Spec, trial: Trial, until: int | None = None) -> list[str]:
+    """The `python -m recipes.tempo` command line of one trial (stopping this sitting at `until` frames)."""
     argv = ["--task", trial.task, "--seed", str(trial.seed), "--logdir", trial.logdir, *METHODS[trial.method]]
+    if until is not None:
+        argv += ["--until", str(until)]
     if spec.preset:
         argv += ["--preset", spec.preset]
     if spec.steps is not None:
@@ -146,7 +154,7 @@ def progress(trial: Trial) -> tuple[int, int | None, float | None]:
 # ---------------------------------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------------------------------
-def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
+def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
     p = argparse.ArgumentParser(prog="python -m recipes.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Other --section.field VALUE pairs are shared by every trial.")
     p.add_argument("dir", help="sweep directory (holds sweep.yaml, the trials' run directories)")
@@ -163,6 +171,8 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
     p.add_argument("--memory-per-trial-gb", type=float, help="memory reserved per trial (default 2)")
     p.add_argument("--max-failures", type=int, help="retries of a failing trial (default 2)")
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
+    p.add_argument("--until", type=int, metavar="FRAMES",
+                   help="stop every trial at FRAMES frames this sitting (paused; re-run to go on)")
     args, rest = p.parse_known_args(argv)
 
     root = Path(args.dir).expanduser()
@@ -213,7 +223,9 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None]:
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
-    return root, spec, args.address
+    if args.until is not None and args.until <= 0:
+        raise UsageError(f"--until {args.until}: expected a positive number of frames")
+    return root, spec, args.address, args.until
 
 
 def parse_value(raw: Any) -> Any:
@@ -319,7 +331,7 @@ def tune_callback(table: LiveTable) -> Any:
             table.print()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            table.update(trial.config["trial"]["name"], state="finished")
+            table.update(trial.config["trial"]["name"], state="ended")  # finished or paused: the status file says
             table.print(force=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -329,28 +341,41 @@ def tune_callback(table: LiveTable) -> Any:
     return Reporter()
 
 
-def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTable) -> dict[str, Any]:
+def trial_state(frames: int, steps: int | None, until: int | None) -> str | None:
+    """'finished' (all its frames), 'paused' (at this sitting's --until) or None (still to run), from its
+    run directory's newest checkpoint."""
+    if steps is not None and frames >= steps:
+        return "finished"
+    if until is not None and frames >= until:
+        return "paused"
+    return None
+
+
+def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTable,
+                 until: int | None = None) -> dict[str, Any]:
     status = {}
     for t in all_trials:
         frames, steps, last_eval = progress(t)
         row = dict(table.rows[t.name])
         row.update(frames=frames, steps=steps, eval_return=last_eval, logdir=t.logdir)
-        if steps is not None and frames >= steps:
-            row["state"] = "finished"
+        state = trial_state(frames, steps, until)
+        if state is not None:
+            row["state"] = state
         status[t.name] = row
     out = {"spec": spec.model_dump(), "trials": status}
     atomic_write_text(root / STATUS_FILE, json.dumps(out, indent=1))
     return out
 
 
-def sweep(root: Path, spec: Spec, address: str | None) -> int:
+def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None) -> int:
     all_trials = validate(spec, root)
     table = LiveTable([t.name for t in all_trials])
     todo = []
     for t in all_trials:
         frames, steps, last_eval = progress(t)
-        if steps is not None and frames >= steps:
-            table.update(t.name, state="finished", frames=frames, eval_return=last_eval)
+        state = trial_state(frames, steps, until)
+        if state in ("finished", "paused"):
+            table.update(t.name, state=state, frames=frames, eval_return=last_eval)
         else:
             todo.append(t)
     if todo:
@@ -374,7 +399,7 @@ def sweep(root: Path, spec: Spec, address: str | None) -> int:
                      "memory": int(spec.memory_per_trial_gb * 2**30)}
         faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
         params = {"trial": tune.grid_search([
-            {"name": t.name, "argv": trial_argv(spec, t), "inject_fault": t.name in faults} for t in todo])}
+            {"name": t.name, "argv": trial_argv(spec, t, until), "inject_fault": t.name in faults} for t in todo])}
         tuner = tune.Tuner(
             tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
             param_space=params,
@@ -390,14 +415,19 @@ def sweep(root: Path, spec: Spec, address: str | None) -> int:
             tuner.fit()
         finally:
             ray.shutdown()
-    status = write_status(root, spec, all_trials, table)
+    status = write_status(root, spec, all_trials, table, until)
     table.rows = {n: {**table.rows[n], **status["trials"][n]} for n in table.rows}
     table.print(force=True)
-    failed = [n for n, r in status["trials"].items() if r["state"] != "finished"]
+    failed = [n for n, r in status["trials"].items() if r["state"] not in ("finished", "paused")]
     if failed:
         print(f"{len(failed)} trial(s) did not finish: {', '.join(failed)}; re-run the same command to resume them "
               f"(each trial's log: its run directory and {root / '.tune'})", file=sys.stderr)
         return 1
+    paused = [n for n, r in status["trials"].items() if r["state"] == "paused"]
+    if paused:
+        print(f"{len(paused)} trial(s) paused at --until {until} frames, {len(all_trials) - len(paused)} finished; "
+              f"re-run with a larger --until (or none) to go on. Report so far: python -m recipes.report {root}")
+        return 0
     print(f"all {len(all_trials)} trials finished; report: python -m recipes.report {root}")
     return 0
 
@@ -405,8 +435,8 @@ def sweep(root: Path, spec: Spec, address: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        root, spec, address = parse(argv)
-        return sweep(root, spec, address)
+        root, spec, address, until = parse(argv)
+        return sweep(root, spec, address, until)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -82,9 +82,11 @@ def open_run(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None, chan
 
 
 def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, changes: dict | None = None,
-          notice: str | None = None, on_log: Callable[[dict[str, Any]], None] | None = None) -> int:
+          notice: str | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
+          until: int | None = None) -> int:
     """Algorithm 1 on one run directory; `on_log` receives every metrics record as it is written (a sweep
-    reports them to Ray Tune). Returns the exit code."""
+    reports them to Ray Tune). `until` ends this sitting at that many frames (with a checkpoint and a metrics
+    record) though the run aims at `run.steps`: a later call goes on from there. Returns the exit code."""
     if threading.current_thread() is threading.main_thread():  # (a Ray Tune trial runs in a worker thread)
         for sig in (signal.SIGTERM, signal.SIGINT):  # explicitly: a shell's background job ignores SIGINT otherwise
             signal.signal(sig, _on_signal)
@@ -94,6 +96,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
         print("\ninterrupted before training started; nothing to save", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     logdir, r = rundir.path, cfg.run
+    stop = r.steps if until is None else min(r.steps, until)
     log = MetricsLog(logdir, run.step if loaded is not None else None)
     progress = Progress(r.steps, run.step, r.progress_every)
     t_start, step_start = time.time(), run.step
@@ -107,7 +110,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
             log.write({"step": 0, "eval_return": run.last_eval})
             if on_log is not None:
                 on_log({"step": 0, "eval_return": run.last_eval})
-        while run.step < r.steps:
+        while run.step < stop:
             if run.agent_step < r.prefill:
                 action = run.random_action()
             else:
@@ -134,7 +137,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
             evaluated = run.step >= run.next_eval or run.step >= r.steps  # always score the final agent
             if evaluated:
                 run.last_eval = run_eval(run, logdir)
-            if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= r.steps:
+            if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= stop:
                 fps = (run.step - step_start) / max(time.time() - t_start, 1e-9)
                 rec = {"step": run.step, "fps": fps, "updates": run.updates, "episodes": run.episodes,
                        "replay_steps": len(run.replay), **run.replay.counters()}
@@ -146,7 +149,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
                 if on_log is not None:
                     on_log(rec)
             progress.update(run.step, run.updates, run.last_eval, force=evaluated)
-            if run.step - last_ckpt >= r.checkpoint_every or run.step >= r.steps:
+            if run.step - last_ckpt >= r.checkpoint_every or run.step >= stop:
                 rundir.save_checkpoint(run.checkpoint())
                 last_ckpt = run.step
     except KeyboardInterrupt as e:
@@ -166,7 +169,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     log.close()
     summary = {"logdir": str(logdir), "step": run.step, "updates": run.updates, "episodes": run.episodes,
                "eval_return": run.last_eval, "seconds": round(time.time() - t_start, 1), "method": cfg.method,
-               "precision": run.precision.mode}
+               "precision": run.precision.mode, **({"paused_until": until} if run.step < r.steps else {})}
     print(json.dumps(summary))
     return 0
 
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None]
     except (UsageError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return train(cfg, rundir, loaded, changes, res.notice, on_log)
+    return train(cfg, rundir, loaded, changes, res.notice, on_log, res.until)
 
 
 if __name__ == "__main__":

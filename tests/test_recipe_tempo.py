@@ -89,6 +89,24 @@ def test_debug_pixel_dmc_renders_real_frames(tmp_path):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # the pole moved
 
 
+def test_until_pauses_a_sitting_and_the_next_one_goes_on(tmp_path):
+    """--until 150 of 300 frames stops with a checkpoint and a logged record at 150; the plain command then trains
+    to 300, with exactly the updates of an uninterrupted run (2 pretraining + 10) and no step logged twice."""
+    logdir = tmp_path / "run"
+    args = ["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir), "--run.video_every", "0"]
+    p = run_cli([*args, "--until", "150"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    first = json.loads(p.stdout.strip().splitlines()[-1])
+    assert first["step"] == 150 and first["paused_until"] == 150
+    assert records(logdir)[-1]["step"] == 150
+    p = run_cli(args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 300 and summary["updates"] == 2 + 10 and "paused_until" not in summary
+    steps = [r["step"] for r in records(logdir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
 def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     logdir = tmp_path / "int"
@@ -125,6 +143,7 @@ def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     (["--env.obs", "pixels", "--env.size", "[32,32]"], "64x64"),
     (["--task", "cartpole_swingup", "--replay.length", "100"], "replay.length 100"),
     (["--logdir", ""], "--logdir is empty"),
+    (["--until", "0"], "--until 0: expected a positive number of frames"),
 ])
 def test_bad_input_fails_before_creating_anything(tmp_path, args, needle):
     import torch

@@ -82,6 +82,30 @@ def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path):
     assert all(s["state"] == "finished" and s["frames"] == 150 for s in status.values())
 
 
+@pytest.mark.slow
+def test_until_pauses_every_trial_and_a_later_sitting_goes_on(tmp_path):
+    """--until 90 of 150 frames: all trials stop there (paused, exit 0), nothing about it lands in sweep.yaml;
+    the same command without it finishes them, each metrics log without a duplicated or lost step."""
+    root = tmp_path / "sweep"
+    args = ["--tasks", "cartpole_swingup", "--methods", "tempo,dreamerv2", "--seeds", "1", *DEBUG]
+    res = subprocess.run(sweep_cmd(root, *args, "--until", "90"), cwd=ROOT, env=env(), capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "2 trial(s) paused at --until 90 frames" in res.stdout
+    assert "until" not in (root / "sweep.yaml").read_text()
+    status = json.loads((root / STATUS_FILE).read_text())["trials"]
+    assert all(s["state"] == "paused" and 90 <= s["frames"] < 150 for s in status.values()), status
+    for t in all_trials(root):
+        assert [r["step"] for r in records(Path(t.logdir))][-1] == progress(t)[0]  # the stop is logged
+
+    res = subprocess.run(sweep_cmd(root), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "2 trials, 0 finished, 2 to run" in res.stdout
+    for t in all_trials(root):
+        steps = [r["step"] for r in records(Path(t.logdir))]
+        assert finished(t) and steps == sorted(set(steps)) and steps[-1] == 150, (t.name, steps)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,7 +180,9 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
     (["--methods", "tempo", "--seeds", "1"], "no tasks given"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--cpus-per-trial", "0"],
      "cpus_per_trial: Input should be greater than 0"),
-], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus"])
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--until", "0"],
+     "--until 0: expected a positive number of frames"),
+], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus", "until"])
 def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
     root = tmp_path / "sweep"
     res = subprocess.run(sweep_cmd(root, *args, "--preset", "debug"), cwd=ROOT, env=env(), capture_output=True,
