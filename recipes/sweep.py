@@ -374,9 +374,8 @@ def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None)
     for t in all_trials:
         frames, steps, last_eval = progress(t)
         state = trial_state(frames, steps, until)
-        if state in ("finished", "paused"):
-            table.update(t.name, state=state, frames=frames, eval_return=last_eval)
-        else:
+        table.update(t.name, state=state or "pending", frames=frames, eval_return=last_eval)  # resumed: from here
+        if state is None:
             todo.append(t)
     if todo:
         import ray
