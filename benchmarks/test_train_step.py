@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import torch
@@ -119,6 +120,72 @@ def test_approx_vs_unroll1(benchmark, bench_opts, capsys):
         print(f"\n[{o.size}/{dev.type}] bilevel step approx/unroll-1 time ratio: median {res['time_ratio']:.3f} "
               f"over {res['rounds']} interleaved rounds (goal <= {GOAL_APPROX_VS_UNROLL}; approx "
               f"{1e3 * res['median_a_s']:.1f} ms, unroll-1 {1e3 * res['median_b_s']:.1f} ms)")
+    assert res["time_ratio"] > 0
+
+
+class _Dense(torch.nn.Module):
+    """The world model as the agent sees it, minus the 'onehot' description of imagined features: every head's
+    first layer multiplies the one-hot block densely, as before `worldmodels.onehot`."""
+
+    def __init__(self, wm: torch.nn.Module) -> None:
+        super().__init__()
+        self.wm = wm
+
+    def imagine(self, policy: Any, start: dict[str, torch.Tensor], horizon: int) -> dict[str, Any]:
+        seq = self.wm.imagine(lambda feat, onehot: policy(feat, None), start, horizon)
+        return {k: v for k, v in seq.items() if k != "onehot"}
+
+    def reward(self, feat: torch.Tensor, onehot: Any = None) -> torch.Tensor:
+        return self.wm.reward(feat)
+
+    def discount(self, feat: torch.Tensor, onehot: Any = None) -> torch.Tensor | None:
+        return self.wm.discount(feat)
+
+    def feat(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.wm.feat(state)
+
+
+def test_imagination_onehot_vs_dense(benchmark, bench_opts, capsys):
+    """The actor-critic update (`ActorCritic.train_step`) with the heads' first layers gathering the one-hot
+    columns of categorical latents (A) against the same update multiplying them densely (B), interleaved on
+    the same agent and start states. Only meaningful with categorical latents (dmc_state, atari)."""
+    o = bench_opts
+    dev = torch.device(o.device)
+    bench = build(o.size, "none", dev)
+    run = bench.run
+    if not run.wm.rssm.discrete:
+        pytest.skip(f"size {o.size!r} has Gaussian latents: no one-hot features")
+    with run.precision.autocast():
+        start = run.trainer.step(run.problem, bench.batch).outputs
+    dense = _Dense(run.wm)
+
+    def update(model: torch.nn.Module) -> float:
+        def fn() -> None:
+            with run.precision.autocast():
+                run.agent.train_step(model, start, bench.batch["is_terminal"])
+        return bench.timed(fn)
+
+    update(run.wm), update(dense)  # warm-up
+    ta: list[float] = []
+    tb: list[float] = []
+
+    def one_round() -> None:
+        ta.append(update(run.wm))
+        tb.append(update(dense))
+
+    rounds = max(o.rounds, 5)
+    benchmark.group = f"onehot-{o.size}-{dev.type}"
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    ratios = [x / y for x, y in zip(ta, tb, strict=True)]
+    res = {"rounds": rounds, "times_a_s": ta, "times_b_s": tb, "ratios": ratios,
+           "median_a_s": statistics.median(ta), "median_b_s": statistics.median(tb),
+           "time_ratio": statistics.median(ratios)}
+    benchmark.extra_info.update(kind="ratio", what="actor-critic update", a="onehot", b="dense", size=o.size,
+                                device=str(dev), machine=machine(dev), **res)
+    with capsys.disabled():
+        print(f"\n[{o.size}/{dev.type}] actor-critic update one-hot/dense time ratio: median "
+              f"{res['time_ratio']:.3f} over {rounds} interleaved rounds (one-hot {1e3 * res['median_a_s']:.1f} ms, "
+              f"dense {1e3 * res['median_b_s']:.1f} ms)")
     assert res["time_ratio"] > 0
 
 
