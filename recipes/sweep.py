@@ -313,11 +313,18 @@ class LiveTable:
         print("\n".join(lines), flush=True)
 
 
+# Tune's trial status -> the live table's state ('ended': finished or paused at --until, as the status file says)
+TUNE_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "ended",
+               "ERROR": "failed"}
+
+
 def tune_callback(table: LiveTable) -> Any:
     from ray import tune
 
     class Reporter(tune.Callback):
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+            for trial in trials:  # Tune's own view of each trial's state (a retried trial waits as PENDING)
+                table.update(trial.config["trial"]["name"], state=TUNE_STATES.get(trial.status, trial.status.lower()))
             table.print()  # every `every` seconds, also while no trial reports (slow log intervals)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
