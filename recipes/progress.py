@@ -13,11 +13,13 @@ class Progress:
     evaluation return and the ETA at that fps.
 
     While the pretraining updates run (`pretrain=(done, total)`) no frame moves, so a frame rate says nothing:
-    the line shows `pretrain=done/total` and, when no frames are left after it, the ETA from the update rate of
-    the pretraining so far; with frames left the ETA is unknown ('-') until frames move again.
+    the line shows `pretrain=done/total` and the ETA from the pretraining's seconds per update, times the updates
+    still to come: the rest of the pretraining plus, for the frames left, one per `frames_per_update` frames
+    (updates dominate a training step; without `frames_per_update` and with frames left the ETA is '-').
     """
 
-    def __init__(self, total: int, initial: int, every: float) -> None:
+    def __init__(self, total: int, initial: int, every: float, frames_per_update: float | None = None) -> None:
+        self.frames_per_update = frames_per_update
         self.total, self.every = total, every
         self.bar = None
         if sys.stderr.isatty():
@@ -48,7 +50,7 @@ class Progress:
             fps = (step - self.start_step) / max(now - self.start_time, 1e-9)
         left = max(self.total - step, 0)
         if pretrain is not None:
-            eta = self.pretrain_eta(now, pretrain) if not left else "-"
+            eta = self.pretrain_eta(now, pretrain, left)
             phase = f" pretrain={pretrain[0]}/{pretrain[1]}"
         else:
             eta = str(datetime.timedelta(seconds=round(left / fps))) if fps > 0 else ("0:00:00" if not left else "-")
@@ -57,14 +59,15 @@ class Progress:
               f"eta={eta}", flush=True)
         self.line_time, self.line_step = now, step
 
-    def pretrain_eta(self, now: float, pretrain: tuple[int, int]) -> str:
+    def pretrain_eta(self, now: float, pretrain: tuple[int, int], frames_left: int) -> str:
         assert self.pretrain_start is not None
         t0, done0 = self.pretrain_start
         done, total = pretrain
-        if done <= done0:
+        if done <= done0 or (frames_left and not self.frames_per_update):
             return "-"
         per_update = (now - t0) / (done - done0)
-        return str(datetime.timedelta(seconds=round(per_update * (total - done))))
+        updates_left = total - done + (frames_left / self.frames_per_update if frames_left else 0)
+        return str(datetime.timedelta(seconds=round(per_update * updates_left)))
 
     def close(self) -> None:
         if self.bar is not None:

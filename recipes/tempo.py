@@ -98,7 +98,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     logdir, r = rundir.path, cfg.run
     stop = r.steps if until is None else min(r.steps, until)
     log = MetricsLog(logdir, run.step if loaded is not None else None)
-    progress = Progress(r.steps, run.step, r.progress_every)
+    progress = Progress(r.steps, run.step, r.progress_every, frames_per_update=r.train_every * run.repeat)
     t_start, step_start = time.time(), run.step
     obs, state = run.env.reset(), None
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))

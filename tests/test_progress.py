@@ -60,9 +60,16 @@ def test_pretraining_shows_its_count_and_an_eta_from_the_update_rate(clock, caps
     assert lines(capsys)[0].endswith("pretrain=11/100 eval=0.0 eta=0:09:26")
 
 
-def test_pretraining_with_frames_left_has_no_eta(clock, capsys):
-    p = Progress(total=5000, initial=0, every=1)
+def test_pretraining_with_frames_left_counts_their_updates_too(clock, capsys):
+    """Frames left after pretraining: one update per `frames_per_update` frames at the pretraining's rate."""
+    p = Progress(total=5000, initial=0, every=1, frames_per_update=10)
     p.update(1000, 0, None, pretrain=(0, 10))
     clock.t += 5
     p.update(1000, 1, None, pretrain=(1, 10))
+    # 5 s per update; 9 pretraining updates + 4000 frames / 10 = 409 updates left
+    assert lines(capsys)[-1].endswith("pretrain=1/10 eval=- eta=0:34:05")
+    q = Progress(total=5000, initial=0, every=1)  # the rate of frames to updates unknown: no guess
+    q.update(1000, 0, None, pretrain=(0, 10))
+    clock.t += 5
+    q.update(1000, 1, None, pretrain=(1, 10))
     assert lines(capsys)[-1].endswith("pretrain=1/10 eval=- eta=-")
