@@ -223,9 +223,7 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
-    if args.until is not None and args.until <= 0:
-        raise UsageError(f"--until {args.until}: expected a positive number of frames")
-    return root, spec, args.address, args.until
+    return root, spec, args.address, args.until  # --until is checked with each trial's command line
 
 
 def parse_value(raw: Any) -> Any:
@@ -237,12 +235,13 @@ def parse_value(raw: Any) -> Any:
         return raw
 
 
-def validate(spec: Spec, root: Path) -> list[Trial]:
-    """Every trial's config through the recipe's own checks, before Ray starts (one line per bad value)."""
+def validate(spec: Spec, root: Path, until: int | None = None) -> list[Trial]:
+    """Every trial's command line (`until` included) through the recipe's own checks, before Ray starts (one
+    line per bad value)."""
     out = trials(spec, root)
     for t in out:
         try:
-            res = resolve(trial_argv(spec, t))
+            res = resolve(trial_argv(spec, t, until))
             preflight(res.cfg)
         except UsageError as e:
             raise UsageError(f"trial {t.name}: {e}") from e
@@ -375,7 +374,7 @@ def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTab
 
 
 def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None) -> int:
-    all_trials = validate(spec, root)
+    all_trials = validate(spec, root, until)
     table = LiveTable([t.name for t in all_trials])
     todo = []
     for t in all_trials:

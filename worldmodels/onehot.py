@@ -68,13 +68,11 @@ class _OneHotLinear(torch.autograd.Function):
         return gx, None, gw, gb, None
 
 
-def onehot_linear(x: Tensor, onehot: OneHot | None, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`F.linear(x, weight, bias)`, computed sparsely over the one-hot block `onehot` describes (if any).
+def onehot_linear(x: Tensor, onehot: OneHot, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`F.linear(x, weight, bias)`, computed sparsely over the one-hot block `onehot` describes.
 
     The caller guarantees that block is exactly one-hot (`OneHot.of` from a straight-through sample); nothing
     here checks it, since checking would cost the pass this saves. Differentiable once (the actor-critic's
     first-order update), not twice: the bilevel world-model step keeps dense layers.
     """
-    if onehot is None:
-        return F.linear(x, weight, bias)
     return _OneHotLinear.apply(x, onehot.idx, weight, bias, onehot.start)

@@ -152,8 +152,8 @@ class RSSM(nn.Module):
             feats.append(self.feat(state))
             hots.append(hot(state))
         seq: dict[str, Any] = {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
-        if self.discrete:
-            seq["onehot"] = OneHot(self.deter, torch.stack([h.idx for h in hots if h is not None], 0))
+        if self.discrete:  # every entry is a OneHot then
+            seq["onehot"] = OneHot(self.deter, torch.stack([h.idx for h in hots], 0))  # type: ignore[union-attr]
         return seq
 
     def feat(self, state: State) -> Tensor:
