@@ -178,11 +178,11 @@ def tempo_overrides(name: str) -> dict[str, Any]:
 
 
 def config_for(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch.device = "cpu",
-               seed: int = 0, precision: str = "32") -> Config:
+               seed: int = 0, precision: str = "32", compile: bool = False) -> Config:
     """The recipe's config of one benchmark run: `size`'s preset, task and overrides, strategy `config`
-    (`tempo_overrides`), and run.device / run.seed / run.precision."""
+    (`tempo_overrides`), and run.device / run.seed / run.precision / run.compile."""
     sz = _bench_size(size)
-    run_fields = {"device": torch.device(device).type, "seed": seed, "precision": precision}
+    run_fields = {"device": torch.device(device).type, "seed": seed, "precision": precision, "compile": compile}
     overrides = deep_update(sz.overrides, {"env": {"task": sz.task}, "tempo": tempo_overrides(config),
                                            "run": run_fields})
     return build_config(sz.preset, overrides)
@@ -331,8 +331,8 @@ class Bench:
 
 
 def build(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch.device = "cpu", seed: int = 0,
-          lower_opt: str = "adam", precision: str = "32") -> Bench:
-    """The recipe's `Run` of `config_for(size, config, device, seed, precision)` in a temporary logdir, and its
+          lower_opt: str = "adam", precision: str = "32", compile: bool = False) -> Bench:
+    """The recipe's `Run` of `config_for(size, config, device, seed, precision, compile)` in a temporary logdir, and its
     synthetic batch (`make_batch`, seed + 1): same seed -> same θ, α, batch. The steps run in `precision` ('32',
     'bf16', '16' or 'auto', `bilevel.precision`) as the recipe runs them. `lower_opt='sgd'` replaces the run's
     trainer by `sgd_trainer` (same config and α). `device` 'cuda:N' makes N the current CUDA device."""
@@ -342,7 +342,7 @@ def build(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch
     dev = check_device(device)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)  # the recipe's run.device is 'cuda': the current device
-    cfg = config_for(sz, config, dev, seed, precision)
+    cfg = config_for(sz, config, dev, seed, precision, compile)
     logdir = tempfile.mkdtemp(prefix=f"tempo-bench-{sz.name}-")
     try:
         run = Run(cfg, Path(logdir))
@@ -430,6 +430,38 @@ def interleaved(fn_a: Callable[[], float], fn_b: Callable[[], float], rounds: in
     ratios = [a / b for a, b in zip(ta, tb, strict=True)]
     return {"times_a": ta, "times_b": tb, "ratios": ratios, "median_ratio": statistics.median(ratios),
             "median_a": statistics.median(ta), "median_b": statistics.median(tb)}
+
+
+# ---------------------------------------------------------------------------------------------------
+# arithmetic: how far a step is from the machine's matmul throughput
+# ---------------------------------------------------------------------------------------------------
+def count_flops(fn: Callable[[], Any]) -> float:
+    """Floating-point operations of one call of `fn` (torch's FlopCounterMode: matmuls and convolutions, the
+    work that bounds a step; elementwise ops and gathers are not counted). The call really runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def gemm_gflops(device: str | torch.device = "cpu", n: int = 2048, dtype: torch.dtype = torch.float32,
+                repeats: int = 5) -> float:
+    """This machine's square-matmul throughput (best of `repeats`, after one warm-up), the ceiling a
+    matmul-bound step can approach in `dtype` with the current thread count."""
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    best = math.inf
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------

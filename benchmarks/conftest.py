@@ -10,6 +10,7 @@
 
 Options: --bench-size tiny|dmc_state|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
 --bench-precision 32,bf16,16,auto (the precisions of test_train_step_precisions; default 32,auto),
+--bench-compile off,on (the `run.compile` settings of test_train_step_precisions; default off),
 --bench-rounds N (interleaved A/B rounds of test_train_step.py; default 10 tiny, 3 otherwise),
 --bench-mem-steps N (steps per fresh memory process; default 3 tiny, 2 otherwise),
 --bench-mem-rounds N (interleaved A/B memory processes; default 2 tiny, 1 otherwise),
@@ -52,6 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "else torch's default)")
     g.addoption("--bench-precision", default="32,auto",
                 help="comma-separated precisions of test_train_step_precisions (32, bf16, 16, auto; default 32,auto)")
+    g.addoption("--bench-compile", default="off",
+                help="comma-separated run.compile settings of test_train_step_precisions (off, on; default off)")
     g.addoption("--bench-keep-denormals", action="store_true",
                 help="do NOT flush denormal floats to zero on CPU (default: flush, see benchmarks/common.py)")
 
@@ -80,6 +83,7 @@ class BenchOptions:
     fidelity: bool
     tempo: str
     precisions: tuple[str, ...] = ("32", "auto")
+    compiles: tuple[bool, ...] = (False,)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +100,16 @@ def bench_opts(request: pytest.FixtureRequest) -> BenchOptions:
         memory=not o("--bench-no-memory"), fidelity=not o("--bench-no-fidelity"),
         tempo=o("--bench-tempo") or TEMPO,
         precisions=tuple(p.strip() for p in o("--bench-precision").split(",") if p.strip()),
+        compiles=_compiles(o("--bench-compile")),
     )
+
+
+def _compiles(text: str) -> tuple[bool, ...]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in ("off", "on")]
+    if bad or not values:
+        raise pytest.UsageError(f"--bench-compile {text!r}: accepted values are off, on (comma-separated)")
+    return tuple(dict.fromkeys(v == "on" for v in values))
 
 
 @pytest.fixture(scope="session")

@@ -107,8 +107,8 @@ def precision_rows(benchmarks: list[tuple[dict, dict]]) -> list[Row]:
     for _, b in benchmarks:
         ei = b.get("extra_info", {}) or {}
         if ei.get("kind") == "precision":
-            rows += [{"size": ei.get("size"), "device": ei.get("device"), "rounds": ei.get("rounds"), **r}
-                     for r in ei.get("rows", [])]
+            rows += [{"size": ei.get("size"), "device": ei.get("device"), "rounds": ei.get("rounds"),
+                      "gemm_gflops": ei.get("gemm_gflops_fp32"), **r} for r in ei.get("rows", [])]
     return rows
 
 
@@ -166,13 +166,19 @@ def render_markdown(benchmarks: list[tuple[dict, dict]]) -> str:
         out.append("")
     pr = precision_rows(benchmarks)
     if pr:
-        out += ["## Whole train step by precision (all arms interleaved; speedups are medians of per-round ratios)",
-                "", "| size/device | precision | rounds | DreamerV2 ms | speedup vs fp32 | TEMPO ms | speedup vs fp32 "
-                "| TEMPO/DreamerV2 |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in pr:
-            out.append(f"| {r['size']}/{r['device']} | {r['precision']} | {_f(r['rounds'], '{}')} | "
+        out += ["## Whole train step by precision and compile setting (all arms interleaved; speedups over float32 "
+                "eager are medians of per-round ratios; GFLOP/s = matmul work per step / median time, against the "
+                "machine's float32 matmul throughput)",
+                "", "| size/device | precision | compile | rounds | DreamerV2 ms | speedup vs fp32 | TEMPO ms "
+                "| speedup vs fp32 | TEMPO/DreamerV2 | GFLOP/step DV2 / TEMPO | GFLOP/s DV2 / TEMPO / matmul peak |",
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in pr:  # results from before run.compile and the FLOP counts lack those keys
+            comp = "on" if r.get("compile") else "off"
+            out.append(f"| {r['size']}/{r['device']} | {r['precision']} | {comp} | {_f(r['rounds'], '{}')} | "
                        f"{_f(r['none_ms'])} | {_f(r['speedup_none_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_ms'])} | "
-                       f"{_f(r['speedup_tempo_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_over_none'], '{:.3f}')} |")
+                       f"{_f(r['speedup_tempo_vs_fp32'], '{:.2f}x')} | {_f(r['tempo_over_none'], '{:.3f}')} | "
+                       f"{_f(r.get('none_gflop'))} / {_f(r.get('tempo_gflop'))} | {_f(r.get('none_gflops'), '{:.0f}')}"
+                       f" / {_f(r.get('tempo_gflops'), '{:.0f}')} / {_f(r.get('gemm_gflops'), '{:.0f}')} |")
         out.append("")
     commits = [b["extra_info"] for _, b in benchmarks if (b.get("extra_info") or {}).get("kind") == "commits"]
     if commits:

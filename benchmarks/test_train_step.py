@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.common import BASELINE, REFERENCE, build, machine
+from benchmarks.common import BASELINE, REFERENCE, build, count_flops, gemm_gflops, machine
 from benchmarks.memory import measure_subprocess
 
 GOAL_TIME = 1.15
@@ -200,17 +200,23 @@ def _free_memory():
 
 def test_train_step_precisions(benchmark, bench_opts, capsys):
     """The whole train step of DreamerV2 (`none`) and TEMPO in each `--bench-precision` (default 32 and the one
-    `auto` picks here), all arms interleaved round by round. Reported per arm: median ms per step; per reduced
-    precision: the speedup over float32 (median of per-round ratios) and TEMPO/none in that precision."""
+    `auto` picks here) and `--bench-compile` setting (default off), all arms interleaved round by round.
+    Reported per (precision, compile): median ms per step, the speedup over float32 without compile (median of
+    per-round ratios), and TEMPO/none in that setting. Compilation happens in the warm-up, untimed."""
     from bilevel.precision import resolve
 
     o = bench_opts
     dev = torch.device(o.device)
     precisions = list(dict.fromkeys(resolve(p, dev) for p in o.precisions))
-    arms = {(c, p): build(o.size, c, dev, precision=p) for p in precisions for c in (BASELINE, o.tempo)}
-    for arm in arms.values():  # warm-up (optimiser state, lazy initialisation, float16 loss scale)
+    settings = [(p, c) for p in precisions for c in o.compiles]
+    arms = {(cfg, p, c): build(o.size, cfg, dev, precision=p, compile=c)
+            for p, c in settings for cfg in (BASELINE, o.tempo)}
+    for arm in arms.values():  # warm-up (optimiser state, lazy initialisation, float16 loss scale, compilation)
         arm.train_step()
-    times: dict[tuple[str, str], list[float]] = {k: [] for k in arms}
+    # matmul work of one step (compiling changes none of it), against the machine's float32 matmul throughput
+    gflop = {(cfg, p): count_flops(arm.train_step) / 1e9 for (cfg, p, c), arm in arms.items() if not c}
+    gemm = gemm_gflops(dev)
+    times: dict[tuple[str, str, bool], list[float]] = {k: [] for k in arms}
 
     def one_round() -> None:
         for key, arm in arms.items():
@@ -218,23 +224,37 @@ def test_train_step_precisions(benchmark, bench_opts, capsys):
 
     benchmark.group = f"precision-{o.size}-{dev.type}"
     benchmark.pedantic(one_round, rounds=o.rounds, iterations=1, warmup_rounds=0)
-    base = times[(BASELINE, "32")] if (BASELINE, "32") in times else times[next(iter(times))]
+
+    def base(cfg: str) -> list[float]:  # float32 eager when measured, else the first setting
+        return times.get((cfg, "32", False), times[(cfg, *settings[0])])
+
+    def speedup(ref: list[float], xs: list[float]) -> float:
+        return statistics.median(b / x for b, x in zip(ref, xs, strict=True))
+
+    def rate(cfg: str, p: str, ts: list[float]) -> float | None:  # achieved GFLOP/s
+        return gflop[(cfg, p)] / statistics.median(ts) if (cfg, p) in gflop else None
+
     rows = []
-    for p in precisions:
-        none, tempo = times[(BASELINE, p)], times[(o.tempo, p)]
+    for p, c in settings:
+        none, tempo = times[(BASELINE, p, c)], times[(o.tempo, p, c)]
         rows.append({
-            "precision": p, "none_ms": 1e3 * statistics.median(none), "tempo_ms": 1e3 * statistics.median(tempo),
-            "speedup_none_vs_fp32": statistics.median(b / x for b, x in zip(base, none, strict=True)),
-            "speedup_tempo_vs_fp32": statistics.median(
-                b / x for b, x in zip(times.get((o.tempo, "32"), tempo), tempo, strict=True)),
+            "precision": p, "compile": c,
+            "none_ms": 1e3 * statistics.median(none), "tempo_ms": 1e3 * statistics.median(tempo),
+            "none_gflop": gflop.get((BASELINE, p)), "tempo_gflop": gflop.get((o.tempo, p)),
+            "none_gflops": rate(BASELINE, p, none), "tempo_gflops": rate(o.tempo, p, tempo),
+            "speedup_none_vs_fp32": speedup(base(BASELINE), none),
+            "speedup_tempo_vs_fp32": speedup(base(o.tempo), tempo),
             "tempo_over_none": statistics.median(t / n for t, n in zip(tempo, none, strict=True)),
         })
     benchmark.extra_info.update(kind="precision", size=o.size, device=str(dev), tempo=o.tempo, rounds=o.rounds,
-                                rows=rows, machine=machine(dev),
-                                times_s={f"{c}/{p}": v for (c, p), v in times.items()})
+                                rows=rows, machine=machine(dev), gemm_gflops_fp32=gemm,
+                                times_s={f"{cfg}/{p}{'/compile' if c else ''}": v
+                                         for (cfg, p, c), v in times.items()})
     with capsys.disabled():
+        print(f"\n[{o.size}/{dev.type}] float32 matmul throughput {gemm:.0f} GFLOP/s; matmul work per step: "
+              + ", ".join(f"{cfg}/{p} {g:.1f} GFLOP" for (cfg, p), g in gflop.items()))
         for r in rows:
-            print(f"\n[{o.size}/{dev.type}] precision {r['precision']}: none {r['none_ms']:.1f} ms "
-                  f"(x{r['speedup_none_vs_fp32']:.2f} vs fp32), TEMPO {r['tempo_ms']:.1f} ms "
-                  f"(x{r['speedup_tempo_vs_fp32']:.2f}), TEMPO/none {r['tempo_over_none']:.3f}")
+            print(f"\n[{o.size}/{dev.type}] precision {r['precision']}, compile {'on' if r['compile'] else 'off'}: "
+                  f"none {r['none_ms']:.1f} ms (x{r['speedup_none_vs_fp32']:.2f} vs fp32 eager), TEMPO "
+                  f"{r['tempo_ms']:.1f} ms (x{r['speedup_tempo_vs_fp32']:.2f}), TEMPO/none {r['tempo_over_none']:.3f}")
     assert all(r["none_ms"] > 0 for r in rows)

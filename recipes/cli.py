@@ -153,8 +153,8 @@ def resolve(argv: list[str]) -> Resolved:
 
 # Settings a resumed run may change (recorded in config.json's history); anything else must stay as it was.
 SAFE_ON_RESUME = ("run.steps", "run.eval_every", "run.eval_episodes", "run.log_every", "run.checkpoint_every",
-                  "run.progress_every", "run.video_every", "run.max_nonfinite", "run.device", "world_model.lr",
-                  "agent.actor_lr", "agent.critic_lr", "tempo.bilevel.weighter.lr")
+                  "run.progress_every", "run.video_every", "run.max_nonfinite", "run.device", "run.compile",
+                  "world_model.lr", "agent.actor_lr", "agent.critic_lr", "tempo.bilevel.weighter.lr")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -138,6 +138,8 @@ class RunConfig(Strict):
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto", description="matmuls in bf16/fp16 with float32 islands; auto = bf16 where native, else 32")
+    compile: bool = Field(False, description="torch.compile the imagination step (RSSM prior and its sample) of "
+                                             "the actor-critic update; the first update compiles it")
     logdir: str = "runs/default"
     max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")
 

@@ -51,6 +51,7 @@ class Run:
         m = cfg.world_model
         self.wm = WorldModel(self.env.obs_space, self.env.action_dim, self.env.discrete,
                              **m.model_dump(exclude=OPTIMIZER_FIELDS)).to(self.device)
+        self.wm.rssm.compile_imagination = cfg.run.compile
         self.agent = ActorCritic(
             self.wm.rssm.feat_dim, self.env.action_dim, self.env.discrete,
             # DreamerV2 squashes replay rewards before the world model sees them (`to_torch`), not predictions

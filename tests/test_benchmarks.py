@@ -24,6 +24,8 @@ from benchmarks.common import (
     bilevel_config,
     build,
     config_for,
+    count_flops,
+    gemm_gflops,
     get_size,
     interleaved,
     make_batch,
@@ -274,7 +276,8 @@ def test_tiny_suites_run_and_report(tmp_path):
     out = tmp_path / "tiny.json"
     cmd = [sys.executable, "-m", "pytest", "benchmarks/", "-q", "-p", "no:cacheprovider", "--benchmark-enable",
            "--bench-size", "tiny", "--bench-rounds", "3", "--bench-mem-rounds", "1", "--benchmark-min-rounds", "3",
-           "--benchmark-max-time", "0.05", "--benchmark-warmup=off", f"--benchmark-json={out}"]
+           "--benchmark-max-time", "0.05", "--benchmark-warmup=off", "--bench-compile", "off,on",
+           f"--benchmark-json={out}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -287,7 +290,22 @@ def test_tiny_suites_run_and_report(tmp_path):
     assert {r["what"] for r in ratios} == {"whole train step", "bilevel world-model step"}
     assert all(r["time_ratio"] > 0 for r in ratios)
     precision = [b["extra_info"] for b in data["benchmarks"] if b["extra_info"].get("kind") == "precision"]
-    assert len(precision) == 1 and [r["precision"] for r in precision[0]["rows"]][0] == "32"
+    assert len(precision) == 1 and [(r["precision"], r["compile"]) for r in precision[0]["rows"]][:2] == [
+        ("32", False), ("32", True)]
     assert precision[0]["machine"]["cpu_flags"] and "native_bf16" in precision[0]["machine"]
+    row = precision[0]["rows"][0]
+    assert row["tempo_gflop"] > row["none_gflop"] > 0 and precision[0]["gemm_gflops_fp32"] > 0
+    assert row["none_gflops"] == pytest.approx(row["none_gflop"] / (row["none_ms"] / 1e3))
     md = report.main([str(out), "--out-dir", str(tmp_path)])  # what `python -m benchmarks.report` does
     assert "approx-terms_fd" in md and "Interleaved ratios" in md and "by precision" in md and "CPU flags" in md
+    assert "| tiny/cpu | 32 | on |" in md
+
+
+def test_count_flops_is_twice_the_multiply_adds():
+    """A linear layer's forward and backward against the closed form: 2mkn per matmul (forward x Wᵀ, backward
+    g W and gᵀ x)."""
+    m, k, n = 8, 5, 3
+    x, w = torch.randn(m, k, requires_grad=True), torch.randn(n, k, requires_grad=True)
+    assert count_flops(lambda: torch.nn.functional.linear(x, w)) == 2 * m * k * n
+    assert count_flops(lambda: torch.nn.functional.linear(x, w).sum().backward()) == 3 * 2 * m * k * n
+    assert gemm_gflops(n=64, repeats=1) > 0

@@ -13,6 +13,7 @@ differentiably - the task loss V(s_post) - V(s_prior) is differentiated through 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,9 @@ class RSSM(nn.Module):
         self.cell = GRUCell(hidden, deter)
         self.img_out = nn.Sequential(nn.Linear(deter, hidden), act(), nn.Linear(hidden, stats))
         self.obs_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), act(), nn.Linear(hidden, stats))
+        # `imagine` runs img_step through torch.compile (`compile_imagination`); observe stays eager, since the
+        # bilevel world-model step differentiates it twice and through torch.func.
+        self.compile_imagination = False
         dreamer_init(self)
 
     @property
@@ -82,24 +86,32 @@ class RSSM(nn.Module):
         mean, std = x.chunk(2, -1)
         return {"mean": mean, "std": STD_ACTS[self.std_act](std) + self.min_std}
 
-    def _sample(self, stats: State) -> Tensor:
+    def noise(self, batch: int, device: torch.device) -> Tensor:
+        """The random numbers one `_sample` of `batch` states draws, drawn as it would draw them: uniform
+        [B, stoch, discrete] (categorical) or standard normal [B, stoch] (Gaussian), float32."""
+        if self.discrete:
+            return torch.rand(batch, self.stoch, self.discrete, device=device)
+        return torch.randn(batch, self.stoch, device=device)
+
+    def _sample(self, stats: State, noise: Tensor | None = None) -> Tensor:
+        """A sample from the distribution `stats` describes, from `noise` (`self.noise`) or freshly drawn."""
         if self.discrete:
             logits = stats["logits"]
             probs = torch.softmax(logits, -1)
             # Gumbel-max one-hot sample (elementwise + argmax only, so it also runs under torch.func).
-            u = torch.rand_like(logits).clamp(1e-20, 1.0 - 1e-7)
+            u = (torch.rand_like(logits) if noise is None else noise).clamp(1e-20, 1.0 - 1e-7)
             idx = (sg(logits) - torch.log(-torch.log(u))).argmax(-1)
             onehot = F.one_hot(idx, self.discrete).to(logits.dtype)
             s = onehot + (probs - sg(probs))  # straight-through: value exactly one-hot, gradient of probs
             return s.reshape(*s.shape[:-2], self.stoch_flat)
-        return stats["mean"] + stats["std"] * torch.randn_like(stats["mean"])
+        return stats["mean"] + stats["std"] * (torch.randn_like(stats["mean"]) if noise is None else noise)
 
-    def img_step(self, state: State, action: Tensor) -> State:
+    def img_step(self, state: State, action: Tensor, noise: Tensor | None = None) -> State:
         """Prior: h_t = f(h_{t-1}, s_{t-1}, a_{t-1}), s_t ~ p(s_t | h_t).  [B, ...], [B, A] -> [B, ...]"""
         x = self.img_in(torch.cat([state["s"], action], -1))  # [B, hidden]
         h = self.cell(x, state["h"])  # [B, deter]
         stats = self._stats(self.img_out(h))
-        return {"h": h, "s": self._sample(stats), **stats}
+        return {"h": h, "s": self._sample(stats, noise), **stats}
 
     def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> tuple[State, State]:
         """Posterior q(s_t | h_t, embed_t) and prior p(s_t | h_t); state and action zeroed where is_first."""
@@ -144,11 +156,14 @@ class RSSM(nn.Module):
         def hot(st: State) -> OneHot | None:
             return OneHot.of(st["s"], self.deter, self.discrete) if self.discrete else None
 
+        # The step's noise is drawn here, in the order img_step would draw it, so that a compiled step is a
+        # pure function (inductor would draw its own random numbers) and both give the same rollout.
+        step = _compiled(type(self).img_step) if self.compile_imagination else type(self).img_step
         state = {k: start[k] for k in self.state_keys}
         feats, actions, hots = [self.feat(state)], [], [hot(state)]
         for _ in range(horizon):
             actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1], hots[-1]))
-            state = self.img_step(state, actions[-1])
+            state = step(self, state, actions[-1], self.noise(actions[-1].shape[0], actions[-1].device))
             feats.append(self.feat(state))
             hots.append(hot(state))
         seq: dict[str, Any] = {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
@@ -166,3 +181,10 @@ class RSSM(nn.Module):
             cat = OneHotCategoricalStraightThrough(logits=state["logits"], validate_args=False)
             return Independent(cat, 1)
         return Independent(Normal(state["mean"], state["std"], validate_args=False), 1)
+
+
+@functools.cache
+def _compiled(img_step: Callable[..., State]) -> Callable[..., State]:
+    """An RSSM class's img_step through torch.compile, made once per process (dynamo guards on the module it
+    is called with, so one compiled function serves every instance; a new shape or dtype recompiles)."""
+    return torch.compile(img_step, dynamic=False)
