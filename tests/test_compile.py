@@ -51,3 +51,18 @@ def test_run_compile_trains_like_eager():
         assert math.isfinite(m_eager[k]) and m_comp[k] == pytest.approx(m_eager[k], rel=1e-4, abs=1e-6), k
     for p, q in zip(eager.agent.parameters(), comp.agent.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_imagination_noise_is_what_the_eager_step_drew():
+    """`imagine` draws each step's noise as `img_step` itself would: the same numbers from the same generator
+    (float32, or float64 for a float64 model), so a rollout is unchanged by drawing it outside the step."""
+    for dtype in (torch.float32, torch.float64):
+        for discrete in (32, 0):
+            rssm = RSSM(action_dim=2, embed_dim=4, deter=6, stoch=3, discrete=discrete, hidden=5).to(dtype)
+            state = rssm.initial(7)
+            action = torch.zeros(7, 2, dtype=dtype)
+            torch.manual_seed(5)
+            inside = rssm.img_step(state, action)
+            torch.manual_seed(5)
+            outside = rssm.img_step(state, action, rssm.noise(state["h"]))
+            assert all(torch.equal(inside[k], outside[k]) for k in inside), (dtype, discrete)

@@ -86,12 +86,14 @@ class RSSM(nn.Module):
         mean, std = x.chunk(2, -1)
         return {"mean": mean, "std": STD_ACTS[self.std_act](std) + self.min_std}
 
-    def noise(self, batch: int, device: torch.device) -> Tensor:
-        """The random numbers one `_sample` of `batch` states draws, drawn as it would draw them: uniform
-        [B, stoch, discrete] (categorical) or standard normal [B, stoch] (Gaussian), float32."""
+    def noise(self, like: Tensor) -> Tensor:
+        """The random numbers one `_sample` of the states `like` ([B, ...], e.g. their h) draws, drawn as it would
+        draw them: uniform [B, stoch, discrete] (categorical) or standard normal [B, stoch] (Gaussian), in the
+        dtype of the distribution parameters (the float32 island; float64 for float64 models)."""
+        kw = {"dtype": torch.float64 if like.dtype == torch.float64 else torch.float32, "device": like.device}
         if self.discrete:
-            return torch.rand(batch, self.stoch, self.discrete, device=device)
-        return torch.randn(batch, self.stoch, device=device)
+            return torch.rand(like.shape[0], self.stoch, self.discrete, **kw)
+        return torch.randn(like.shape[0], self.stoch, **kw)
 
     def _sample(self, stats: State, noise: Tensor | None = None) -> Tensor:
         """A sample from the distribution `stats` describes, from `noise` (`self.noise`) or freshly drawn."""
@@ -163,7 +165,7 @@ class RSSM(nn.Module):
         feats, actions, hots = [self.feat(state)], [], [hot(state)]
         for _ in range(horizon):
             actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1], hots[-1]))
-            state = step(self, state, actions[-1], self.noise(actions[-1].shape[0], actions[-1].device))
+            state = step(self, state, actions[-1], self.noise(state["h"]))
             feats.append(self.feat(state))
             hots.append(hot(state))
         seq: dict[str, Any] = {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}
