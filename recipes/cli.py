@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,13 @@ def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
 
 def cuda_available() -> bool:
     return torch.cuda.is_available()
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend (inductor) would build its kernels with: $CXX, else the
+    first of g++ / clang++ / c++ on the PATH; None if there is none."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return next((path for path in map(shutil.which, names) if path), None)
 
 
 def choose_preset(task: str, device: str | None) -> tuple[str, str | None]:
@@ -226,6 +235,9 @@ def preflight(cfg: Config) -> None:
                          f"{limit + 1}")
     if cfg.run.device == "cuda" and not cuda_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if cfg.run.compile and cfg.run.device == "cpu" and cxx_compiler() is None:
+        raise UsageError("--run.compile true needs a C++ compiler on CPU (torch.compile builds its kernels with "
+                         "$CXX, g++, clang++ or c++) and none is on the PATH; install one or use --run.compile false")
     try:
         get_upper_loss(cfg.tempo.upper_loss)
     except (ValueError, TypeError) as e:

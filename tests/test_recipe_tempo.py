@@ -144,6 +144,7 @@ def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     (["--task", "cartpole_swingup", "--replay.length", "100"], "replay.length 100"),
     (["--logdir", ""], "--logdir is empty"),
     (["--until", "0"], "--until 0: expected a positive number of frames"),
+    (["--run.compile", "maybe"], "run.compile"),
 ])
 def test_bad_input_fails_before_creating_anything(tmp_path, args, needle):
     import torch
@@ -156,6 +157,24 @@ def test_bad_input_fails_before_creating_anything(tmp_path, args, needle):
     assert needle in p.stderr and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one line
     assert not logdir.exists()
+
+
+def test_compile_without_a_cxx_compiler_is_a_usage_error(tmp_path, monkeypatch):
+    """torch.compile on CPU builds C++ kernels: without a compiler `--run.compile true` fails up front, not at the
+    first update after the prefill."""
+    import shutil
+
+    from recipes.cli import UsageError, preflight
+    from recipes.config import build
+
+    cfg = build("debug", {"env": {"task": "finger_spin"}, "run": {"compile": True, "logdir": str(tmp_path / "x")}})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    with pytest.raises(UsageError, match=r"needs a C\+\+ compiler .* none is on the PATH"):
+        preflight(cfg)
+    monkeypatch.delenv("CXX")
+    if shutil.which("g++"):
+        preflight(cfg)  # found on the PATH: accepted
+    assert not (tmp_path / "x").exists()
 
 
 def test_unwritable_logdir():
