@@ -299,6 +299,14 @@ class LiveTable:
     def update(self, name: str, **values: Any) -> None:
         self.rows[name].update(values)
 
+    def result(self, name: str, result: dict[str, Any]) -> None:
+        """A trial's metrics report: its frames and fps, and its eval return only if the report has one. A resumed
+        trial's first reports come before its first evaluation in this sitting, and the table keeps the last
+        return it knows (from the checkpoint) rather than blanking it."""
+        self.update(name, state="running", frames=int(result["frames"]), fps=result["fps"], node=result.get("node"))
+        if result.get("eval_return") is not None:
+            self.update(name, eval_return=result["eval_return"])
+
     def print(self, force: bool = False) -> None:
         if not force and time.time() - self.last_print < self.every:
             return
@@ -331,9 +339,7 @@ def tune_callback(table: LiveTable) -> Any:
             table.print()
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            name = trial.config["trial"]["name"]
-            table.update(name, state="running", frames=int(result["frames"]), fps=result["fps"],
-                         eval_return=result.get("eval_return"), node=result.get("node"))
+            table.result(trial.config["trial"]["name"], result)
             table.print()
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

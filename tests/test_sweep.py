@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.sweep import FAIL_ENV, STATUS_FILE, Spec, Trial, progress, trials
+from recipes.sweep import FAIL_ENV, STATUS_FILE, LiveTable, Spec, Trial, progress, trials
 from tests.test_recipe_tempo import ROOT, records
 
 pytest.importorskip("ray")
@@ -191,3 +191,17 @@ def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     assert not any((root / d).exists() for d in ("cartpole_swingup", "nosuchtask")), "a trial directory was made"
+
+
+def test_live_table_keeps_the_last_eval_return_until_a_new_one(capsys):
+    """A resumed trial reports frames before its first evaluation of the sitting: the table keeps the return it
+    read from the checkpoint, and shows a new one as soon as a report has it."""
+    table = LiveTable(["a/tempo/0"], every=0.0)
+    table.update("a/tempo/0", frames=2500, eval_return=316.0)  # from the checkpoint, before the sitting starts
+    table.result("a/tempo/0", {"frames": 3000, "fps": 0.25, "node": "n1"})
+    assert table.rows["a/tempo/0"] == {"state": "running", "frames": 3000, "fps": 0.25, "eval_return": 316.0,
+                                       "node": "n1"}
+    table.print()
+    assert capsys.readouterr().out.splitlines()[1].split() == ["a/tempo/0", "running", "3000", "0.2", "316.0"]
+    table.result("a/tempo/0", {"frames": 5000, "fps": 0.3, "eval_return": 402.5, "node": "n1"})
+    assert table.rows["a/tempo/0"]["eval_return"] == 402.5 and table.rows["a/tempo/0"]["frames"] == 5000
