@@ -97,6 +97,7 @@ __all__ = [
     "frame_budgets",
     "final_score",
     "welch_rows",
+    "curve_stats",
     "aggregate_final",
     "performance_profiles",
     "iqm_per_frame",
@@ -502,29 +503,51 @@ def _colors(methods: list[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+def curve_stats(runs: list[dict], task: str) -> dict[str, np.ndarray]:
+    """Per evaluation frame of any of ``runs``: the number of runs evaluated there (``n``), their mean return and
+    the 95% CI (Student t over those runs; NaN where n < 2). For a suite with bounded returns (DMC: 0..1000) the
+    interval is clipped to the bounds: with two or three seeds a t-interval reaches far outside what a return
+    can be, and drawn unclipped it flattens every curve on the plot."""
+    frames = np.unique(np.concatenate([r["steps"] for r in runs]))
+    n, mean, lo, hi = [], [], [], []
+    for f in frames:
+        vals = np.array([r["returns"][r["steps"] == f][0] for r in runs if f in r["steps"]])
+        half = (stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals))
+                if len(vals) > 1 else math.nan)
+        n.append(len(vals))
+        mean.append(vals.mean())
+        lo.append(vals.mean() - half)
+        hi.append(vals.mean() + half)
+    lo_arr, hi_arr = np.array(lo), np.array(hi)
+    norm = normalisation(task)
+    if norm is not None and norm["suite"] == "dmc":
+        lo_arr, hi_arr = np.clip(lo_arr, 0.0, norm["max"]), np.clip(hi_arr, 0.0, norm["max"])
+    return {"frames": frames, "n": np.array(n), "mean": np.array(mean), "lo": lo_arr, "hi": hi_arr}
+
+
 def plot_task_curves(groups: dict[tuple[str, str], list[dict]], budgets: dict[str, int], colors: dict,
                      baseline: str, out_path: Path) -> None:
-    """One subplot per task: mean and 95% CI (Student t over seeds) of the return at each evaluation step."""
+    """One subplot per task: mean and 95% CI (Student t over seeds) of the return at each evaluation step
+    (`curve_stats`). Points evaluated by fewer runs than the method has (a sweep still running) are hollow and
+    say how many."""
     tasks = sorted({t for t, _ in groups})
     ncols = min(len(tasks), 3)
     nrows = math.ceil(len(tasks) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
-        for method in colors:
+        for i, method in enumerate(colors):
             runs = groups.get((task, method))
             if not runs:
                 continue
-            frames = np.unique(np.concatenate([r["steps"] for r in runs]))
-            mean, half = [], []
-            for f in frames:
-                vals = np.array([r["returns"][r["steps"] == f][0] for r in runs if f in r["steps"]])
-                mean.append(vals.mean())
-                sem = vals.std(ddof=1) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan
-                half.append(stats.t.ppf(0.975, len(vals) - 1) * sem if len(vals) > 1 else math.nan)
-            mean, half = np.array(mean), np.array(half)
-            ax.plot(frames, mean, "--" if method == baseline else "-", color=colors[method], lw=2,
+            c = curve_stats(runs, task)
+            ax.plot(c["frames"], c["mean"], "--" if method == baseline else "-", color=colors[method], lw=2,
                     label=f"{method} (n={len(runs)})")
-            ax.fill_between(frames, mean - half, mean + half, color=colors[method], alpha=0.2, lw=0)
+            ax.fill_between(c["frames"], c["lo"], c["hi"], color=colors[method], alpha=0.2, lw=0)
+            partial = c["n"] < len(runs)
+            ax.plot(c["frames"][partial], c["mean"][partial], "o", mfc="white", color=colors[method], ms=5)
+            for f, m, k in zip(c["frames"][partial], c["mean"][partial], c["n"][partial], strict=True):
+                ax.annotate(f"n={k}", (f, m), textcoords="offset points", xytext=(4, 4 - 10 * i), fontsize=7,
+                            color=colors[method])  # methods' labels apart where their means are close
         ax.axvline(budgets[task], color="grey", ls=":", lw=1, label=f"frame budget {budgets[task]:,}")
         ax.set_title(task)
         ax.set_xlabel("environment frames")

@@ -327,3 +327,26 @@ def test_atari_sweep_without_baseline(tmp_path):
     assert not payload["baseline_present"]
     assert agg["probability_of_improvement"] == {} and payload["welch"] == []
     assert "**absent**" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_curve_stats_count_seeds_per_frame_and_clip_dmc_intervals():
+    """A point evaluated by fewer seeds says so; the t-interval is computed by hand and, for DMC, clipped to the
+    returns a task can pay (0..1000)."""
+    from scipy import stats
+
+    def run(steps, returns):
+        return {"steps": np.array(steps), "returns": np.array(returns, dtype=float)}
+
+    runs = [run([0, 2500, 5000], [100.0, 300.0, 320.0]), run([0, 2500, 5000], [110.0, 0.0, 0.0]),
+            run([0, 2500], [120.0, 3.0])]
+    c = report.curve_stats(runs, "reacher_easy")
+    assert c["frames"].tolist() == [0, 2500, 5000] and c["n"].tolist() == [3, 3, 2]
+    assert c["mean"].tolist() == pytest.approx([110.0, 101.0, 160.0])
+    half0 = stats.t.ppf(0.975, 2) * np.std([100.0, 110.0, 120.0], ddof=1) / np.sqrt(3)  # inside the bounds
+    assert c["lo"][0] == pytest.approx(110.0 - half0) and c["hi"][0] == pytest.approx(110.0 + half0)
+    half2 = stats.t.ppf(0.975, 1) * np.std([320.0, 0.0], ddof=1) / np.sqrt(2)  # ±2033: beyond 0..1000
+    assert 160.0 + half2 > 1000 and c["lo"][2] == 0.0 and c["hi"][2] == 1000.0
+    single = report.curve_stats([run([0, 5000], [1.0, 2.0])], "reacher_easy")
+    assert np.isnan(single["lo"]).all() and single["n"].tolist() == [1, 1]
+    atari = report.curve_stats(runs[:2], "atari:pong")  # no bounds: the interval is left as it is
+    assert atari["lo"][2] == pytest.approx(160.0 - half2)
