@@ -512,12 +512,13 @@ def curve_stats(runs: list[dict], task: str) -> dict[str, np.ndarray]:
     n, mean, lo, hi = [], [], [], []
     for f in frames:
         vals = np.array([r["returns"][r["steps"] == f][0] for r in runs if f in r["steps"]])
+        m = vals.mean()
         half = (stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / math.sqrt(len(vals))
                 if len(vals) > 1 else math.nan)
         n.append(len(vals))
-        mean.append(vals.mean())
-        lo.append(vals.mean() - half)
-        hi.append(vals.mean() + half)
+        mean.append(m)
+        lo.append(m - half)
+        hi.append(m + half)
     lo_arr, hi_arr = np.array(lo), np.array(hi)
     norm = normalisation(task)
     if norm is not None and norm["suite"] == "dmc":
