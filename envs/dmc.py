@@ -12,6 +12,7 @@ import numpy as np
 
 from envs.base import Env
 
+SCALAR_KEYS = ("drop", "keep")
 # DreamerV2 names ball_in_cup tasks "cup_*" (e.g. cup_catch); accept both spellings.
 DOMAIN_ALIASES = {"cup": "ball_in_cup"}
 
@@ -50,10 +51,13 @@ class DMC(Env):
         action_repeat: int | None = None,
         time_limit: int | None = None,
         camera: int | None = None,
+        scalar_keys: str = "drop",
     ) -> None:
         super().__init__(time_limit)
         if obs not in ("pixels", "state"):
             raise ValueError(f"DMC obs must be 'pixels' or 'state', got {obs!r}")
+        if scalar_keys not in SCALAR_KEYS:
+            raise ValueError(f"scalar_keys must be one of {SCALAR_KEYS}, got {scalar_keys!r}")
         from dm_control import suite
 
         domain, task = dmc_tasks()[name]
@@ -70,14 +74,17 @@ class DMC(Env):
         if obs == "pixels":
             self.obs_space = {"image": (*self._size, 3)}
         else:
-            dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
-            self.obs_space = {"state": (dim,)}
+            # DreamerV2/TEMPO's MLP encoder reads only 1-D keys, so scalar keys (walker's height, quadruped's
+            # torso_upright) never reach the reference's model: dropped by default.
+            spec_obs = self._env.observation_spec()
+            self._keys = [k for k, v in spec_obs.items() if scalar_keys == "keep" or len(v.shape) == 1]
+            self.obs_space = {"state": (sum(int(np.prod(spec_obs[k].shape)) for k in self._keys),)}
 
     def _payload(self, time_step) -> dict[str, np.ndarray]:
         if self._obs_mode == "pixels":
             image = self._env.physics.render(*self._size, camera_id=self._camera)
             return {"image": np.ascontiguousarray(image, dtype=np.uint8)}
-        parts = [np.asarray(v, dtype=np.float32).reshape(-1) for v in time_step.observation.values()]
+        parts = [np.asarray(time_step.observation[k], dtype=np.float32).reshape(-1) for k in self._keys]
         return {"state": np.concatenate(parts)}
 
     def _reset(self) -> dict[str, np.ndarray]:

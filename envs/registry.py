@@ -98,6 +98,7 @@ def make_env(
     size: tuple[int, int] = (64, 64),
     action_repeat: int | None = None,
     time_limit: int | None = None,
+    scalar_keys: str = "drop",
     **kw,
 ) -> Env:
     """Create an environment with the uniform dict-observation interface (see ``envs.base.Env``).
@@ -110,6 +111,8 @@ def make_env(
         action_repeat: Defaults to DreamerV2's values: DMC 2, Atari 4, gym 1.
         time_limit: Episode limit in *agent* steps (after action repeat). ``None`` keeps the suite default:
             DMC's own 1000 control steps (= 500 agent steps at repeat 2), Atari 27000, gym registry limit.
+        scalar_keys: DMC states: ``'drop'`` the scalar observation keys as DreamerV2's encoder does (the
+            default), or ``'keep'`` them. Other suites have none.
         **kw: Suite-specific options (DMC ``camera``; Atari ``sticky``, ``noop_max``, ``grayscale``,
             ``full_action_space``; gym: forwarded to ``gymnasium.make``).
     """
@@ -120,7 +123,7 @@ def make_env(
         from envs.dmc import DMC
 
         mode = "pixels" if obs == "auto" else obs
-        return DMC(name, mode, seed, size, action_repeat, time_limit, **kw)
+        return DMC(name, mode, seed, size, action_repeat, time_limit, scalar_keys=scalar_keys, **kw)
     if suite == "atari":
         from envs.atari import DEFAULT_TIME_LIMIT, Atari
 

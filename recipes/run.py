@@ -37,11 +37,14 @@ class Run:
         self.cfg, self.logdir = cfg, logdir
         self.device = torch.device(cfg.run.device)
         self.precision = Precision(self.device, cfg.run.precision)
+        if cfg.run.threads is not None:
+            torch.set_num_threads(cfg.run.threads)
         if self.device.type == "cpu":  # tiny values in second-order graphs hit slow denormal paths
             torch.set_flush_denormal(True)
         self.seed_everything(cfg.run.seed)
         e = cfg.env
-        kw = dict(obs=e.obs, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit)
+        kw = dict(obs=e.obs, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit,
+                  scalar_keys=e.scalar_keys)
         self.env = make_env(e.task, seed=cfg.run.seed, **kw)
         self.eval_env = make_env(e.task, seed=cfg.run.seed + 10_000, **kw)
         self.repeat = self.env.action_repeat  # frames per agent step: the env's default unless configured

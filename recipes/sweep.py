@@ -20,6 +20,11 @@ checkpointed) at FRAMES, so the waiting trials get their turn and all methods an
 re-running with a larger `--until`, or none, goes on. It is a property of the sitting, not of the sweep, so it
 is not written to `sweep.yaml`.
 
+A comparison must not mix code versions: each sitting records the framework's commit (`recipes.provenance`) in
+`sweep.yaml`'s `sittings`, and a sitting under other code than the last one is refused in one line unless
+`--allow-code-change` is given (recorded in that sitting). Run a campaign from its own `git worktree` at a fixed
+commit. Each trial runs with `ceil(cpus_per_trial)` torch threads (`run.threads`) unless the sweep sets it.
+
 On a cluster the sweep directory must be on storage every node sees (e.g. NFS): a retried trial resumes from
 its checkpoint on whichever node it lands.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import socket
 import sys
@@ -41,8 +47,9 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from bilevel.config import Strict
-from recipes.cli import UsageError, preflight, resolve
+from recipes.cli import UsageError, check_precision, preflight, resolve, resume_config
 from recipes.config import PRESETS, format_error
+from recipes.provenance import code_version
 from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
@@ -116,6 +123,8 @@ def trial_argv(spec: Spec, trial: Trial, until: int | None = None) -> list[str]:
         argv += ["--steps", str(spec.steps)]
     if spec.gpus_per_trial > 0:
         argv += ["--device", "cuda"]
+    if "run.threads" not in spec.overrides and not any(k == "run.threads" for k, _ in trial.point):
+        argv += ["--run.threads", str(math.ceil(spec.cpus_per_trial))]
     for k, v in [*spec.overrides.items(), *trial.point]:
         argv += [f"--{k}", cli_value(v)]
     return argv
@@ -154,7 +163,19 @@ def progress(trial: Trial) -> tuple[int, int | None, float | None]:
 # ---------------------------------------------------------------------------------------------------
 # the command line
 # ---------------------------------------------------------------------------------------------------
-def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
+@dataclass(frozen=True)
+class Sitting:
+    """One invocation of the sweep command: what it runs and where it stops."""
+
+    root: Path
+    spec: Spec
+    address: str | None
+    until: int | None
+    allow_code_change: bool
+    history: list[dict[str, Any]]  # the earlier sittings, as recorded in sweep.yaml
+
+
+def parse(argv: list[str]) -> Sitting:
     p = argparse.ArgumentParser(prog="python -m recipes.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Other --section.field VALUE pairs are shared by every trial.")
     p.add_argument("dir", help="sweep directory (holds sweep.yaml, the trials' run directories)")
@@ -166,13 +187,17 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
     p.add_argument("--steps", type=int, help="environment frames per trial")
     p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                    help="a config field and its values (repeatable: the grid is their product)")
-    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs Ray reserves per trial, and its torch threads (ceil); default 1: on a 2-core CPU two "
+                        "one-thread trials make 1.3x the updates of one two-thread trial (benchmarks/results)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--memory-per-trial-gb", type=float, help="memory reserved per trial (default 2)")
     p.add_argument("--max-failures", type=int, help="retries of a failing trial (default 2)")
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
     p.add_argument("--until", type=int, metavar="FRAMES",
                    help="stop every trial at FRAMES frames this sitting (paused; re-run to go on)")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="resume although the code differs from the last sitting's commit (recorded in sweep.yaml)")
     args, rest = p.parse_known_args(argv)
 
     root = Path(args.dir).expanduser()
@@ -187,6 +212,7 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
             raise UsageError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
         if not isinstance(data, dict):
             raise UsageError(f"{source}: expected a mapping of sweep fields, got {type(data).__name__}")
+    data.pop("sittings", None)  # a sweep's own history, never another sweep's (--config)
     unknown = set(data) - set(Spec.model_fields)
     if unknown:
         raise UsageError(f"{source}: unknown field(s) {sorted(unknown)}; accepted: {list(Spec.model_fields)}")
@@ -223,7 +249,28 @@ def parse(argv: list[str]) -> tuple[Path, Spec, str | None, int | None]:
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
-    return root, spec, args.address, args.until  # --until is checked with each trial's command line
+    # --until is checked with each trial's command line
+    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root))
+
+
+def sittings(root: Path) -> list[dict[str, Any]]:
+    """The sittings recorded in ROOT/sweep.yaml (none for a new sweep)."""
+    path = root / SPEC_FILE
+    if not path.is_file():
+        return []
+    history = (yaml.safe_load(path.read_text()) or {}).get("sittings") or []
+    if not isinstance(history, list):
+        raise UsageError(f"{path}: 'sittings' must be a list, got {type(history).__name__}")
+    return history
+
+
+def check_code(history: list[dict[str, Any]], version: str, allow: bool, root: Path) -> None:
+    """Refuse (one line) a sitting under other code than the last one's, unless allowed."""
+    before = next((h.get("commit") for h in reversed(history) if isinstance(h, dict)), None)
+    if before is not None and before != version and not allow:
+        raise UsageError(f"sweep {root} ran its last sitting at code {before}, this checkout is {version}: a "
+                         "comparison must not mix code; run it from a worktree at that commit (git worktree add DIR "
+                         f"{before.split('+')[0]}) or pass --allow-code-change")
 
 
 def parse_value(raw: Any) -> Any:
@@ -242,8 +289,13 @@ def validate(spec: Spec, root: Path, until: int | None = None) -> list[Trial]:
     for t in out:
         try:
             res = resolve(trial_argv(spec, t, until))
-            preflight(res.cfg)
-        except UsageError as e:
+            cfg = res.cfg
+            rundir = RunDir(Path(t.logdir))
+            if (rundir.path / CHECKPOINT).exists():  # a resume: the recipe's own resume checks, now
+                cfg = resume_config(rundir.saved_config(), res.explicit, res.preset)[0]
+                check_precision(rundir.saved_config(), cfg)
+            preflight(cfg)
+        except (UsageError, RunDirError) as e:
             raise UsageError(f"trial {t.name}: {e}") from e
     return out
 
@@ -379,8 +431,52 @@ def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTab
     return out
 
 
-def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None) -> int:
+def connect(address: str | None) -> None:
+    """Start a local Ray or join the cluster at `address`; failing to is a one-line UsageError."""
+    import ray
+
+    try:
+        if address:
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
+
+
+def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int | None) -> None:
+    """Run the trials on Ray Tune (connected by `connect`), then shut Ray down."""
+    import ray
+    from ray import tune
+
+    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial,
+                 "memory": int(spec.memory_per_trial_gb * 2**30)}
+    faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
+    params = {"trial": tune.grid_search([
+        {"name": t.name, "argv": trial_argv(spec, t, until), "inject_fault": t.name in faults} for t in todo])}
+    tuner = tune.Tuner(
+        tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
+        param_space=params,
+        tune_config=tune.TuneConfig(reuse_actors=True,  # a worker keeps torch & co. imported between trials
+                                    trial_name_creator=lambda tr: tr.config["trial"]["name"].replace("/", "-"),
+                                    trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"),
+        run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%dT%H%M%S')}",
+                                  storage_path=str((root / ".tune").resolve()), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                  callbacks=[tune_callback(table)]),
+    )
+    try:
+        tuner.fit()
+    finally:
+        ray.shutdown()
+
+
+def sweep(sitting: Sitting) -> int:
+    root, spec, address, until = sitting.root, sitting.spec, sitting.address, sitting.until
     all_trials = validate(spec, root, until)
+    version = code_version()
+    check_code(sitting.history, version, sitting.allow_code_change, root)
     table = LiveTable([t.name for t in all_trials])
     todo = []
     for t in all_trials:
@@ -390,42 +486,16 @@ def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None)
         if state is None:
             todo.append(t)
     if todo:
-        import ray
-        from ray import tune
-
-        try:  # before anything is written: an unreachable cluster is bad input
-            if address:
-                check_reachable(address)
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
+        connect(address)  # before anything is written: an unreachable cluster is bad input
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / SPEC_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
+    record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": version, "until": until,
+              "allow_code_change": sitting.allow_code_change}
+    atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*sitting.history, record]},
+                                                      sort_keys=False))
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
     if todo:
-        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial,
-                     "memory": int(spec.memory_per_trial_gb * 2**30)}
-        faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
-        params = {"trial": tune.grid_search([
-            {"name": t.name, "argv": trial_argv(spec, t, until), "inject_fault": t.name in faults} for t in todo])}
-        tuner = tune.Tuner(
-            tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
-            param_space=params,
-            tune_config=tune.TuneConfig(reuse_actors=True,  # a worker keeps torch & co. imported between trials
-                                        trial_name_creator=lambda tr: tr.config["trial"]["name"].replace("/", "-"),
-                                        trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"),
-            run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%dT%H%M%S')}",
-                                      storage_path=str((root / ".tune").resolve()), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                      callbacks=[tune_callback(table)]),
-        )
-        try:
-            tuner.fit()
-        finally:
-            ray.shutdown()
+        fit(root, spec, todo, table, until)
     status = write_status(root, spec, all_trials, table, until)
     table.rows = {n: {**table.rows[n], **status["trials"][n]} for n in table.rows}
     table.print(force=True)
@@ -446,8 +516,7 @@ def sweep(root: Path, spec: Spec, address: str | None, until: int | None = None)
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        root, spec, address, until = parse(argv)
-        return sweep(root, spec, address, until)
+        return sweep(parse(argv))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from recipes.cli import UsageError, preflight, resolve, resume_config
+from recipes.cli import UsageError, check_precision, preflight, resolve, resume_config
 from recipes.config import Config
 from recipes.progress import Progress
 from recipes.run import Run
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None]
         loaded = rundir.load_checkpoint() if rundir.path.is_dir() else None
         if loaded is not None:  # a resume: the run's own settings, plus the safe changes asked for
             cfg, changes = resume_config(rundir.saved_config(), res.explicit, res.preset)
+            check_precision(rundir.saved_config(), cfg)
         else:
             cfg, changes = res.cfg, {}
         preflight(cfg)
