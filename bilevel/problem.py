@@ -85,6 +85,11 @@ class BilevelProblem(ABC):
         actor-critic starts from), detached: the pass's graph is freed when the step returns. Default: None."""
         return None
 
+    def step_metrics(self, batch: Any, ctx: Any, losses: Tensor | Mapping[str, Tensor], w: Tensor) -> dict[str, float]:
+        """Diagnostics of the step's forward pass (`losses` and the weights `w` it used), logged with the trainer's
+        metrics; called under no_grad after the step. Default: none."""
+        return {}
+
     def upper_parameter_names(self) -> list[str] | None:
         """Names of θ the upper loss is differentiated through (None = all). E.g. encoder + RSSM."""
         return None

@@ -272,6 +272,7 @@ class BilevelTrainer:
                 "weight_min": float(w.min()), "weight_max": float(w.max()),
                 "meta_step": float(meta), "nonfinite_steps": float(self.nonfinite),
             })
+            metrics.update(problem.step_metrics(sc.batch, sc.lower_ctx, sc.losses, w))
         return metrics
 
     # ------------------------------------------------------------------------------------------------

@@ -305,8 +305,9 @@ class Replay:
 
         An episode with at least ``length`` steps is drawn (uniformly, or in proportion to its number of starts,
         see ``uniform_over``), then a start uniformly among its valid starts (with ``prioritize_ends`` the range is
-        extended past the end and clamped). ``is_first`` is set at each chunk's first step. Returns
-        ``[B, T, ...]`` arrays; images stay uint8. Defaults: the replay's own ``batch`` and ``length``.
+        extended past the end and clamped). ``is_first`` is set at each chunk's first step; ``episode_step`` [B, T]
+        is each step's index in its stored episode. Returns ``[B, T, ...]`` arrays; images stay uint8. Defaults:
+        the replay's own ``batch`` and ``length``.
         """
         batch = self.batch if batch is None else batch
         length = self.length if length is None else length
@@ -333,6 +334,9 @@ class Replay:
         out = {key: np.stack([ep[key][s : s + length] for ep, s in pairs]) for key in chunks[0]}
         out["is_first"] = out["is_first"].copy()
         out["is_first"][:, 0] = True
+        # Where in its stored episode each step is (0 = the episode's first step, which `is_first` no longer
+        # tells apart from a chunk start): for analyses of which steps a weighting favours, never for training.
+        out["episode_step"] = (starts[:, None] + np.arange(length)).astype(np.int32)
         return out
 
     # ------------------------------------------------------------------ state

@@ -10,6 +10,7 @@ Everything comes from ONE pass of the world model (`observe` + `elbo_terms`), wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,11 @@ from worldmodels.rssm import State
 from worldmodels.world_model import WorldModel
 
 INPUT_FLAGS = ("DSV", "SV", "S", "DS", "DV", "D", "V")
+
+
+def _corr(x: Tensor, y: Tensor) -> Tensor:
+    """Pearson correlation of two same-shape tensors over all their entries (nan when either is constant)."""
+    return torch.corrcoef(torch.stack([x.reshape(-1).float(), y.reshape(-1).to(x.device).float()]))[0, 1]
 
 
 @dataclass
@@ -140,6 +146,30 @@ class TempoProblem(BilevelProblem):
             v_post, v_prior = self.values(ctx)
             return (v_post - v_prior).square()
         return self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
+
+    def step_metrics(self, batch: Mapping[str, Tensor], ctx: TempoContext, losses: Mapping[str, Tensor],
+                     w: Tensor) -> dict[str, float]:
+        """DreamerV2's world-model diagnostics, unweighted so that TEMPO and DreamerV2 compare: `kl`, `<head>_loss`
+        (the per-step negative log-likelihoods: state or image, reward, discount), `prior_ent`, `post_ent`. With
+        non-uniform weights, also which steps they favour: Pearson correlations of w with the reward
+        (`weight_reward_corr`) and with the step's index in its episode (`weight_phase_corr`), and the mean weight
+        at episode starts and at chunk starts (where the RSSM starts from the zero state) over the batch's mean
+        (`weight_episode_start`, `weight_chunk_start`)."""
+        out = {"kl": losses["kl"].mean()}
+        out.update({f"{k}_loss": v.mean() for k, v in losses.items() if k not in KL_KEYS})
+        rssm = self.model.rssm
+        out["prior_ent"] = rssm.dist(ctx.prior).entropy().mean()
+        out["post_ent"] = rssm.dist(ctx.post).entropy().mean()
+        if float(w.std()) > 0:
+            w = w.float()
+            out["weight_reward_corr"] = _corr(w, batch["reward"])
+            out["weight_chunk_start"] = w[0].mean() / w.mean()  # [T, B]: row 0 starts every chunk
+            if "episode_step" in batch:
+                step = batch["episode_step"]
+                out["weight_phase_corr"] = _corr(w, step)
+                if bool((step == 0).any()):
+                    out["weight_episode_start"] = w[step == 0].mean() / w.mean()
+        return {k: float(v) for k, v in out.items() if math.isfinite(float(v))}
 
     def step_outputs(self, ctx: TempoContext) -> State:
         """The posterior states of the step's pass [T, B, ...], detached: the actor-critic starts from them."""
