@@ -53,7 +53,9 @@ def test_debug_state_dmc_writes_all_outputs(tmp_path):
     assert trained, "no trainer metrics logged"
     last = trained[-1]
     for key in ("wm/lower_loss", "wm/lower_loss_unweighted", "wm/weight_mean", "wm/weight_std", "wm/weight_min",
-                "wm/weight_max", "wm/hypergrad_norm", "agent/critic_loss"):
+                "wm/weight_max", "wm/hypergrad_norm", "agent/critic_loss", "wm/kl", "wm/state_loss",
+                "wm/reward_loss", "wm/prior_ent", "wm/post_ent", "wm/weight_reward_corr", "wm/weight_phase_corr",
+                "wm/weight_chunk_start"):
         assert key in last and np.isfinite(last[key]), key
     assert 0.75 <= last["wm/weight_min"] <= last["wm/weight_max"] <= 1.25
     assert (logdir / "checkpoint.pt").exists()

@@ -143,6 +143,7 @@ def test_samples_are_exact_subwindows(tmp_path, uniform_over):
         np.testing.assert_array_equal(batch["action"][b, :, 0], expected_action)
         np.testing.assert_array_equal(batch["is_first"][b], (t == 0) | (t == t0))  # every chunk starts fresh
         np.testing.assert_array_equal(batch["is_last"][b], t == lengths[ep] - 1)
+        np.testing.assert_array_equal(batch["episode_step"][b], t)  # where in its episode each step is
         starts[ep].append(t0)
     if uniform_over == "steps":  # uniform over all 21 + 41 valid starts: ~32 draws each, episode 0 gets 21/62
         assert len(starts[0]) / n == pytest.approx(21 / 62, abs=0.04)

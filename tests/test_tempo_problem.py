@@ -286,3 +286,36 @@ def test_vvaml_upper_loss_reuses_the_weighters_values(norm):
     g1 = torch.autograd.grad(got, sc.lower_ctx.post["s"], retain_graph=True)[0]
     g2 = torch.autograd.grad(want, sc.lower_ctx.post["s"])[0]
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)
+
+
+def test_step_metrics_are_the_unweighted_terms_and_what_the_weights_follow():
+    """The logged diagnostics against an independent computation: the per-head means and KL of the pass's terms,
+    the entropies in closed form, and numpy's Pearson correlations and masked means of the step's weights."""
+    import math
+
+    import numpy as np
+
+    problem, trainer, batch = make({"strategy": "approx"})
+    batch["episode_step"] = torch.arange(T).unsqueeze(-1) + torch.tensor([0, 7, 2])  # [T, B]; column 0 starts
+    sc = trainer.forward(problem, batch)
+    w = sc.w.detach()
+    with torch.no_grad():
+        got = problem.step_metrics(batch, sc.lower_ctx, sc.losses, w)
+    terms, post, prior = sc.losses, sc.lower_ctx.post, sc.lower_ctx.prior
+    assert got["state_loss"] == pytest.approx(float(terms["state"].mean()))
+    assert got["reward_loss"] == pytest.approx(float(terms["reward"].mean()))
+    kl = (torch.log(prior["std"] / post["std"])
+          + (post["std"] ** 2 + (post["mean"] - prior["mean"]) ** 2) / (2 * prior["std"] ** 2) - 0.5).sum(-1)
+    assert got["kl"] == pytest.approx(float(kl.mean()))
+    ent = lambda st: float((0.5 * torch.log(2 * math.pi * math.e * st["std"] ** 2)).sum(-1).mean())  # noqa: E731
+    assert got["prior_ent"] == pytest.approx(ent(prior)) and got["post_ent"] == pytest.approx(ent(post))
+    wn, r, step = w.numpy().ravel(), batch["reward"].numpy().ravel(), batch["episode_step"].numpy().ravel()
+    assert float(w.std()) > 0
+    assert got["weight_reward_corr"] == pytest.approx(np.corrcoef(wn, r)[0, 1], abs=1e-6)
+    assert got["weight_phase_corr"] == pytest.approx(np.corrcoef(wn, step)[0, 1], abs=1e-6)
+    assert got["weight_episode_start"] == pytest.approx(wn[step == 0].mean() / wn.mean(), abs=1e-6)
+    assert got["weight_chunk_start"] == pytest.approx(w[0].mean().item() / wn.mean(), abs=1e-6)
+    # uniform weights (DreamerV2): the world model's diagnostics only
+    with torch.no_grad():
+        plain = problem.step_metrics(batch, sc.lower_ctx, sc.losses, torch.ones_like(w))
+    assert set(plain) == {"kl", "state_loss", "reward_loss", "prior_ent", "post_ent"}

@@ -1,0 +1,95 @@
+"""Run-level settings of the evidence protocol: the `dmc_small` preset, `run.threads`, DMC's scalar observation
+keys, and a resume that would change the run's resolved precision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.config import build
+from tests.test_recipe_tempo import run_cli
+
+
+def test_dmc_small_is_dmc_state_with_the_paper_latents_and_small_mlps():
+    small, state = build("dmc_small"), build("dmc_state")
+    assert (small.world_model.discrete, small.world_model.stoch) == (0, 32)  # Gaussian, 32-d (paper's DMC)
+    assert (small.world_model.units, small.world_model.layers) == (200, 2)
+    assert (small.agent.units, small.agent.layers) == (200, 2)
+    assert (small.run.eval_every, small.run.eval_episodes) == (10_000, 5)
+    # everything else is the reference's: the same as dmc_state, the 4x400 weighter included
+    a, b = small.model_dump(), state.model_dump()
+    for section, keys in {"world_model": ("discrete", "units", "layers"), "agent": ("units", "layers"),
+                          "run": ("eval_every", "eval_episodes"), "": ("preset",)}.items():
+        for k in keys:
+            (a[section] if section else a).pop(k), (b[section] if section else b).pop(k)
+    assert a == b
+    w = small.tempo.bilevel.weighter
+    assert (w.layers, w.units) == (5, 400)  # 4 hidden Dense(400) layers + the output layer
+
+
+def test_run_threads_reaches_torch(tmp_path):
+    from recipes.run import Run
+
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            cfg = build("debug", {"env": {"task": "cartpole_swingup"}, "run": {"threads": n}})
+            Run(cfg, tmp_path / str(n))
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="run.threads"):
+        build("debug", {"run": {"threads": 0}})
+
+
+def test_dmc_scalar_keys_are_dropped_as_the_reference_does():
+    from envs import make_env
+
+    drop, keep = make_env("walker_walk", "state", seed=3), make_env("walker_walk", "state", seed=3,
+                                                                    scalar_keys="keep")
+    # walker: orientations (14), height (a scalar), velocity (9); DreamerV2's encoder reads the 1-D keys only
+    assert drop.obs_space == {"state": (23,)} and keep.obs_space == {"state": (24,)}
+    a, b = drop.reset()["state"], keep.reset()["state"]
+    height = float(keep._env.physics.torso_height())
+    np.testing.assert_array_equal(a, np.concatenate([b[:14], b[15:]]))
+    assert b[14] == np.float32(height)
+    for _ in range(5):
+        action = np.full(drop.action_dim, 0.3, np.float32)
+        a, b = drop.step(action)["state"], keep.step(action)["state"]
+        np.testing.assert_array_equal(a, np.concatenate([b[:14], b[15:]]))
+    # a task without scalar keys is unchanged
+    assert make_env("cartpole_swingup", "state").obs_space == make_env("cartpole_swingup", "state",
+                                                                       scalar_keys="keep").obs_space
+    with pytest.raises(ValueError, match="scalar_keys must be one of .* got 'some'"):
+        make_env("walker_walk", "state", scalar_keys="some")
+    assert build("dmc_small").env.scalar_keys == "drop"
+
+
+def test_a_resume_that_would_change_the_resolved_precision_is_refused(tmp_path):
+    from bilevel.precision import resolve
+
+    here = resolve("auto", "cpu")  # what `auto` gives on this machine
+    other = "bf16" if here == "32" else "32"
+    logdir = tmp_path / "run"
+    args = ["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir), "--run.video_every", "0"]
+    p = run_cli([*args, "--until", "150"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    config = json.loads((logdir / "config.json").read_text())
+    assert config["precision_resolved"] == here
+    # the same run as if it had been made on a machine where `auto` resolved otherwise
+    config["precision_resolved"] = other
+    (logdir / "config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()}
+    p = run_cli(args)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert f"trained at precision {other!r}" in p.stderr and f"resolves to {here!r}" in p.stderr
+    assert {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()} == before  # nothing written
+    # naming the precision it resolves to here is allowed when it is the run's own
+    config["precision_resolved"] = here
+    (logdir / "config.json").write_text(json.dumps(config))
+    p = run_cli([*args, "--run.precision", here])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "changed on resume: run.precision auto -> " + here in p.stderr
