@@ -84,7 +84,8 @@ def test_a_sitting_under_other_code_is_refused_unless_allowed(tmp_path, monkeypa
     # another sweep's history never comes in through --config
     other = tmp_path / "other"
     assert sweep_mod.main([str(other), "--config", str(root / "sweep.yaml")]) == 1
-    assert [s["commit"] for s in yaml.safe_load((other / "sweep.yaml").read_text())["sittings"]] == ["bbb222+dirty.0123"]
+    history = yaml.safe_load((other / "sweep.yaml").read_text())["sittings"]
+    assert [s["commit"] for s in history] == ["bbb222+dirty.0123"]
 
 
 def test_trials_run_with_the_threads_of_their_cpus(tmp_path):
