@@ -8,7 +8,7 @@
         --benchmark-json=benchmarks/results/dmc_cuda.json
     python -m benchmarks.report benchmarks/results/dmc_cuda.json       # markdown table + PNG
 
-Options: --bench-size tiny|dmc_state|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
+Options: --bench-size tiny|dmc_state|dmc_small|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
 --bench-precision 32,bf16,16,auto (the precisions of test_train_step_precisions; default 32,auto),
 --bench-compile off,on (the `run.compile` settings of test_train_step_precisions; default off),
 --bench-rounds N (interleaved A/B rounds of test_train_step.py; default 10 tiny, 3 otherwise),

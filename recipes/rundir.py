@@ -1,10 +1,15 @@
 """The run directory, kept consistent whatever happens to the process (crash, kill -9, Ctrl-C).
 
+    lock                     held (flock) by the one process that writes the directory; holds its pid
     config.json              the run's config, plus `history`: the safe changes made on resumes
     checkpoint.pt            the newest checkpoint; checkpoint.prev.pt the one before (a fallback if it is unreadable)
     metrics.jsonl, tb/       one record per log step (TensorBoard: the same scalars)
     replay/*.npz             the episodes (`envs.Replay`), names sorted by creation time
     eval_*.gif               evaluation videos
+
+A directory has one writer: `hold(dir)` takes an exclusive `fcntl.flock` on its `lock` file, which the kernel
+releases when the process ends however it ends (kill -9 leaves no stale lock); a second process is refused in one
+line naming the holder's pid.
 
 Every file is written atomically (temp file, fsync, rename). A rerun either resumes from the newest readable
 checkpoint or starts clean, and says which: on resume, whatever the dead process wrote after that checkpoint
@@ -14,19 +19,22 @@ with no checkpoint at all, the files of the attempt that never checkpointed are 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-CHECKPOINT, PREVIOUS = "checkpoint.pt", "checkpoint.prev.pt"
+CHECKPOINT, PREVIOUS, LOCK = "checkpoint.pt", "checkpoint.prev.pt", "lock"
 RUN_FILES = ("config.json", "metrics.jsonl", "tb", "replay", CHECKPOINT, PREVIOUS)
 # Fault injection (tests only): seconds to sleep between writing a checkpoint's temp file and renaming it.
 WRITE_DELAY_ENV = "TEMPO_TEST_CHECKPOINT_WRITE_DELAY"
@@ -61,6 +69,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+@contextlib.contextmanager
+def hold(path: Path, what: str = "run") -> Iterator[None]:
+    """Be the one process that writes the directory `path` (created if needed) while the block runs; another
+    holder is a one-line RunDirError naming its pid."""
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / LOCK, "a+")  # noqa: SIM115 - held open for the whole block
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunDirError(f"{path} is in use by another {what} (process {holder}); wait for it to end or stop it, "
+                          "or use another directory") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock
+
+
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -68,6 +100,9 @@ class RunDir:
     # -- reading --------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES) or bool(self.videos())
+
+    def has_checkpoint(self) -> bool:
+        return any((self.path / name).exists() for name in (CHECKPOINT, PREVIOUS))
 
     def videos(self) -> list[Path]:
         return sorted(self.path.glob("eval_*.gif")) if self.path.is_dir() else []

@@ -50,7 +50,7 @@ from bilevel.config import Strict
 from recipes.cli import UsageError, check_precision, preflight, resolve, resume_config
 from recipes.config import PRESETS, format_error
 from recipes.provenance import code_version
-from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text
+from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text, hold
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
 METHODS: dict[str, list[str]] = {
@@ -473,10 +473,24 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
 
 
 def sweep(sitting: Sitting) -> int:
-    root, spec, address, until = sitting.root, sitting.spec, sitting.address, sitting.until
+    root, spec, until = sitting.root, sitting.spec, sitting.until
     all_trials = validate(spec, root, until)
     version = code_version()
-    check_code(sitting.history, version, sitting.allow_code_change, root)
+    check_code(sitting.history, version, sitting.allow_code_change, root)  # bad input: nothing written yet
+    if sitting.address:
+        try:
+            check_reachable(sitting.address)
+        except ConnectionError as e:
+            raise UsageError(f"cannot reach Ray at {sitting.address!r}: {e}") from e
+    with hold(root, "sweep"):  # one sweep process per directory (its trials each hold their own run directory)
+        history = sittings(root)  # again, as the one writer
+        check_code(history, version, sitting.allow_code_change, root)
+        return sit(sitting, all_trials, version, history)
+
+
+def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[dict[str, Any]]) -> int:
+    """One sitting: record it, run what is left on Ray Tune, write the status; the exit code."""
+    root, spec, until = sitting.root, sitting.spec, sitting.until
     table = LiveTable([t.name for t in all_trials])
     todo = []
     for t in all_trials:
@@ -486,11 +500,10 @@ def sweep(sitting: Sitting) -> int:
         if state is None:
             todo.append(t)
     if todo:
-        connect(address)  # before anything is written: an unreachable cluster is bad input
-    root.mkdir(parents=True, exist_ok=True)
+        connect(sitting.address)  # before the sitting is recorded: an unreachable cluster is bad input
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": version, "until": until,
               "allow_code_change": sitting.allow_code_change}
-    atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*sitting.history, record]},
+    atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*history, record]},
                                                       sort_keys=False))
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
@@ -517,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return sweep(parse(argv))
-    except UsageError as e:
+    except (UsageError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

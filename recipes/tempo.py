@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from recipes.cli import UsageError, check_precision, preflight, resolve, resume_config
+from recipes.cli import Resolved, UsageError, check_precision, preflight, resolve, resume_config
 from recipes.config import Config
 from recipes.progress import Progress
 from recipes.run import Run
-from recipes.rundir import MetricsLog, RunDir, RunDirError, save_video
+from recipes.rundir import MetricsLog, RunDir, RunDirError, hold, save_video
 
 
 class Terminated(KeyboardInterrupt):
@@ -174,22 +174,33 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     return 0
 
 
+def settle(res: Resolved, rundir: RunDir, load: bool) -> tuple[Config, dict, tuple[dict, Path] | None]:
+    """(config, changes on resume, loaded checkpoint): a resume takes the run's own settings plus the safe changes
+    asked for; every check of the input runs here. `load=False` decides without reading the checkpoint itself."""
+    resuming = rundir.has_checkpoint()
+    loaded = rundir.load_checkpoint() if resuming and load else None
+    if resuming:
+        cfg, changes = resume_config(rundir.saved_config(), res.explicit, res.preset)
+        check_precision(rundir.saved_config(), cfg)
+    else:
+        cfg, changes = res.cfg, {}
+    preflight(cfg)
+    return cfg, changes, loaded
+
+
 def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         res = resolve(argv)
         rundir = RunDir(Path(res.cfg.run.logdir).expanduser())
-        loaded = rundir.load_checkpoint() if rundir.path.is_dir() else None
-        if loaded is not None:  # a resume: the run's own settings, plus the safe changes asked for
-            cfg, changes = resume_config(rundir.saved_config(), res.explicit, res.preset)
-            check_precision(rundir.saved_config(), cfg)
-        else:
-            cfg, changes = res.cfg, {}
-        preflight(cfg)
+        settle(res, rundir, load=False)  # bad input: refused before anything is written
+        with hold(rundir.path):
+            # decided again as the one writer: the holder before may have written a checkpoint meanwhile
+            cfg, changes, loaded = settle(res, rundir, load=True)
+            return train(cfg, rundir, loaded, changes, res.notice, on_log, res.until)
     except (UsageError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return train(cfg, rundir, loaded, changes, res.notice, on_log, res.until)
 
 
 if __name__ == "__main__":

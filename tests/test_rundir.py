@@ -37,6 +37,20 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
     proc.wait()
 
 
+def logged_past(logdir: Path, step: int) -> bool:
+    """Whether metrics.jsonl has a record at `step` frames or later (lines cut by the writer are skipped)."""
+    try:
+        lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    for line in reversed(lines):
+        try:
+            return json.loads(line)["step"] >= step
+        except (json.JSONDecodeError, KeyError):
+            continue
+    return False
+
+
 def stored_agent_steps(logdir: Path) -> int:
     """Agent steps the replay holds: each episode file stores its first observation plus one per step."""
     return sum(int(p.stem.rsplit("-", 1)[1]) - 1 for p in (logdir / "replay").glob("*.npz"))
@@ -70,12 +84,13 @@ def test_sigkill_at_any_moment_then_resume_keeps_the_run_consistent(tmp_path):
     proc = start(logdir, {"TEMPO_TEST_CHECKPOINT_WRITE_DELAY": "3"})
     kill_when(proc, lambda: (logdir / "checkpoint.pt.tmp").exists() and (logdir / "checkpoint.pt").exists())
     assert "starting clean" in proc.stderr.read()
-    # 3, 4. random moments
+    # 3, 4. random moments, drawn from the run's own progress (never from the clock: a fast machine would finish
+    # the run first): a random number of log steps past the checkpoint it resumes from
     for _ in range(2):
-        t0 = time.time()
+        resumed = torch.load(logdir / "checkpoint.pt", weights_only=False)["counters"]["step"]
+        target = min(resumed + 60 * rng.randint(1, 5), 840)  # 900 is the end: always killed before it
         proc = start(logdir)
-        wait = rng.uniform(4, 12)
-        kill_when(proc, lambda t0=t0, wait=wait: time.time() - t0 > wait)
+        kill_when(proc, lambda target=target: logged_past(logdir, target))
     p = run_cli([*ARGS, "--logdir", str(logdir)])
     assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-3000:]
     check_consistent(logdir, total=900)
@@ -189,3 +204,53 @@ def test_replay_bounds_its_disk_use(tmp_path):
             replay.add(obs, np.zeros(2, np.float32))
     files = sorted(tmp_path.glob("*.npz"))
     assert len(files) == 2 and replay.counters()["replay_deleted_files"] == 3 and len(replay) == 20
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    """A second process on a directory in use exits 2 with one line naming the holder's pid and touches nothing;
+    after a kill -9 of the holder (no stale lock: the kernel released it) the directory resumes as usual."""
+    logdir = tmp_path / "run"
+    args = [*ARGS[:-6], "--run.steps", "100000", "--run.checkpoint_every", "60", "--run.log_every", "60"]
+    first = start(logdir, args=args)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (logdir / "checkpoint.pt").exists():
+            assert first.poll() is None, first.stderr.read()[-2000:]
+            time.sleep(0.1)
+        assert (logdir / "lock").read_text().strip() == str(first.pid)
+        before = {p: p.stat().st_mtime_ns for p in [logdir / "config.json", logdir / "lock"]}
+        p = run_cli([*args, "--logdir", str(logdir)], timeout=120)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert f"in use by another run (process {first.pid})" in p.stderr and p.stderr.startswith("error: ")
+        assert {p: p.stat().st_mtime_ns for p in before} == before
+        assert first.poll() is None  # the holder runs on, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    p = run_cli([*args, "--run.steps", "1200", "--logdir", str(logdir)])
+    assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-3000:]
+    check_consistent(logdir, total=1200)
+
+
+def test_a_sweep_directory_has_one_writer(tmp_path):
+    from recipes.rundir import RunDirError, hold
+    from recipes.sweep import main as sweep_main
+
+    root = tmp_path / "sweep"
+    code = f"import time; from pathlib import Path; from recipes.rundir import hold\n" \
+           f"with hold(Path({str(root)!r}), 'sweep'):\n    print('held', flush=True); time.sleep(120)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"in use by another sweep \\(process {holder.pid}\\)"):
+            with hold(root, "sweep"):
+                pass
+        args = [str(root), "--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--preset", "debug"]
+        assert sweep_main(args) == 2
+        assert not (root / "sweep.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold(root, "sweep"):  # killed: free again
+        pass
