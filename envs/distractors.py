@@ -65,8 +65,8 @@ def on_attractor(rng: np.random.Generator, n: int) -> np.ndarray:
 def attractor_stats() -> tuple[np.ndarray, np.ndarray]:
     """Per-coordinate (mean, std) on the attractor, computed once per process (~0.6 s) with a fixed seed: 256
     systems sampled every agent step for 1000 agent steps (12,800 time units), plus their mirror images, since the
-    attractor is symmetric under (x, y, z) -> (-x, -y, z) (so the x and y means are exactly 0). The result is
-    mean (0, 0, 23.60), std (7.93, 9.00, 8.57)."""
+    attractor is symmetric under (x, y, z) -> (-x, -y, z) (so the x and y means are 0 up to rounding). The result
+    is mean (0, 0, 23.60), std (7.93, 9.00, 8.57)."""
     s, samples = on_attractor(np.random.default_rng(0), 256), []
     for _ in range(1000):
         s = rk4(s, SUBSTEPS)
@@ -79,11 +79,11 @@ def attractor_stats() -> tuple[np.ndarray, np.ndarray]:
 def check_distractors(mode: str, dims: int, scale: float, switch_prob: float, seed: int = 0) -> None:
     """Raise a one-line ValueError naming the first bad value and what is accepted."""
 
-    def number(v: Any) -> bool:
-        return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+    def integer(v: Any, types: tuple = (int, np.integer)) -> bool:
+        return isinstance(v, types) and not isinstance(v, bool)
 
-    def integer(v: Any) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool)
+    def number(v: Any) -> bool:
+        return integer(v, (int, float, np.integer, np.floating))
 
     checks = (
         ("mode", mode, isinstance(mode, str) and mode in MODES, ", ".join(MODES)),
@@ -103,15 +103,8 @@ class Distractors(Env):
     Reward, ``is_terminal`` and truncation are the inner env's, and so are its time limit and action handling.
     """
 
-    def __init__(
-        self,
-        env: Env,
-        mode: str = "intermittent",
-        dims: int = 3,
-        scale: float = 1.0,
-        switch_prob: float = 0.1,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, env: Env, mode: str = "intermittent", dims: int = 3, scale: float = 1.0,
+                 switch_prob: float = 0.1, seed: int = 0) -> None:
         super().__init__(time_limit=None)  # the inner env ends episodes
         check_distractors(mode, dims, scale, switch_prob, seed)
         if set(env.obs_space) != {"state"}:
