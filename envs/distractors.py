@@ -17,9 +17,9 @@ coordinates to ``obs['state']``. They come from independent Lorenz-63 systems an
   tell apart. ``'none'`` is the identity; ``wrap_distractors`` then returns the env itself.
 
 The systems keep running while the gate is off. Initial states and gate flips are seeded per episode from
-``(seed, episode_index)``. The gate of the last observation is ``self.gate`` and ``obs['distractor_on']``, never
-part of ``obs['state']``. ``Replay.add`` keeps only image/state/reward/is_* keys, so episode files do not record
-the gate.
+``(seed, episode_index)``. The gate of the last observation is ``self.gate`` and ``obs['log_distractor_on']``,
+never part of ``obs['state']``: a `log_` key, which the replay stores and batches carry for analyses (which steps
+the weights favour) but no model reads.
 """
 
 from __future__ import annotations
@@ -112,8 +112,9 @@ class Distractors(Env):
         self.env, self.mode, self.dims, self.scale, self.switch_prob = env, mode, dims, scale, switch_prob
         self.seed = seed
         self.action_dim, self.discrete = env.action_dim, env.discrete
-        if hasattr(env, "action_repeat"):
-            self.action_repeat = env.action_repeat
+        for name in ("action_repeat", "render"):  # what the inner env has of these (gym state envs: no render)
+            if hasattr(env, name):
+                setattr(self, name, getattr(env, name))
         self.obs_space = {"state": (env.obs_space["state"][0] + (0 if mode == "none" else dims),)}
         self.gate = False  # the gate of the last observation
         self._episode = 0
@@ -130,7 +131,7 @@ class Distractors(Env):
         else:
             extra = np.zeros(self.dims)
         payload["state"] = np.concatenate([obs["state"], extra.astype(np.float32)])
-        payload["distractor_on"] = self.gate
+        payload["log_distractor_on"] = self.gate
         return payload
 
     def _reset(self) -> dict[str, Any]:
@@ -149,9 +150,6 @@ class Distractors(Env):
                 self.gate = not self.gate
         terminated = bool(obs["is_terminal"])
         return self._payload(obs), float(obs["reward"]), terminated, bool(obs["is_last"]) and not terminated
-
-    def render(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return self.env.render(*args, **kwargs)
 
     def close(self) -> None:
         self.env.close()

@@ -99,6 +99,7 @@ def make_env(
     action_repeat: int | None = None,
     time_limit: int | None = None,
     scalar_keys: str = "drop",
+    distractors: dict | None = None,
     **kw,
 ) -> Env:
     """Create an environment with the uniform dict-observation interface (see ``envs.base.Env``).
@@ -113,9 +114,19 @@ def make_env(
             DMC's own 1000 control steps (= 500 agent steps at repeat 2), Atari 27000, gym registry limit.
         scalar_keys: DMC states: ``'drop'`` the scalar observation keys as DreamerV2's encoder does (the
             default), or ``'keep'`` them. Other suites have none.
+        distractors: ``envs.distractors.wrap_distractors`` options (``mode``, ``dims``, ``scale``,
+            ``switch_prob``), seeded from ``seed``; None or mode ``'none'`` adds nothing. State observations only.
         **kw: Suite-specific options (DMC ``camera``; Atari ``sticky``, ``noop_max``, ``grayscale``,
             ``full_action_space``; gym: forwarded to ``gymnasium.make``).
     """
+    from envs.distractors import wrap_distractors
+
+    env = _make(task, obs, seed, size, action_repeat, time_limit, scalar_keys, **kw)
+    return wrap_distractors(env, seed=seed, **(distractors or {}))
+
+
+def _make(task: str, obs: str, seed: int, size: tuple[int, int], action_repeat: int | None, time_limit: int | None,
+          scalar_keys: str, **kw) -> Env:
     if obs not in OBS_MODES:
         raise ValueError(f"obs must be one of {OBS_MODES}, got {obs!r}")
     suite, name = validate_task(task)

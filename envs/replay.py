@@ -31,6 +31,9 @@ import numpy as np
 
 OBS_KEYS = ("image", "state")
 REQUIRED_KEYS = ("action", "reward", "is_first", "is_last", "is_terminal")
+# Observation keys kept for analyses only (DreamerV3's convention): stored and batched, never read by a model,
+# e.g. the distractor gate of `envs.distractors`.
+LOG_PREFIX = "log_"
 TMP_SUFFIX = ".tmp.npz"
 
 
@@ -132,7 +135,8 @@ class Replay:
             raise ValueError("Replay.add: the first step of an episode must have is_first=True")
         elif action is None:
             raise ValueError("Replay.add: an action is required for every step after the first")
-        step = {k: v for k, v in obs.items() if k in OBS_KEYS or (k in REQUIRED_KEYS and k != "action")}
+        step = {k: v for k, v in obs.items()
+                if k in OBS_KEYS or (k in REQUIRED_KEYS and k != "action") or k.startswith(LOG_PREFIX)}
         action = None if action is None else np.asarray(action, dtype=np.float32)
         step, action = self._sanitize(step, action)
         self._current.append((step, action))

@@ -240,6 +240,10 @@ def preflight(cfg: Config) -> None:
         raise UsageError(str(e)) from None
     if cfg.env.task.startswith("atari:") and cfg.env.obs == "state":
         raise UsageError(f"task {cfg.env.task!r} has no state observations; use --env.obs pixels")
+    pixels = cfg.env.obs == "pixels" or cfg.env.task.startswith("atari:")
+    if cfg.env.distractors.mode != "none" and pixels:
+        raise UsageError(f"--env.distractors.mode {cfg.env.distractors.mode!r} appends dims to state observations; "
+                         f"task {cfg.env.task!r} has pixels here: use --env.obs state or --env.distractors.mode none")
     if cfg.env.obs == "pixels" and tuple(cfg.env.size) != (64, 64):
         raise UsageError(f"--env.size {list(cfg.env.size)}: the conv world model takes 64x64 images; accepted: "
                          "[64, 64]")

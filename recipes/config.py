@@ -29,6 +29,16 @@ PRESETS = ("dmc_pixels", "dmc_state", "dmc_small", "atari", "debug")
 HYPERGRADIENTS = [s for s in STRATEGIES if STRATEGIES[s].uses_weighter]
 
 
+class DistractorConfig(Strict):
+    """Chaotic distractor dims appended to state observations (`envs.distractors`): a designed test of per-step
+    weighting. `intermittent` switches them on and off within episodes; `constant` is the control."""
+
+    mode: Literal["none", "constant", "intermittent"] = "none"
+    dims: int = Field(3, ge=1, description="extra observation dims (Lorenz-63 coordinates, standardised)")
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="their std when the gate is on")
+    switch_prob: float = Field(0.1, gt=0, le=1, description="probability per agent step that the gate flips")
+
+
 class EnvConfig(Strict):
     task: str = "finger_spin"
     obs: Literal["auto", "pixels", "state"] = "pixels"
@@ -38,6 +48,7 @@ class EnvConfig(Strict):
     scalar_keys: Literal["drop", "keep"] = Field(
         "drop", description="DMC states: drop the scalar observation keys (walker's height, quadruped's "
                             "torso_upright) as DreamerV2/TEMPO's encoders do (they read 1-D keys only), or keep them")
+    distractors: DistractorConfig = DistractorConfig()
 
 
 class WorldModelConfig(Strict):

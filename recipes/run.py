@@ -44,7 +44,7 @@ class Run:
         self.seed_everything(cfg.run.seed)
         e = cfg.env
         kw = dict(obs=e.obs, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit,
-                  scalar_keys=e.scalar_keys)
+                  scalar_keys=e.scalar_keys, distractors=e.distractors.model_dump())
         self.env = make_env(e.task, seed=cfg.run.seed, **kw)
         self.eval_env = make_env(e.task, seed=cfg.run.seed + 10_000, **kw)
         self.repeat = self.env.action_repeat  # frames per agent step: the env's default unless configured

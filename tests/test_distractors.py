@@ -29,7 +29,7 @@ def extra(obs: list[dict], dims: int) -> np.ndarray:
 
 
 def gates(obs: list[dict]) -> np.ndarray:
-    return np.array([o["distractor_on"] for o in obs])
+    return np.array([o["log_distractor_on"] for o in obs])
 
 
 def test_same_seed_same_observations_other_seed_and_episode_differ():
@@ -63,7 +63,7 @@ def test_inner_env_untouched(task, steps):
         plain.action_dim, plain.discrete, plain.action_repeat)
     ours, theirs = rollout(wrapped, steps), rollout(plain, steps)
     for w, p in zip(ours, theirs, strict=True):
-        assert set(w) == set(p) | {"distractor_on"}
+        assert set(w) == set(p) | {"log_distractor_on"}
         np.testing.assert_array_equal(w["state"][:dim], p["state"])
         assert w["state"].dtype == np.float32 and np.isfinite(w["state"]).all()
         for k in FLAGS:
@@ -106,7 +106,7 @@ def test_intermittent_gate_switches_and_zeroes():
     switches = (g[1:] != g[:-1])[within].sum()
     assert within.sum() == 1000 and 60 < switches < 140  # Binomial(1000, 0.1): 100 +- 9.5
     assert (x[~g] == 0).all() and (x[g] != 0).all()
-    assert all(type(o["distractor_on"]) is bool for o in obs)
+    assert all(type(o["log_distractor_on"]) is bool for o in obs)
 
 
 def test_standardised_to_unit_scale():
@@ -171,7 +171,7 @@ def test_image_observations_rejected():
 
 
 def test_replay_stores_the_wrapped_state(tmp_path):
-    """Replay.add takes the extra bool key without complaint; it stores only image/state/reward/is_* keys."""
+    """The replay stores the wrapped state and the gate (a `log_` key), and batches carry the gate."""
     replay = Replay(tmp_path, capacity=1000)
     rng = np.random.default_rng(0)
     env = wrap_distractors(pendulum(), "intermittent", dims=3, seed=0)
@@ -184,4 +184,28 @@ def test_replay_stores_the_wrapped_state(tmp_path):
         steps.append(obs)
     (episode,) = Replay(tmp_path, capacity=1000).episodes  # reloaded from disk
     np.testing.assert_array_equal(episode["state"][1:], np.stack([o["state"] for o in steps]))
-    assert "distractor_on" not in episode  # the gate is in the env's obs only (see the module docstring)
+    np.testing.assert_array_equal(episode["log_distractor_on"][1:], [o["log_distractor_on"] for o in steps])
+    assert episode["log_distractor_on"].dtype == bool
+    batch = Replay(tmp_path, capacity=1000, batch=4, length=20).sample()
+    assert batch["log_distractor_on"].shape == (4, 20) and batch["log_distractor_on"].dtype == bool
+
+
+def test_a_run_with_intermittent_distractors_logs_where_the_weights_go(tmp_path):
+    """`--env.distractors.*` reaches the environment of a real run: the world model sees the extra dims, the replay
+    keeps the gate, and the run logs the mean weight on gate-on steps over the batch mean."""
+    import json
+
+    from tests.test_recipe_tempo import records, run_cli
+
+    logdir = tmp_path / "run"
+    p = run_cli(["--task", "gym:Pendulum-v1", "--preset", "debug", "--steps", "600", "--logdir", str(logdir),
+                 "--env.distractors.mode", "intermittent", "--env.distractors.dims", "5", "--run.video_every", "0"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((logdir / "config.json").read_text())["env"]["distractors"]["dims"] == 5
+    episodes = [np.load(f) for f in sorted((logdir / "replay").glob("*.npz"))]
+    assert all(e["state"].shape[1] == 3 + 5 for e in episodes)  # Pendulum's 3 dims + 5 distractor dims
+    gate = np.concatenate([e["log_distractor_on"] for e in episodes])
+    extra = np.concatenate([e["state"][:, 3:] for e in episodes])
+    assert 0 < gate.mean() < 1 and np.all(extra[~gate] == 0) and np.all(np.abs(extra[gate]).sum(-1) > 0)
+    ratios = [r["wm/weight_distractor_on"] for r in records(logdir) if "wm/weight_distractor_on" in r]
+    assert ratios and all(0.5 < x < 1.5 for x in ratios)

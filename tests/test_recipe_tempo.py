@@ -147,6 +147,9 @@ def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     (["--logdir", ""], "--logdir is empty"),
     (["--until", "0"], "--until 0: expected a positive number of frames"),
     (["--run.compile", "maybe"], "run.compile"),
+    (["--env.distractors.mode", "sometimes"], "env.distractors.mode: Input should be 'none', 'constant' or"),
+    (["--env.distractors.switch_prob", "1.5"], "env.distractors.switch_prob"),
+    (["--env.distractors.mode", "constant", "--env.obs", "pixels"], "appends dims to state observations"),
 ])
 def test_bad_input_fails_before_creating_anything(tmp_path, args, needle):
     import torch

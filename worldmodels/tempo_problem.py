@@ -154,7 +154,8 @@ class TempoProblem(BilevelProblem):
         non-uniform weights, also which steps they favour: Pearson correlations of w with the reward
         (`weight_reward_corr`) and with the step's index in its episode (`weight_phase_corr`), and the mean weight
         at episode starts and at chunk starts (where the RSSM starts from the zero state) over the batch's mean
-        (`weight_episode_start`, `weight_chunk_start`)."""
+        (`weight_episode_start`, `weight_chunk_start`), and where each boolean `log_<flag>` of the batch is set
+        (`weight_<flag>`, e.g. `weight_distractor_on`)."""
         out = {"kl": losses["kl"].mean()}
         out.update({f"{k}_loss": v.mean() for k, v in losses.items() if k not in KL_KEYS})
         rssm = self.model.rssm
@@ -169,6 +170,9 @@ class TempoProblem(BilevelProblem):
                 out["weight_phase_corr"] = _corr(w, step)
                 if bool((step == 0).any()):
                     out["weight_episode_start"] = w[step == 0].mean() / w.mean()
+            for key in (k for k in batch if k.startswith("log_") and batch[k].dtype == torch.bool):
+                if bool(batch[key].any()):  # e.g. log_distractor_on: the mean weight where the flag is set
+                    out[f"weight_{key.removeprefix('log_')}"] = w[batch[key]].mean() / w.mean()
         return {k: float(v) for k, v in out.items() if math.isfinite(float(v))}
 
     def step_outputs(self, ctx: TempoContext) -> State:
