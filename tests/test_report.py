@@ -2,7 +2,8 @@
 
 Every number the report computes is checked against an independent computation here: IQM against
 ``scipy.stats.trim_mean`` of the pooled normalised scores, the bootstrap CI against a hand-written stratified
-bootstrap, the probability of improvement against pairwise counts, the Welch tests against scipy.
+bootstrap, the probability of improvement against pairwise counts, the Welch tests against scipy; the area under
+the curve, the weight and diagnostic tail means and the published anchors against hand computations.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ def expected_matrix(method: str, last_k: int = 1) -> np.ndarray:
     return np.stack([c[:n] for c in cols], axis=1)
 
 
+def expected_aucs(task: str, method: str) -> np.ndarray:
+    """By hand: per seed, the mean return of the evaluations after step 0 up to the task's budget (walker_stand
+    10k..50k, cheetah_run 10k..30k)."""
+    steps = [s for s in EVAL_STEPS if 0 < s <= BUDGET[task]]
+    return np.array([np.mean([ret(task, method, seed, s) for s in steps]) for seed in SEEDS[(task, method)]])
+
+
+def expected_auc_matrix(method: str) -> np.ndarray:
+    cols = [expected_aucs(t, method) / 1000.0 for t in sorted(TASKS)]
+    n = min(len(c) for c in cols)
+    return np.stack([c[:n] for c in cols], axis=1)
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     return build_sweep(tmp_path_factory.mktemp("sweep"))
@@ -100,13 +114,18 @@ def result(sweep) -> dict:
 
 def test_writes_files(result):
     out, payload = result["out"], result["json"]
-    for name in ("report.md", "report.json", "curves.png", "aggregates.png", "performance_profile.png",
-                 "sample_efficiency.png"):
+    for name in ("report.md", "report.json", "curves.png", "aggregates.png", "aggregates_auc.png",
+                 "performance_profile.png", "sample_efficiency.png"):
         assert (out / name).is_file(), name
-    for name in ("curves.png", "performance_profile.png", "sample_efficiency.png", "aggregates.png"):
+    for name in ("curves.png", "performance_profile.png", "sample_efficiency.png", "aggregates.png",
+                 "aggregates_auc.png"):
         img = mpimg.imread(out / name)
         assert img.ndim == 3 and img.shape[0] > 100 and float(img[..., :3].std()) > 0.01, name
     assert set(payload["files"].values()) >= {"report.md", "report.json", "curves.png"}
+    # no run logs a weight or diagnostic statistic: no such figure, said so in one line each
+    assert not (out / "weights.png").exists() and not (out / "diagnostics.png").exists()
+    assert "No weighted run" in result["md"] and "no `diagnostics.png`" in result["md"]
+    assert set(payload["anchors"]) == {"walker_stand"}  # cheetah_run has no published anchor in the table
 
 
 def test_discovery_labels_and_listing(result):
@@ -215,6 +234,71 @@ def test_welch_matches_scipy(result):
         assert row["p_greater"] == pytest.approx(float(one.pvalue), abs=1e-12)
     grid = rows[("walker_stand", "tempo_grid/meta_lr=1e-4")]
     assert grid["t"] is None and "< 2 seeds" in grid["note"]  # one seed: undefined, said so
+
+
+def test_auc_per_task_by_hand(result):
+    tasks = result["json"]["tasks"]
+    for task, method in SEEDS:
+        row = tasks[task]["methods"][method]
+        exp = expected_aucs(task, method)
+        assert row["auc"] == pytest.approx(exp.tolist(), abs=1e-9)
+        assert row["auc_mean"] == pytest.approx(exp.mean(), abs=1e-9)
+        assert row["auc_std"] == pytest.approx(exp.std(ddof=1), abs=1e-9)
+        assert row["auc_normalised"] == pytest.approx((exp / 1000).tolist(), abs=1e-12)
+        assert set(row["auc_evals"]) == {BUDGET[task] // 10_000}  # 10k..budget: the step-0 evaluation is not one
+    # one run by hand, in full: walker_stand tempo seed 1, evaluations at 10k, 20k, ..., 50k
+    by_hand = sum(ret("walker_stand", "tempo", 1, s) for s in (10_000, 20_000, 30_000, 40_000, 50_000)) / 5
+    run = next(r for r in result["json"]["runs"] if r["path"] == "walker_stand/tempo/1")
+    assert run["auc"] == pytest.approx(by_hand, abs=1e-9)
+    assert by_hand != pytest.approx(np.mean([ret("walker_stand", "tempo", 1, s) for s in EVAL_STEPS]))
+
+
+def test_auc_aggregates_and_welch(result):
+    auc = result["json"]["aggregate"]["auc"]
+    assert auc["excluded_methods"] == {}
+    for method in ("dreamerv2", "tempo"):
+        mat = expected_auc_matrix(method)  # the same runs as the final scores: seeds 0-2 of dreamerv2
+        np.testing.assert_allclose(np.array(auc["matrices"][method]), mat, atol=1e-12)
+        a = auc["methods"][method]
+        assert a["iqm"]["point"] == pytest.approx(stats.trim_mean(mat.flatten(), 0.25), abs=1e-12)
+        assert a["mean"]["point"] == pytest.approx(mat.mean(), abs=1e-12)
+        assert a["median"]["point"] == pytest.approx(np.median(mat.mean(axis=0)), abs=1e-12)
+        assert a["iqm"]["ci"][0] <= a["iqm"]["point"] <= a["iqm"]["ci"][1]
+    x, y = expected_auc_matrix("tempo"), expected_auc_matrix("dreamerv2")
+    per_task = [np.mean((x[:, t][:, None] > y[:, t][None, :]) + 0.5 * (x[:, t][:, None] == y[:, t][None, :]))
+                for t in range(x.shape[1])]
+    assert auc["probability_of_improvement"]["tempo"]["point"] == pytest.approx(np.mean(per_task), abs=1e-12)
+    rows = {(w["task"], w["method"]): w for w in result["json"]["welch_auc"]}
+    for task in TASKS:
+        a, b = expected_aucs(task, "tempo"), expected_aucs(task, "dreamerv2")
+        row = rows[(task, "tempo")]
+        assert row["mean"] == pytest.approx(a.mean(), abs=1e-9)
+        assert row["t"] == pytest.approx(float(stats.ttest_ind(a, b, equal_var=False).statistic), abs=1e-9)
+        assert row["p_greater"] == pytest.approx(
+            float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue), abs=1e-12)
+    md = result["md"]
+    assert "## Area under the curve" in md
+    assert f"{expected_aucs('walker_stand', 'tempo').mean():.1f} ± " in md
+
+
+def test_auc_without_evaluation_in_range(tmp_path):
+    """A run whose coarser evaluation grid has nothing in (0, budget] has no AUC: listed, left out of the AUC rows
+    and, with its method, out of the AUC aggregates; its final score still counts."""
+    root = tmp_path / "grid"
+    evals = {("dreamerv2", 0): {0: 10.0, 10_000: 100.0, 20_000: 200.0}, ("dreamerv2", 1): {0: 12.0, 10_000: 120.0},
+             ("tempo", 0): {0: 11.0, 20_000: 300.0}, ("tempo", 1): {0: 9.0, 10_000: 90.0, 20_000: 190.0}}
+    for (method, seed), ev in evals.items():
+        _leaf(root / "walker_walk" / method / str(seed), "walker_walk", method, seed, ev, 20_000)
+    payload = report.build_report(root, tmp_path / "out", reps=20)
+    row = payload["tasks"]["walker_walk"]["methods"]["tempo"]
+    assert payload["tasks"]["walker_walk"]["frame_budget"] == 10_000
+    assert row["auc"] == [None, 90.0] and row["auc_mean"] == 90.0 and row["final"] == [11.0, 90.0]
+    auc = payload["aggregate"]["auc"]
+    assert set(auc["methods"]) == {"dreamerv2"} and "walker_walk/tempo/0" in auc["excluded_methods"]["tempo"]
+    assert auc["methods"]["dreamerv2"]["mean"]["point"] == pytest.approx((100.0 + 120.0) / 2 / 1000)
+    welch = payload["welch_auc"][0]
+    assert (welch["n"], welch["n_baseline"]) == (1, 2) and "< 2 seeds" in welch["note"]
+    assert set(payload["aggregate"]["methods"]) == {"dreamerv2", "tempo"}  # final scores: both
 
 
 def test_sample_efficiency_curve(result):
@@ -350,3 +434,163 @@ def test_curve_stats_count_seeds_per_frame_and_clip_dmc_intervals():
     assert np.isnan(single["lo"]).all() and single["n"].tolist() == [1, 1]
     atari = report.curve_stats(runs[:2], "atari:pong")  # no bounds: the interval is left as it is
     assert atari["lo"][2] == pytest.approx(160.0 - half2)
+
+
+# --------------------------------------------------------------------------------------------
+# Training-log statistics (weights, diagnostics) and published anchors, on a second small sweep
+# --------------------------------------------------------------------------------------------
+
+LOG_EVERY, LOG_TARGET = 1000, 10_000
+# method -> what its training log holds: dreamerv2 logs wm/weight_std = 0 (uniform weights) and the diagnostics;
+# "pixels" logs wm/image_loss instead of wm/state_loss; "older" logs neither (a run from before these keys).
+LOG_SEEDS = {"dreamerv2": [0, 1], "tempo": [0, 1, 2], "tempo-official": [0, 1], "pixels": [0, 1], "older": [0]}
+LOG_STOP = {("tempo", 2): 6000}  # a slow seed: its tail is 5000..6000, not 8000..10000
+NO_EPISODE_START = {("tempo-official", 1)}  # no episode start in any batch: that statistic is never logged
+NAN_AT = ("tempo", 0, "wm/kl", 9000)  # a non-finite value in the tail: skipped
+
+
+def log_value(method: str, seed: int, key: str, step: int) -> float:
+    """Known training-log values, distinct over methods, seeds, keys and frames."""
+    k = (report.WEIGHT_METRICS + ("wm/kl", "wm/state_loss", "wm/image_loss", "wm/reward_loss", "wm/post_ent",
+                                  "agent/imag_return", "agent/actor_ent")).index(key)
+    m = list(LOG_SEEDS).index(method)
+    return 0.01 * (k + 1) * (1 + 0.3 * seed) * step / 1000 - 0.05 * m + 0.1 * ((seed + step // 1000) % 3)
+
+
+def log_keys(method: str, seed: int) -> list[str]:
+    diag = ["wm/kl", "wm/image_loss" if method == "pixels" else "wm/state_loss", "wm/reward_loss", "wm/post_ent",
+            "agent/imag_return", "agent/actor_ent"]
+    if method == "older":
+        return []
+    if method in ("dreamerv2", "pixels"):
+        return ["wm/weight_std", *diag]
+    return [k for k in report.WEIGHT_METRICS
+            if not (k == "wm/weight_episode_start" and (method, seed) in NO_EPISODE_START)] + diag
+
+
+def write_logged_leaf(leaf: Path, method: str, seed: int) -> None:
+    leaf.mkdir(parents=True)
+    (leaf / "config.json").write_text(json.dumps({"task": "cartpole_swingup", "method": method, "seed": seed,
+                                                  "run": {"steps": LOG_TARGET}}))
+    lines = [json.dumps({"step": 0, "eval_return": 50.0 + seed})]
+    for step in range(LOG_EVERY, LOG_STOP.get((method, seed), LOG_TARGET) + 1, LOG_EVERY):
+        rec: dict = {"step": step, "fps": 5.0}
+        for key in log_keys(method, seed):
+            rec[key] = 0.0 if key == "wm/weight_std" and method in ("dreamerv2", "pixels") else \
+                log_value(method, seed, key, step)
+        if NAN_AT[:2] == (method, seed) and step == NAN_AT[3]:
+            rec[NAN_AT[2]] = float("nan")
+        if step % 5000 == 0:
+            rec["eval_return"] = 100.0 + step / 100 + seed
+        lines.append(json.dumps(rec))
+    (leaf / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def expected_tail(method: str, key: str) -> tuple[float, float | None, int]:
+    """By hand: per seed, the mean over its records at frames >= 0.8 x its last logged frame; over seeds (std None,
+    as in report.json, for one seed)."""
+    per_seed = []
+    for seed in LOG_SEEDS[method]:
+        if key not in log_keys(method, seed):
+            continue
+        last = LOG_STOP.get((method, seed), LOG_TARGET)
+        tail = [s for s in range(LOG_EVERY, last + 1, LOG_EVERY) if s >= 0.8 * last]
+        tail = [s for s in tail if (method, seed, key, s) != NAN_AT]
+        per_seed.append(np.mean([log_value(method, seed, key, s) for s in tail]))
+    std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+    return float(np.mean(per_seed)), std, len(per_seed)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("logged")
+    for method, seeds in LOG_SEEDS.items():
+        for seed in seeds:
+            write_logged_leaf(root / "cartpole_swingup" / method / str(seed), method, seed)
+    out = root / "report"
+    payload = report.build_report(root, out, reps=20)
+    return {"out": out, "json": payload, "md": (out / "report.md").read_text()}
+
+
+def test_weight_table_matches_hand_computation(logged):
+    weights = logged["json"]["weights"]["tasks"]["cartpole_swingup"]
+    assert set(weights) == {"tempo", "tempo-official"}  # dreamerv2 / pixels: weight_std 0; older: no keys
+    for method in ("tempo", "tempo-official"):
+        for key in report.WEIGHT_METRICS:
+            mean, std, n = expected_tail(method, key)
+            cell = weights[method]["metrics"][key]
+            assert cell["mean"] == pytest.approx(mean, abs=1e-12), (method, key)
+            assert cell["std"] == (None if std is None else pytest.approx(std, abs=1e-12)), (method, key)
+            assert cell["n"] == n
+    assert weights["tempo"]["n"] == 3 and weights["tempo"]["frames"]["cartpole_swingup/tempo/2"] == 6000
+    assert weights["tempo-official"]["metrics"]["wm/weight_episode_start"]["n"] == 1  # one seed never logs it
+    # the slow seed's tail is its own last 20% (5000, 6000), by hand
+    seed2 = weights["tempo"]["metrics"]["wm/weight_upper_corr"]["runs"]["cartpole_swingup/tempo/2"]
+    assert seed2 == pytest.approx((log_value("tempo", 2, "wm/weight_upper_corr", 5000)
+                                   + log_value("tempo", 2, "wm/weight_upper_corr", 6000)) / 2, abs=1e-12)
+    md = logged["md"]
+    mean, std, _ = expected_tail("tempo", "wm/weight_phase_corr")
+    assert f"{mean:.3f} ± {std:.3f}" in md
+    assert "(n=1)" in md  # the statistic only one of tempo-official's two seeds logs
+    assert [r["weighted"] for r in logged["json"]["runs"] if r["path"].startswith("cartpole_swingup/tempo/")] \
+        == [True] * 3
+
+
+def test_diagnostics_table_matches_hand_computation(logged):
+    diag = logged["json"]["diagnostics"]["tasks"]["cartpole_swingup"]
+    assert set(diag) == {"dreamerv2", "tempo", "tempo-official", "pixels"}  # "older" logs none
+    decoder = "wm/state_loss or wm/image_loss"
+    for method in diag:
+        for key in ("wm/kl", "wm/reward_loss", "agent/actor_ent"):
+            mean, std, n = expected_tail(method, key)
+            cell = diag[method]["metrics"][key]
+            assert (cell["mean"], cell["std"], cell["n"]) == (pytest.approx(mean, abs=1e-12),
+                                                              pytest.approx(std, abs=1e-12), n), (method, key)
+    assert diag["pixels"]["metrics"][decoder]["keys"] == ["wm/image_loss"]
+    assert diag["pixels"]["metrics"][decoder]["mean"] == pytest.approx(expected_tail("pixels", "wm/image_loss")[0])
+    assert diag["dreamerv2"]["metrics"][decoder]["keys"] == ["wm/state_loss"]
+
+
+def test_training_log_figures_written(logged):
+    out = logged["out"]
+    assert logged["json"]["files"]["weights"] == "weights.png"
+    assert logged["json"]["files"]["diagnostics"] == "diagnostics.png"
+    for name in ("weights.png", "diagnostics.png", "curves.png"):
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and float(img[..., :3].std()) > 0.01, name
+    # one row per task, six panels per row: much wider than tall
+    assert mpimg.imread(out / "weights.png").shape[1] > 3 * mpimg.imread(out / "weights.png").shape[0]
+
+
+def test_anchors_listed_with_frames(logged):
+    anchors = logged["json"]["anchors"]
+    assert set(anchors) == {"cartpole_swingup"}
+    got = {(a["label"], a["frames"]): (a["mean"], a["std"]) for a in anchors["cartpole_swingup"]}
+    assert got == {("DreamerV3 (proprio)", 20_000): (189.0, 29.7), ("DreamerV3 (proprio)", 100_000): (527.7, 40.7),
+                   ("DreamerV2 official (pixels)", 90_000): (386.8, 145.0)}
+    assert all("danijar/dreamerv" in a["source"] for a in anchors["cartpole_swingup"])
+    md = logged["md"]
+    assert "## Published returns for scale" in md and "| cartpole_swingup | DreamerV3 (proprio) | 100,000 | 527.7" in md
+
+
+def test_anchors_drawn_at_their_frames():
+    fig, ax = report.plt.subplots()
+    report._draw_anchors(ax, report.anchors_for(["walker_walk", "cheetah_run"])["walker_walk"])
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["DreamerV3 (proprio) (published, ±1 std)", "DreamerV2 official (pixels) (published, ±1 std)"]
+    v3, v2 = ax.containers  # one errorbar per source
+    assert v3.lines[0].get_xdata().tolist() == [20_000, 100_000] and v3.lines[0].get_ydata().tolist() == [88.5, 475.2]
+    assert v2.lines[0].get_xdata().tolist() == [90_000] and v2.lines[0].get_ydata().tolist() == [408.2]
+    report.plt.close(fig)
+    assert report.anchors_for(["cheetah_run"]) == {}
+
+
+def test_no_weighted_run_says_so(tmp_path):
+    root = tmp_path / "uniform"
+    for seed in (0, 1):
+        write_logged_leaf(root / "cartpole_swingup" / "dreamerv2" / str(seed), "dreamerv2", seed)
+    payload = report.build_report(root, tmp_path / "out", reps=20)
+    assert "weights" not in payload["files"] and not (tmp_path / "out" / "weights.png").exists()
+    assert (tmp_path / "out" / "diagnostics.png").is_file()
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert sum("No weighted run" in line for line in md.splitlines()) == 1
