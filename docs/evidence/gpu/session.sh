@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One GPU session (issue 19 §5), run ON the device machine from the repository root:
+#   device run: carry [".whl"], command "bash docs/evidence/gpu/session.sh docs/evidence/gpu/JOBS", timeout_s 580
+# 1. the device tests (tests/test_device.py --device cuda); 2. every line of JOBS (arguments of recipes.tempo, one
+# run each, its --logdir relative to the runs folder) in parallel, stopped with SIGINT (a checkpoint, then exit) when
+# BUDGET seconds are spent; 3. the runs' config.json and metrics.jsonl packed into $OUT/runs.tgz for
+# `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu).
+set -uo pipefail
+JOBS=${1:?usage: session.sh JOBS_FILE}
+DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT" && RUNS=$(mktemp -d)
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 3
+  export PYTHONPATH="/tmp/site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+{ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nvidia-smi -L; } \
+  2>&1 | tee "$OUT/machine.txt"
+timeout 150 python3 -m pytest tests/test_device.py --device "$DEVICE" -o addopts= -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+start=$(date +%s)
+grep -v '^\s*\(#\|$\)' "$JOBS" | while read -r line; do echo "$line"; done > "$RUNS/jobs"
+# each job: recipes.tempo with its own logdir under $RUNS, on $DEVICE, SIGINT at the budget's end (it checkpoints)
+xargs -P "$PARALLEL" -L 1 -a "$RUNS/jobs" bash -c '
+  logdir=$(printf "%s\n" "$@" | grep -A1 -x -- --logdir | tail -1)
+  left=$(( '"$BUDGET"' - ($(date +%s) - '"$start"') ))
+  [ "$left" -gt 10 ] || exit 0
+  mkdir -p "'"$RUNS"'/$logdir"
+  timeout -s INT -k 60 "$left" python3 -m recipes.tempo "$@" --device '"$DEVICE"' \
+    --logdir "'"$RUNS"'/$logdir" > "'"$RUNS"'/$logdir.log" 2>&1
+  echo "$logdir exit $? $(tail -c 300 "'"$RUNS"'/$logdir.log" | tail -1)"
+' _ | tee "$OUT/jobs.log"
+(cd "$RUNS" && find . \( -name config.json -o -name metrics.jsonl -o -name '*.log' \) -print0 \
+  | tar czf "$OUT/runs.tgz" --null -T -)
+echo "runs.tgz: $(tar tzf "$OUT/runs.tgz" | wc -l) files, $(( $(date +%s) - start )) s"
