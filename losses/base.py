@@ -120,6 +120,17 @@ class UpperLoss(nn.Module, abc.ABC):
         v_prior = evaluate_value(value_fn, h, s_prior)  # [T, B]
         return self.value_norm(v_post, v_prior, update=self.training if update is None else update)
 
+    @property
+    def updates_statistics(self) -> bool:
+        """Whether evaluating the loss updates state (moving value statistics): then it must be evaluated once per
+        step through `forward`/`per_sample`, not recombined from `values(..., update=False)`."""
+        return self.value_norm.mode == "moving"
+
+    def values_loss(self, v_post: Tensor, v_prior: Tensor) -> Tensor | None:
+        """The per-sample loss `[T, B]` as a function of the values `values` gives, for losses that are one (so a
+        caller holding those values needs no second pair of critic passes); None for the others."""
+        return None
+
     @abc.abstractmethod
     def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
         """Per-timestep losses `[T, B]` (with graph; detach them for the naive weighting of §3.4)."""
@@ -127,3 +138,19 @@ class UpperLoss(nn.Module, abc.ABC):
     def forward(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
         """Scalar loss: mean over (t, b) of `per_sample`."""
         return self.per_sample(h, s_post, s_prior, value_fn).mean()
+
+
+class FunctionLoss(UpperLoss):
+    """A plain callable `fn(h, s_post, s_prior, value_fn) -> scalar` as an `UpperLoss` (values unnormalised, no
+    per-sample losses: the `naive` weighting and the weights' correlation need an `UpperLoss` subclass)."""
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        super().__init__(norm="none")
+        self.fn = fn
+
+    def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
+        raise NotImplementedError(f"{self.fn!r} gives a scalar loss only; subclass losses.UpperLoss for per-sample "
+                                  "losses")
+
+    def forward(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
+        return self.fn(h, s_post, s_prior, value_fn)

@@ -31,7 +31,9 @@ class VVAML(UpperLoss):
         super().__init__(norm=norm, momentum=momentum, eps=eps)
 
     def per_sample(self, h: Tensor, s_post: Tensor, s_prior: Tensor, value_fn: ValueFn) -> Tensor:
-        v_post, v_prior = self.values(h, s_post, s_prior, value_fn)  # [T, B] each
+        return self.values_loss(*self.values(h, s_post, s_prior, value_fn))  # [T, B]
+
+    def values_loss(self, v_post: Tensor, v_prior: Tensor) -> Tensor:
         return (v_post - v_prior).square()  # [T, B]
 
 

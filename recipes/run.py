@@ -63,7 +63,7 @@ class Run:
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.mode == "16"),
         ).to(self.device)
         # Every UpperLoss normalises its values (the weighter's V inputs) with tempo.value_norm; a plain
-        # user callable has no value normalisation to configure.
+        # user callable has no value normalisation to configure (TempoProblem wraps it as a FunctionLoss).
         cls = upper_loss_class(cfg.tempo.upper_loss)
         is_upper = isinstance(cls, type) and issubclass(cls, UpperLoss)
         self.upper = get_upper_loss(cfg.tempo.upper_loss, **({"norm": cfg.tempo.value_norm} if is_upper else {}))
@@ -120,10 +120,9 @@ class Run:
         if state is None:
             state = (self.wm.rssm.initial(1), torch.zeros(1, self.env.action_dim, device=self.device))
         latent, prev_action = state
-        embed = self.wm.encoder(self.wm.preprocess(self.obs_tensor(obs), torch.float32))
         is_first = torch.tensor([bool(obs["is_first"])], device=self.device)
-        post, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first)
-        action = self.agent.policy(self.wm.rssm.feat(post), mode)  # [1, A]
+        post = self.wm.filter(self.obs_tensor(obs), latent, prev_action, is_first)
+        action = self.agent.policy(self.wm.feat(post), mode)  # [1, A]
         if not bool(torch.isfinite(action).all()):  # a diverged model: act randomly, the trainer reports it
             self.nonfinite_actions += 1
             action = torch.as_tensor(self.random_action(), device=self.device)[None]

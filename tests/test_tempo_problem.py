@@ -319,3 +319,20 @@ def test_step_metrics_are_the_unweighted_terms_and_what_the_weights_follow():
     with torch.no_grad():
         plain = problem.step_metrics(batch, sc.lower_ctx, sc.losses, torch.ones_like(w))
     assert set(plain) == {"kl", "state_loss", "reward_loss", "prior_ent", "post_ent"}
+
+
+def test_a_plain_callable_upper_loss_is_wrapped_as_an_upper_loss():
+    """A user's callable `fn(h, s_post, s_prior, value_fn) -> scalar` works as TEMPO's task loss: its value is the
+    objective, the weighter reads unnormalised values, and per-sample losses are refused in one line."""
+    from losses.base import FunctionLoss, evaluate_value
+
+    problem, trainer, batch = make({"strategy": "approx"})
+    fn = lambda h, s_post, s_prior, value_fn: (s_post - s_prior).abs().mean()  # noqa: E731
+    plain = TempoProblem(problem.model, fn, problem.value_fn)
+    assert isinstance(plain.upper, FunctionLoss)
+    ctx = plain.lower_losses(batch, dict(plain.model.named_parameters()))[1]
+    assert float(plain.upper_objective(batch, ctx)) == float(fn(ctx.post["h"], ctx.post["s"], ctx.prior["s"], None))
+    v_post, _ = plain.values(ctx)
+    torch.testing.assert_close(v_post, evaluate_value(plain.value_fn, ctx.post["h"], ctx.post["s"]))
+    with pytest.raises(NotImplementedError, match="scalar loss only"):
+        plain.upper_losses(batch, ctx)

@@ -334,7 +334,8 @@ def _setup_second_order(discrete: int):
 
     def loss_fn(p):
         torch.manual_seed(1)  # same sampling noise in every evaluation
-        return functional_call(wm, p, (batch, w))[0]
+        terms = functional_call(wm, p, (batch,)).terms  # WorldModel.forward: one pass, unweighted terms
+        return weighted_elbo_loss(terms, w, wm.kl_balance, wm.kl_free, wm.kl_scale, wm.loss_scales)[0]
 
     return wm, batch, params, v, loss_fn
 
@@ -389,7 +390,7 @@ def test_hvp_is_true_hessian_without_stop_gradients():
 
     def loss_fn(p):
         torch.manual_seed(1)
-        terms = functional_call(wm, p, (batch,))[1]
+        terms = functional_call(wm, p, (batch,)).terms
         return sum(terms[k].mean() for k in ("state", "reward", "discount", "kl"))
 
     hvp = _double_backward_hvp(loss_fn, params, v)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from bilevel import stopgrad
 from bilevel.problem import BilevelProblem, Params
-from losses.upper import VVAML
+from losses.base import FunctionLoss, UpperLoss
 from worldmodels.elbo import KL_KEYS, kl_balance_terms, weighted_elbo_loss
 from worldmodels.rssm import State
 from worldmodels.world_model import WorldModel
@@ -51,7 +51,7 @@ class TempoProblem(BilevelProblem):
         if inputs not in INPUT_FLAGS:
             raise ValueError(f"unknown weighter inputs {inputs!r}; accepted: {list(INPUT_FLAGS)}")
         self.model = world_model
-        self.upper = upper
+        self.upper = upper if isinstance(upper, UpperLoss) else FunctionLoss(upper)
         self.value_fn = value_fn
         self.inputs = inputs
         rssm = world_model.rssm
@@ -62,13 +62,13 @@ class TempoProblem(BilevelProblem):
     def lower_losses(self, batch: Mapping[str, Tensor], params: Params) -> tuple[dict[str, Tensor], TempoContext]:
         # A pass that a finite difference will re-evaluate keeps the heads' per-sample gradients (loss_deltas).
         capture = {} if stopgrad.recording() and torch.is_grad_enabled() else None
-        _, terms, post, prior, _ = self.call(params, batch, capture=capture)  # WorldModel.forward
-        return terms, TempoContext(post, prior, capture)
+        out = self.call(params, batch, capture=capture)  # WorldModel.forward
+        return out.terms, TempoContext(out.post, out.prior, capture)
 
     def upper_context(self, batch: Mapping[str, Tensor], params: Params) -> TempoContext:
         """The task loss reads the states only: encoder + RSSM, no heads."""
-        post, prior, _ = self.call(params, batch, observe_only=True)
-        return TempoContext(post, prior)
+        out = self.call(params, batch, heads=False)
+        return TempoContext(out.post, out.prior)
 
     def loss_deltas(self, batch: Mapping[str, Tensor], params: Params, ctx: TempoContext,
                     losses: Mapping[str, Tensor], shifted: set[str]) -> dict[str, Tensor]:
@@ -83,7 +83,8 @@ class TempoProblem(BilevelProblem):
         ready = all(f"dfeat/{k}" in cap and f"dterm/{k}" in cap for k in heads)
         if not ready or not shifted <= upper or any(bool((cap[f"dterm/{k}"] == 0).any()) for k in heads):
             return super().loss_deltas(batch, params, ctx, losses, shifted)  # re-run everything
-        post, prior, _ = self.call(params, batch, observe_only=True)
+        out = self.call(params, batch, heads=False)
+        post, prior = out.post, out.prior
         delta = self.model.rssm.feat(post) - cap["feat"]  # [T, B, F]
         out = {k: ((cap[f"dfeat/{k}"] / cap[f"dterm/{k}"].unsqueeze(-1)) * delta).sum(-1) for k in heads}
         kl = dict(zip(KL_KEYS, kl_balance_terms(post, prior, self.model.rssm), strict=True))
@@ -103,15 +104,11 @@ class TempoProblem(BilevelProblem):
         return state["mean"]
 
     def values(self, ctx: TempoContext) -> tuple[Tensor, Tensor]:
-        """(v_post, v_prior) [T, B] as the upper loss normalises them (cached per forward pass)."""
+        """(v_post, v_prior) [T, B] as the upper loss normalises them (cached per forward pass; update=False: the
+        upper loss itself updates any moving statistics, once per step)."""
         if ctx._values is None:
             post, prior = ctx.post, ctx.prior
-            if hasattr(self.upper, "values"):
-                # update=False: the upper loss itself updates any moving statistics, once per step
-                ctx._values = self.upper.values(post["h"], post["s"], prior["s"], self.value_fn, update=False)
-            else:
-                ctx._values = (self.value_fn(torch.cat([post["h"], post["s"]], -1)),
-                               self.value_fn(torch.cat([prior["h"], prior["s"]], -1)))
+            ctx._values = self.upper.values(post["h"], post["s"], prior["s"], self.value_fn, update=False)
         return ctx._values
 
     def weighter_inputs(self, ctx: TempoContext) -> Tensor:
@@ -128,24 +125,22 @@ class TempoProblem(BilevelProblem):
     # -- upper ---------------------------------------------------------------------------------------
     def _upper_states(self, ctx: TempoContext) -> tuple[Tensor, Tensor, Tensor]:
         post, prior = ctx.post, ctx.prior
-        if self.discrete and getattr(self.upper, "use_probs", False):
+        if self.discrete and self.upper.use_probs:
             probs = lambda st: torch.softmax(st["logits"], -1).flatten(-2)  # noqa: E731
             return post["h"], probs(post), probs(prior)
         return post["h"], post["s"], prior["s"]
 
     def upper_objective(self, batch: Any, ctx: TempoContext) -> Tensor:
-        if isinstance(self.upper, VVAML) and self.upper.value_norm.mode != "moving":
-            # the values the weighter read, with their graph: no second pair of critic passes (moving statistics
-            # must be updated by the loss itself, once per step)
-            v_post, v_prior = self.values(ctx)
-            return (v_post - v_prior).square().mean()
+        # a loss of the values the weighter read reuses them, with their graph: no second pair of critic passes
+        # (unless the loss must update moving statistics itself, once per step)
+        per = None if self.upper.updates_statistics else self.upper.values_loss(*self.values(ctx))
+        if per is not None:
+            return per.mean()
         return self.upper(*self._upper_states(ctx), self.value_fn)
 
     def upper_losses(self, batch: Any, ctx: TempoContext) -> Tensor:
-        if isinstance(self.upper, VVAML):  # from the values the weighter read: no second pair of critic passes
-            v_post, v_prior = self.values(ctx)
-            return (v_post - v_prior).square()
-        return self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
+        per = self.upper.values_loss(*self.values(ctx))  # from the values the weighter read, where it can
+        return per if per is not None else self.upper.per_sample(*self._upper_states(ctx), self.value_fn)
 
     def step_metrics(self, batch: Mapping[str, Tensor], ctx: TempoContext, losses: Mapping[str, Tensor],
                      w: Tensor) -> dict[str, float]:

@@ -10,7 +10,7 @@ The float dtype of 'action' sets the compute dtype (float32, or float64 for fini
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,16 @@ from worldmodels.nets import (
 )
 from worldmodels.onehot import OneHot
 from worldmodels.rssm import RSSM, State
+
+
+class Pass(NamedTuple):
+    """What one pass of the world model over a [T, B] batch gives: states [T, B, ...], embeddings [T, B, E] and
+    the per-step ELBO terms {name: [T, B]} (None for a pass without the heads)."""
+
+    post: State
+    prior: State
+    embed: Tensor
+    terms: dict[str, Tensor] | None
 
 
 class WorldModel(nn.Module):
@@ -129,20 +139,27 @@ class WorldModel(nn.Module):
 
     def loss(self, batch: dict[str, Tensor], w: Tensor | None = None, capture: dict[str, Tensor] | None = None
              ) -> tuple[Tensor, dict[str, Tensor], State, State, dict[str, Tensor]]:
-        """(loss, terms, post, prior, metrics): observe + elbo_terms + weighted_elbo_loss(w [T, B] | None)."""
-        post, prior, _ = self.observe(batch)
-        terms = self.elbo_terms(batch, post, prior, capture)
-        loss, metrics = weighted_elbo_loss(terms, w, self.kl_balance, self.kl_free, self.kl_scale,
+        """(loss, terms, post, prior, metrics): one pass + weighted_elbo_loss(w [T, B] | None)."""
+        out = self(batch, capture)
+        loss, metrics = weighted_elbo_loss(out.terms, w, self.kl_balance, self.kl_free, self.kl_scale,
                                            self.loss_scales)
-        return loss, terms, post, prior, metrics
+        return loss, out.terms, out.post, out.prior, metrics
 
-    def forward(self, batch: dict[str, Tensor], w: Tensor | None = None, capture: dict[str, Tensor] | None = None,
-                observe_only: bool = False) -> tuple:
-        """Same as `loss`, so `torch.func.functional_call(wm, params, (batch, w))` gives the loss.
-        `observe_only=True` returns `observe(batch)` instead (functional inference without the heads)."""
-        if observe_only:
-            return self.observe(batch)
-        return self.loss(batch, w, capture)
+    def forward(self, batch: dict[str, Tensor], capture: dict[str, Tensor] | None = None,
+                heads: bool = True) -> Pass:
+        """One pass over a [T, B] batch: `observe`, then (with `heads`) the per-step ELBO terms. The forward of the
+        module, so that `torch.func.functional_call(wm, params, (batch,))` runs it at any parameters; the weighting
+        of the terms is the caller's (`loss`, or TEMPO's `lower_objective`)."""
+        post, prior, embed = self.observe(batch)
+        terms = self.elbo_terms(batch, post, prior, capture) if heads else None
+        return Pass(post, prior, embed, terms)
+
+    @torch.no_grad()
+    def filter(self, obs: Tensor, state: State, prev_action: Tensor, is_first: Tensor) -> State:
+        """One step of acting: the posterior [N, ...] after the raw observation `obs` [N, ...], from the previous
+        posterior and action (DreamerV2's policy step, before the actor reads feat(post))."""
+        embed = self.encoder(self.preprocess(obs, torch.float32))
+        return self.rssm.obs_step(state, prev_action, embed, is_first)[0]
 
     # -- protocol for the agent ---------------------------------------------------------------------------
     def feat(self, state: State) -> Tensor:
