@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import os
 import shutil
 import tempfile
@@ -18,7 +19,17 @@ from pydantic import ValidationError
 from bilevel.contractions import CONTRACTIONS
 from bilevel.engines import ENGINES
 from losses import registered
-from recipes.config import HYPERGRADIENTS, PRESETS, Config, build, deep_update, format_error, parse_dotted
+from recipes.config import (
+    HYPERGRADIENTS,
+    PRESET_OVERRIDES,
+    PRESETS,
+    Config,
+    build,
+    deep_update,
+    format_error,
+    parse_dotted,
+)
+from worldmodels.tempo_problem import INPUT_FLAGS
 
 STEP_FLAGS = {  # CLI switch -> dotted config field
     "task": "env.task", "weighting": "tempo.weighting", "upper_loss": "tempo.upper_loss",
@@ -40,34 +51,79 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def default(dotted: str) -> str:
+    """A field's default and what the presets set it to, for --help (one source: recipes.config)."""
+    node: Any = Config().model_dump(mode="json")
+    for part in dotted.split("."):
+        node = node[part]
+    changes = []
+    for preset in PRESETS:
+        value: Any = PRESET_OVERRIDES[preset]
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and value != node:
+            changes.append(f"{preset} {value}")
+    return f"default {node}" + (f"; {', '.join(changes)}" if changes else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m recipes.tempo", description=__doc__.split("\n\n")[0],
         epilog="Any config field can be set as --section.field VALUE, e.g. --world_model.lr 1e-4 "
-               "--tempo.bilevel.weighter.units 200 (see recipes/config.py).")
-    p.add_argument("--task", help="finger_spin | dmc:walker_walk | atari:pong | gym:Pendulum-v1")
+               "--tempo.bilevel.weighter.units 200: every field, its default, unit and presets are in "
+               "docs/CONFIG.md; --print-config shows what a command resolves to.")
+    p.add_argument("--task", help="finger_spin | dmc:walker_walk | atari:pong | gym:Pendulum-v1 "
+                                  f"({default('env.task')})")
     p.add_argument("--preset", choices=PRESETS,
-                   help="default: atari for atari:*, dmc_pixels with CUDA, else dmc_state")
-    p.add_argument("--weighting", help="meta (TEMPO) | naive | none (DreamerV2)")
-    p.add_argument("--upper-loss", dest="upper_loss", help=" | ".join([*registered(), "module.path:ClassName"]))
-    p.add_argument("--hypergrad", help=" | ".join(HYPERGRADIENTS) + " (with --weighting meta)")
-    p.add_argument("--contraction", help=" | ".join(CONTRACTIONS) + " (default terms_fd)")
-    p.add_argument("--engine", help=" | ".join(ENGINES))
-    p.add_argument("--weighter-inputs", dest="weighter_inputs", help="DSV | SV | S (paper §3.5)")
-    p.add_argument("--sign", help="correct | official")
+                   help="default: atari for atari:*, dmc_pixels with CUDA, else dmc_state (dmc_small: the "
+                        "reduced-scale CPU protocol)")
+    p.add_argument("--weighting", help=f"meta (TEMPO) | naive | none (DreamerV2) ({default('tempo.weighting')})")
+    p.add_argument("--upper-loss", dest="upper_loss",
+                   help=" | ".join([*registered(), "module.path:ClassName"]) + f" ({default('tempo.upper_loss')})")
+    p.add_argument("--hypergrad", help=" | ".join(HYPERGRADIENTS) + " (with --weighting meta; "
+                                       f"{default('tempo.bilevel.strategy')})")
+    p.add_argument("--contraction", help=" | ".join(CONTRACTIONS) + f" ({default('tempo.bilevel.contraction')})")
+    p.add_argument("--engine", help=" | ".join(ENGINES) + f" ({default('tempo.bilevel.engine')})")
+    p.add_argument("--weighter-inputs", dest="weighter_inputs",
+                   help=" | ".join(INPUT_FLAGS) + f": D = h, S = latents, V = values, paper §3.5 "
+                        f"({default('tempo.weighter_inputs')})")
+    p.add_argument("--sign", help="correct | official: the deng-ai-lab code's α direction "
+                                  f"({default('tempo.bilevel.sign')})")
     p.add_argument("--device", help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int, help="environment steps (frames, after action repeat)")
-    p.add_argument("--logdir", help="run directory (re-use it to resume)")
+    p.add_argument("--seed", type=int, help=f"({default('run.seed')})")
+    p.add_argument("--steps", type=int, help=f"environment frames, after action repeat ({default('run.steps')})")
+    p.add_argument("--logdir", help="run directory, re-used to resume (default runs/<task>/<method>/<seed>)")
     p.add_argument("--until", type=int, metavar="FRAMES",
                    help="stop this sitting at FRAMES frames (checkpointed; re-run to go on): not a run setting, "
                         "the run still aims at --steps")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), so the contractions, strategies, engines and upper "
+                        "losses it registers can be named")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the configuration this command resolves to (a resume's, if --logdir holds a run) "
+                        "as JSON and exit, writing nothing")
     return p
+
+
+def import_modules(names: list[str]) -> None:
+    """`--import` modules, before any name is validated; a failing import is a one-line UsageError."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - whatever the module raises: one line naming it
+            raise UsageError(f"--import {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                             ) from None
+
+
+def default_logdir(cfg: Config) -> str:
+    """runs/<task>/<method>/<seed>: TEMPO and DreamerV2 on one task land side by side, as a sweep lays them out."""
+    return str(Path("runs", cfg.env.task.replace(":", "_").replace("/", "_"), cfg.method, str(cfg.run.seed)))
 
 
 def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    import_modules(args.imports)
     pairs: list[tuple[str, str]] = []
     i = 0
     while i < len(rest):
@@ -126,6 +182,7 @@ class Resolved:
     explicit: dict[str, Any]  # what the command line set (switches and --section.field), before any default
     preset: str | None  # --preset, if given
     until: int | None = None  # --until: where this sitting stops (not part of the run's config)
+    print_config: bool = False  # --print-config: show the resolved configuration, write nothing
 
 
 def resolve(argv: list[str]) -> Resolved:
@@ -151,13 +208,15 @@ def resolve(argv: list[str]) -> Resolved:
     overrides.setdefault("env", {})["task"] = task
     try:
         cfg = build(preset, overrides)
+        if logdir is None:
+            cfg.run.logdir = default_logdir(cfg)
     except ValidationError as e:
         raise UsageError(format_error(e)) from None
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.until is not None and args.until <= 0:
         raise UsageError(f"--until {args.until}: expected a positive number of frames")
-    return Resolved(cfg, notice, explicit, args.preset, args.until)
+    return Resolved(cfg, notice, explicit, args.preset, args.until, args.print_config)
 
 
 # Settings a resumed run may change (recorded in config.json's history); anything else must stay as it was.

@@ -33,16 +33,19 @@ class DistractorConfig(Strict):
     """Chaotic distractor dims appended to state observations (`envs.distractors`): a designed test of per-step
     weighting. `intermittent` switches them on and off within episodes; `constant` is the control."""
 
-    mode: Literal["none", "constant", "intermittent"] = "none"
+    mode: Literal["none", "constant", "intermittent"] = Field("none", description="gate always on (constant), "
+                                                                                   "switching (intermittent) or none")
     dims: int = Field(3, ge=1, description="extra observation dims (Lorenz-63 coordinates, standardised)")
     scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="their std when the gate is on")
     switch_prob: float = Field(0.1, gt=0, le=1, description="probability per agent step that the gate flips")
 
 
 class EnvConfig(Strict):
-    task: str = "finger_spin"
-    obs: Literal["auto", "pixels", "state"] = "pixels"
-    size: tuple[PositiveInt, PositiveInt] = (64, 64)
+    task: str = Field("finger_spin", description="'dmc:<domain>_<task>' (prefix optional), 'atari:<game>' or "
+                                                  "'gym:<id>'; see envs/registry.py")
+    obs: Literal["auto", "pixels", "state"] = Field("pixels", description="observations: 64x64 images or the "
+                                                                           "simulator's state vector")
+    size: tuple[PositiveInt, PositiveInt] = Field((64, 64), description="image (height, width) in pixels")
     action_repeat: int | None = Field(None, ge=1, description="None = suite default (DMC 2, Atari 4)")
     time_limit: int | None = Field(None, ge=1, description="agent steps; None = suite default")
     scalar_keys: Literal["drop", "keep"] = Field(
@@ -52,45 +55,46 @@ class EnvConfig(Strict):
 
 
 class WorldModelConfig(Strict):
-    deter: int = Field(200, ge=1)
-    stoch: int = Field(32, ge=1)
+    deter: int = Field(200, ge=1, description="size of the deterministic state h (GRU units)")
+    stoch: int = Field(32, ge=1, description="stochastic latents: Gaussian dims, or categorical variables")
     discrete: int = Field(0, ge=0, description="classes per categorical latent; 0 = Gaussian (DMC)")
-    hidden: int = Field(200, ge=1)
-    min_std: float = Field(0.1, gt=0)
+    hidden: int = Field(200, ge=1, description="units of the RSSM's hidden layers (img_in, img_out, obs_out)")
+    min_std: float = Field(0.1, gt=0, description="lower bound of the Gaussian latents' std")
     std_act: Literal["sigmoid2", "softplus", "sigmoid"] = Field("sigmoid2", description="Gaussian latent std")
     unimix: float = Field(0.0, ge=0, lt=1, description="uniform mix of categorical latents (DreamerV3; 0 in V2)")
     depth: int = Field(48, ge=1, description="conv encoder/decoder depth")
     units: int = Field(400, ge=1, description="MLP units (encoder, decoder, heads)")
-    layers: int = Field(4, ge=1)
-    discount_head: bool = False
-    kl_balance: float = Field(0.8, ge=0, le=1)
-    kl_free: float = Field(1.0, ge=0)
-    kl_scale: float = Field(1.0, ge=0)
-    reward_scale: float = Field(1.0, ge=0)
-    discount_scale: float = Field(1.0, ge=0)
-    lr: float = Field(3e-4, gt=0)
-    eps: float = Field(1e-5, gt=0)
-    clip: float = Field(100.0, gt=0)
+    layers: int = Field(4, ge=1, description="hidden layers of those MLPs")
+    discount_head: bool = Field(False, description="predict episode continuation (Atari); else discount = gamma")
+    kl_balance: float = Field(0.8, ge=0, le=1, description="share of the KL that trains the prior (DreamerV2)")
+    kl_free: float = Field(1.0, ge=0, description="free nats: the KL loss is clamped below this (nats per step)")
+    kl_scale: float = Field(1.0, ge=0, description="weight of the KL term in the ELBO")
+    reward_scale: float = Field(1.0, ge=0, description="weight of the reward log-likelihood")
+    discount_scale: float = Field(1.0, ge=0, description="weight of the discount log-likelihood")
+    lr: float = Field(3e-4, gt=0, description="world-model Adam learning rate (η of the hypergradient)")
+    eps: float = Field(1e-5, gt=0, description="Adam epsilon")
+    clip: float = Field(100.0, gt=0, description="global gradient-norm clip")
     weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay: θ <- (1 - wd)·θ per step")
 
 
 class AgentConfig(Strict):
     """DreamerV2's actor-critic (`agents.ActorCritic`); `reward_transform` is DreamerV2's `clip_rewards`."""
 
-    horizon: int = Field(15, ge=1)
-    gamma: float = Field(0.99, gt=0, le=1)
-    lambda_: float = Field(0.95, ge=0, le=1)
-    actor_lr: float = Field(8e-5, gt=0)
-    critic_lr: float = Field(8e-5, gt=0)
-    slow_target_every: int = Field(100, ge=1)
-    actor_grad: Literal["auto", "dynamics", "reinforce", "both"] = "auto"
+    horizon: int = Field(15, ge=1, description="imagination horizon (agent steps)")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount per agent step")
+    lambda_: float = Field(0.95, ge=0, le=1, description="λ of the λ-returns")
+    actor_lr: float = Field(8e-5, gt=0, description="actor Adam learning rate")
+    critic_lr: float = Field(8e-5, gt=0, description="critic Adam learning rate")
+    slow_target_every: int = Field(100, ge=1, description="updates between copies of the critic to the slow critic")
+    actor_grad: Literal["auto", "dynamics", "reinforce", "both"] = Field(
+        "auto", description="actor gradient: auto = dynamics backprop for continuous, reinforce for discrete actions")
     actor_ent: float | str = Field(1e-4, description="a number or a DreamerV2 schedule, e.g. 'linear(3e-3,1e-4,1e6)'")
     actor_grad_mix: float | str = Field(0.1, description="dynamics share for actor_grad 'both' (number or schedule)")
-    reward_transform: Literal["none", "tanh"] = "none"
-    units: int = Field(400, ge=1)
-    layers: int = Field(4, ge=1)
-    eps: float = Field(1e-5, gt=0)
-    clip: float = Field(100.0, gt=0)
+    reward_transform: Literal["none", "tanh"] = Field("none", description="squash replay rewards (Atari: tanh)")
+    units: int = Field(400, ge=1, description="MLP units of the actor and the critic")
+    layers: int = Field(4, ge=1, description="hidden layers of the actor and the critic")
+    eps: float = Field(1e-5, gt=0, description="Adam epsilon (actor and critic)")
+    clip: float = Field(100.0, gt=0, description="global gradient-norm clip (actor and critic)")
     weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay (actor and critic)")
 
     @field_validator("actor_ent", "actor_grad_mix")
@@ -101,10 +105,10 @@ class AgentConfig(Strict):
 
 
 class ReplayConfig(Strict):
-    capacity: int = Field(2_000_000, ge=1)
-    batch: int = Field(16, ge=1)
-    length: int = Field(50, ge=2)
-    prioritize_ends: bool = False
+    capacity: int = Field(2_000_000, ge=1, description="agent steps kept in memory")
+    batch: int = Field(16, ge=1, description="sequences per update (B)")
+    length: int = Field(50, ge=2, description="agent steps per sequence (T)")
+    prioritize_ends: bool = Field(False, description="DreamerV2's Atari trick: sample episode ends more often")
     disk_capacity: int | None = Field(None, ge=1, description="steps kept on disk; None = capacity")
     uniform_over: Literal["episodes", "steps"] = Field(
         "episodes", description="draw an episode uniformly, then a start (DreamerV2), or every start equally")
@@ -113,12 +117,15 @@ class ReplayConfig(Strict):
 class TempoConfig(Strict):
     """The task-aware part: how samples are weighted and by what upper loss."""
 
-    weighting: Literal["meta", "naive", "none"] = "meta"
+    weighting: Literal["meta", "naive", "none"] = Field(
+        "meta", description="meta = TEMPO (a weighter trained by the hypergradient), naive = the paper's §3.4 "
+                            "baseline, none = DreamerV2 (uniform weights)")
     upper_loss: str = Field("vvaml", description="'vvaml', 'vagram' or 'module.path:ClassName'")
     value_norm: Literal["batch", "moving", "none"] = Field(
         "batch", description="values standardised jointly over the batch (official code) or moving stats (paper)"
     )
-    weighter_inputs: Literal["DSV", "SV", "S", "DS", "DV", "D", "V"] = "DSV"
+    weighter_inputs: Literal["DSV", "SV", "S", "DS", "DV", "D", "V"] = Field(
+        "DSV", description="what the weighter reads (paper §3.5): D = h, S = post and prior latents, V = their values")
     # terms_fd: the mixed derivative from one no-grad encoder+RSSM re-run, no second-order graph (its accuracy
     # and cost against the exact double_backward: README and benchmarks/results). The library default stays exact.
     bilevel: BilevelConfig = BilevelConfig(contraction="terms_fd")
@@ -143,19 +150,20 @@ class RunConfig(Strict):
     pretrain: int = Field(100, ge=0, description="updates right after the prefill")
     train_every: int = Field(5, ge=1, description="one update every this many agent steps")
     eval_every: int = Field(10_000, ge=1, description="environment frames")
-    eval_episodes: int = Field(1, ge=1)
+    eval_episodes: int = Field(1, ge=1, description="episodes per evaluation (policy mode), averaged")
     log_every: int = Field(1000, ge=1, description="environment frames")
     progress_every: float = Field(30.0, gt=0, description="seconds between progress lines without a terminal")
     video_every: int = Field(5, ge=0, description="save an eval video every N evaluations (0 = never)")
     checkpoint_every: int = Field(10_000, ge=1, description="environment frames")
-    seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+    seed: int = Field(0, description="seeds torch, numpy, the replay and the environments")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="the command line's default: cuda where available")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = every core torch sees")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto", description="matmuls in bf16/fp16 with float32 islands; auto = bf16 where native, else 32")
     compile: bool = Field(False, description="torch.compile the imagination step (RSSM prior and its sample) of "
                                              "the actor-critic update; the first update compiles it")
-    logdir: str = "runs/default"
+    logdir: str = Field("runs/default", description="the run directory (re-use it to resume); the command line's "
+                                                      "default is runs/<task>/<method>/<seed>")
     max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")
 
     @field_validator("precision", mode="before")

@@ -75,6 +75,7 @@ class Spec(Strict):
     steps: PositiveInt | None = None
     overrides: dict[str, Any] = {}  # dotted field -> value, shared by every trial
     grid: dict[str, list[Any]] = {}  # dotted field -> values
+    imports: list[str] = []  # modules every trial imports first (recipes.tempo --import): plug-ins it names
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)
     # Reserved with Ray, so it never starts more trials than the memory holds (its OOM killer would end them):
@@ -127,6 +128,8 @@ def trial_argv(spec: Spec, trial: Trial, until: int | None = None) -> list[str]:
         argv += ["--run.threads", str(math.ceil(spec.cpus_per_trial))]
     for k, v in [*spec.overrides.items(), *trial.point]:
         argv += [f"--{k}", cli_value(v)]
+    for module in spec.imports:
+        argv += ["--import", module]
     return argv
 
 
@@ -196,6 +199,8 @@ def parse(argv: list[str]) -> Sitting:
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
     p.add_argument("--until", type=int, metavar="FRAMES",
                    help="stop every trial at FRAMES frames this sitting (paused; re-run to go on)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="a module every trial imports first, e.g. one registering an upper loss (repeatable)")
     p.add_argument("--allow-code-change", action="store_true",
                    help="resume although the code differs from the last sitting's commit (recorded in sweep.yaml)")
     args, rest = p.parse_known_args(argv)
@@ -226,6 +231,8 @@ def parse(argv: list[str]) -> Sitting:
     for key in ("preset", "steps", "cpus_per_trial", "gpus_per_trial", "memory_per_trial_gb", "max_failures"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.imports:
+        data["imports"] = args.imports
     grid = dict(data.get("grid") or {})
     for item in args.grid:
         k, sep, values = item.partition("=")

@@ -193,7 +193,10 @@ def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None]
     try:
         res = resolve(argv)
         rundir = RunDir(Path(res.cfg.run.logdir).expanduser())
-        settle(res, rundir, load=False)  # bad input: refused before anything is written
+        cfg, changes, _ = settle(res, rundir, load=False)  # bad input: refused before anything is written
+        if res.print_config:
+            print(json.dumps({"preset": cfg.preset, "method": cfg.method, **cfg.model_dump(mode="json")}, indent=1))
+            return 0
         with hold(rundir.path):
             # decided again as the one writer: the holder before may have written a checkpoint meanwhile
             cfg, changes, loaded = settle(res, rundir, load=True)
