@@ -103,8 +103,8 @@ def test_help_shows_defaults_and_presets():
 
 
 def test_the_configuration_reference_is_current():
-    from recipes.configdoc import leaves, render
     from recipes.config import Config
+    from recipes.configdoc import leaves, render
 
     page = (ROOT / "docs" / "CONFIG.md").read_text()
     assert page == render(), "docs/CONFIG.md is stale: python -m recipes.configdoc > docs/CONFIG.md"
