@@ -1,4 +1,5 @@
-"""Tests for recipes/plot.py: loading, plotting, and the averaged one-tailed Welch t-test."""
+"""Tests for ``python -m recipes.plot`` (recipes/report/plot_cli.py): loading, plotting, and the averaged one-tailed
+Welch t-test, with the report's one std convention (sample std, ddof=1)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 from scipy import stats
 
 from recipes import plot
+from recipes.report import figures, plot_cli
+from recipes.report import stats as report_stats
+from recipes.report.runs import group_runs, load_run
 
 TASK = "cartpole_swingup"
 STEPS = [10_000, 20_000, 30_000, 40_000, 50_000]
@@ -79,8 +83,9 @@ def test_main_end_to_end(run_dirs, tmp_path, capsys):
     assert row["mean_p"] == pytest.approx(exp_p, abs=1e-9)
     assert exp_t > 0 and 0 < exp_p < 0.5
     assert row["final_mean"] == pytest.approx(a[:, -1].mean(), abs=1e-9)
-    assert row["final_std"] == pytest.approx(a[:, -1].std(), abs=1e-9)
+    assert row["final_std"] == pytest.approx(a[:, -1].std(ddof=1), abs=1e-9)  # the sample std, as in the report
     assert row["baseline_final_mean"] == pytest.approx(b[:, -1].mean(), abs=1e-9)
+    assert row["baseline_final_std"] == pytest.approx(b[:, -1].std(ddof=1), abs=1e-9)
     assert all(r["method"] != "dreamerv2" for r in saved["rows"])  # baseline is not tested against itself
 
 
@@ -94,10 +99,10 @@ def test_default_out_is_parent_curves_png(run_dirs, capsys):
 def test_truncated_last_line_is_skipped_with_warning(tmp_path):
     d = _write_run(tmp_path, "tempo", 0, extra_lines=['{"step": 60000, "eval_ret'])
     with pytest.warns(UserWarning, match="unparsable"):
-        run = plot.load_run(d)
-    assert run["task"] == TASK and run["method"] == "tempo" and run["seed"] == 0
-    np.testing.assert_array_equal(run["steps"], STEPS)
-    np.testing.assert_allclose(run["returns"], _returns("tempo", 0))
+        run = load_run(d)
+    assert run.task == TASK and run.method == "tempo" and run.seed == 0
+    np.testing.assert_array_equal(run.steps, STEPS)
+    np.testing.assert_allclose(run.returns, _returns("tempo", 0))
 
 
 def test_non_run_path_exits_2(run_dirs, tmp_path, capsys):
@@ -115,19 +120,20 @@ def test_non_run_path_exits_2(run_dirs, tmp_path, capsys):
 def test_common_grid_intersection_and_single_seed_nan(tmp_path):
     root = tmp_path / "r"
     # tempo seed 1 stops one evaluation early -> tempo grid is the first 4 steps.
-    runs = [plot.load_run(_write_run(root, "tempo", 0))]
-    runs.append(plot.load_run(_write_run(root, "tempo", 1, steps=STEPS[:4], returns=_returns("tempo", 1)[:4])))
-    runs.append(plot.load_run(_write_run(root, "dreamerv2", 0)))  # single baseline seed
-    groups = plot.group_runs(runs)
-    grid, mat = plot.common_grid(groups[(TASK, "tempo")])
+    runs = [load_run(_write_run(root, "tempo", 0))]
+    runs.append(load_run(_write_run(root, "tempo", 1, steps=STEPS[:4], returns=_returns("tempo", 1)[:4])))
+    runs.append(load_run(_write_run(root, "dreamerv2", 0)))  # single baseline seed
+    groups = group_runs(runs)
+    grid, mat = report_stats.common_grid(groups[(TASK, "tempo")])
     np.testing.assert_array_equal(grid, STEPS[:4])
     assert mat.shape == (2, 4)
-    rows = plot.welch_table(groups, "dreamerv2")
+    rows = report_stats.welch_over_evals(groups, "dreamerv2")
     assert len(rows) == 1
     assert math.isnan(rows[0]["mean_t"]) and math.isnan(rows[0]["mean_p"])
     assert "< 2 seeds" in rows[0]["note"] and rows[0]["n_evals"] == 4
-    assert "nan" in plot.format_table(rows)
-    plot.plot_curves(groups, tmp_path / "c.png")  # does not crash with 1 seed
+    assert math.isnan(rows[0]["baseline_final_std"])  # one seed: the sample std is undefined, not 0
+    assert "nan" in plot_cli.format_table(rows)
+    figures.plot_curves(groups, tmp_path / "c.png")  # does not crash with 1 seed
     assert (tmp_path / "c.png").is_file()
 
 
@@ -149,3 +155,29 @@ def test_cli_prints_truncation_warning(tmp_path, capsys):
     assert plot.main([str(d) for d in dirs]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "unparsable" in err and str(dirs[0]) in err
+
+
+def test_loader_reads_evaluations_and_every_series_in_one_pass(tmp_path):
+    """The one loader of both commands: evaluations, and every finite number of the training log by frame (bools,
+    strings and NaN left out; a frame logged twice keeps its last record)."""
+    d = _write_run(tmp_path, "tempo", 0, extra_lines=[
+        json.dumps({"step": 60_000, "wm/kl": 0.5, "flag": True, "name": "x", "wm/weight_std": float("nan")}),
+        json.dumps({"step": 60_000, "wm/kl": 0.7}), '["not", "a", "record"]'])
+    run = load_run(d)
+    np.testing.assert_array_equal(run.steps, STEPS)
+    assert run.rel == run.path == str(d) and run.config_method == "tempo" and run.target_frames is None
+    assert set(run.series) == {"loss", "eval_return", "wm/kl"}
+    frames, values = run.series["wm/kl"]
+    assert frames.tolist() == [60_000] and values.tolist() == [0.7]
+    np.testing.assert_array_equal(run.series["loss"][0], [s - 500 for s in STEPS])
+
+
+def test_welch_two_and_one_sided_match_scipy():
+    a, b = np.array([3.0, 4.5, 5.0, 6.2]), np.array([2.0, 2.5, 4.1])
+    w = report_stats.welch(a, b)
+    two = stats.ttest_ind(a, b, equal_var=False)
+    assert (w.t, w.p_two_sided) == (float(two.statistic), float(two.pvalue))
+    assert w.p_greater == float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+    assert w.p_greater == pytest.approx(w.p_two_sided / 2)  # t > 0
+    assert all(math.isnan(x) for x in (report_stats.welch(a, b[:1]).t, report_stats.welch(a[:1], b).p_greater))
+    assert math.isnan(report_stats.sample_std(np.array([1.0]))) and report_stats.sample_std(a) == np.std(a, ddof=1)

@@ -1,4 +1,4 @@
-"""Tests for recipes/report.py on a synthetic sweep with known returns.
+"""Tests for the sweep report (recipes/report/) on a synthetic sweep with known returns.
 
 Every number the report computes is checked against an independent computation here: IQM against
 ``scipy.stats.trim_mean`` of the pooled normalised scores, the bootstrap CI against a hand-written stratified
@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from scipy import stats
 
-from recipes import report
+from recipes.report import aggregates, build, cli, figures, runs, tasks
+from recipes.report.stats import curve_stats
 
 TARGET = 50_000  # run.steps of every run
 EVAL_STEPS = list(range(0, TARGET + 1, 10_000))
@@ -50,7 +52,7 @@ def write_leaf(leaf: Path, task: str, method: str, seed: int, steps: list[int], 
             lines.append(json.dumps({"step": s - 1000, "fps": 10.0, "train_return": 1.0}))  # training log
         rec = {"step": s, "fps": 10.0}
         if evals:
-            rec["eval_return"] = ret(report.canonical_task(task), method, seed, s)
+            rec["eval_return"] = ret(tasks.canonical_task(task), method, seed, s)
         lines.append(json.dumps(rec))
     (leaf / "metrics.jsonl").write_text("\n".join([*lines, *extra]) + "\n")
 
@@ -106,7 +108,7 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def result(sweep) -> dict:
-    rc = report.main([str(sweep), "--reps", str(REPS), "--seed", "0"])
+    rc = cli.main([str(sweep), "--reps", str(REPS), "--seed", "0"])
     assert rc == 0
     out = sweep / "report"
     return {"out": out, "json": json.loads((out / "report.json").read_text()), "md": (out / "report.md").read_text()}
@@ -289,7 +291,7 @@ def test_auc_without_evaluation_in_range(tmp_path):
              ("tempo", 0): {0: 11.0, 20_000: 300.0}, ("tempo", 1): {0: 9.0, 10_000: 90.0, 20_000: 190.0}}
     for (method, seed), ev in evals.items():
         _leaf(root / "walker_walk" / method / str(seed), "walker_walk", method, seed, ev, 20_000)
-    payload = report.build_report(root, tmp_path / "out", reps=20)
+    payload = build.build_report(root, tmp_path / "out", reps=20)
     row = payload["tasks"]["walker_walk"]["methods"]["tempo"]
     assert payload["tasks"]["walker_walk"]["frame_budget"] == 10_000
     assert row["auc"] == [None, 90.0] and row["auc_mean"] == 90.0 and row["final"] == [11.0, 90.0]
@@ -314,7 +316,7 @@ def test_sample_efficiency_curve(result):
 
 
 def test_last_k(sweep, tmp_path):
-    payload = report.build_report(sweep, tmp_path / "rep", reps=50, last_k=2)
+    payload = build.build_report(sweep, tmp_path / "rep", reps=50, last_k=2)
     for task, method in SEEDS:
         exp = expected_finals(task, method, last_k=2)
         assert payload["tasks"][task]["methods"][method]["final"] == pytest.approx(exp.tolist(), abs=1e-9)
@@ -322,18 +324,18 @@ def test_last_k(sweep, tmp_path):
 
 def test_atari_normalisation_by_hand():
     # Pong: random -20.7, human 14.6 (DQN Zoo / Mnih et al. 2015)
-    assert report.normalise("atari:pong", 0.0) == pytest.approx((0.0 + 20.7) / (14.6 + 20.7))
-    assert report.normalise("atari:pong", 14.6) == pytest.approx(1.0)
-    assert report.normalise("atari:pong", -20.7) == pytest.approx(0.0)
-    assert report.normalise("atari:hero", 1027.0 + 0.5 * (30826.4 - 1027.0)) == pytest.approx(0.5)
-    assert report.normalise("walker_stand", 500.0) == pytest.approx(0.5)
-    assert report.normalise("dmc:walker_stand", 1000.0) == pytest.approx(1.0)
-    assert report.normalise("gym:Pendulum-v1", 1.0) is None
+    assert tasks.normalise("atari:pong", 0.0) == pytest.approx((0.0 + 20.7) / (14.6 + 20.7))
+    assert tasks.normalise("atari:pong", 14.6) == pytest.approx(1.0)
+    assert tasks.normalise("atari:pong", -20.7) == pytest.approx(0.0)
+    assert tasks.normalise("atari:hero", 1027.0 + 0.5 * (30826.4 - 1027.0)) == pytest.approx(0.5)
+    assert tasks.normalise("walker_stand", 500.0) == pytest.approx(0.5)
+    assert tasks.normalise("dmc:walker_stand", 1000.0) == pytest.approx(1.0)
+    assert tasks.normalise("gym:Pendulum-v1", 1.0) is None
     atari_100k = ("alien amidar assault asterix bank_heist battle_zone boxing breakout chopper_command "
                   "crazy_climber demon_attack freeway frostbite gopher hero jamesbond kangaroo krull "
                   "kung_fu_master ms_pacman pong private_eye qbert road_runner seaquest up_n_down").split()
-    assert len(atari_100k) == 26 and set(atari_100k) <= set(report.ATARI_RANDOM_HUMAN)
-    assert all(human > random for random, human in report.ATARI_RANDOM_HUMAN.values())
+    assert len(atari_100k) == 26 and set(atari_100k) <= set(tasks.ATARI_RANDOM_HUMAN)
+    assert all(human > random for random, human in tasks.ATARI_RANDOM_HUMAN.values())
 
 
 @pytest.mark.parametrize(
@@ -349,7 +351,7 @@ def test_atari_normalisation_by_hand():
     ],
 )
 def test_method_label(parts, seed, label):
-    assert report.method_label(parts, seed, "cfg_method") == label
+    assert runs.method_label(parts, seed, "cfg_method") == label
 
 
 def _one_error_line(capsys) -> str:
@@ -359,14 +361,14 @@ def _one_error_line(capsys) -> str:
 
 
 def test_bad_input_missing_and_empty(tmp_path, capsys):
-    assert report.main([str(tmp_path / "nope")]) == 2
+    assert cli.main([str(tmp_path / "nope")]) == 2
     assert "no such directory" in _one_error_line(capsys)
     (tmp_path / "empty").mkdir()
-    assert report.main([str(tmp_path / "empty")]) == 2
+    assert cli.main([str(tmp_path / "empty")]) == 2
     assert "no run directory" in _one_error_line(capsys)
     write_leaf(tmp_path / "noeval" / "walker_stand" / "tempo" / "0", "walker_stand", "tempo", 0, [1000],
                evals=False)
-    assert report.main([str(tmp_path / "noeval")]) == 2
+    assert cli.main([str(tmp_path / "noeval")]) == 2
     assert "no run with an evaluation" in _one_error_line(capsys)
 
 
@@ -382,7 +384,7 @@ def test_iqm_per_frame_is_rliables_iqm_per_frame():
 
     scores = np.random.default_rng(0).normal(size=(5, 3, 7))
     expected = [metrics.aggregate_iqm(scores[..., j]) for j in range(7)]
-    np.testing.assert_allclose(report.iqm_per_frame(scores), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(aggregates.iqm_per_frame(scores), expected, rtol=0, atol=1e-12)
 
 
 def _leaf(leaf: Path, task: str, method: str, seed: int, evals: dict[int, float], target: int) -> None:
@@ -401,7 +403,7 @@ def test_atari_sweep_without_baseline(tmp_path):
     for (method, seed), r in final.items():
         _leaf(root / "atari:pong" / method / str(seed), "atari:pong", method, seed, {0: -21.0, 100_000: r}, 100_000)
     _leaf(root / "pendulum" / "a" / "0", "gym:Pendulum-v1", "a", 0, {0: -1500.0, 10_000: -300.0}, 10_000)
-    payload = report.build_report(root, tmp_path / "out", baseline="dreamerv2", reps=20)
+    payload = build.build_report(root, tmp_path / "out", baseline="dreamerv2", reps=20)
     agg = payload["aggregate"]
     assert agg["tasks"] == ["atari:pong"] and "gym:Pendulum-v1" in agg["excluded_tasks"]
     for method in ("a", "b"):
@@ -416,23 +418,22 @@ def test_atari_sweep_without_baseline(tmp_path):
 def test_curve_stats_count_seeds_per_frame_and_clip_dmc_intervals():
     """A point evaluated by fewer seeds says so; the t-interval is computed by hand and, for DMC, clipped to the
     returns a task can pay (0..1000)."""
-    from scipy import stats
-
     def run(steps, returns):
-        return {"steps": np.array(steps), "returns": np.array(returns, dtype=float)}
+        return runs.Run(path="x", task="reacher_easy", method="m", seed=0, steps=np.array(steps),
+                        returns=np.array(returns, dtype=float))
 
-    runs = [run([0, 2500, 5000], [100.0, 300.0, 320.0]), run([0, 2500, 5000], [110.0, 0.0, 0.0]),
+    evaluated = [run([0, 2500, 5000], [100.0, 300.0, 320.0]), run([0, 2500, 5000], [110.0, 0.0, 0.0]),
             run([0, 2500], [120.0, 3.0])]
-    c = report.curve_stats(runs, "reacher_easy")
+    c = curve_stats(evaluated, "reacher_easy")
     assert c["frames"].tolist() == [0, 2500, 5000] and c["n"].tolist() == [3, 3, 2]
     assert c["mean"].tolist() == pytest.approx([110.0, 101.0, 160.0])
     half0 = stats.t.ppf(0.975, 2) * np.std([100.0, 110.0, 120.0], ddof=1) / np.sqrt(3)  # inside the bounds
     assert c["lo"][0] == pytest.approx(110.0 - half0) and c["hi"][0] == pytest.approx(110.0 + half0)
     half2 = stats.t.ppf(0.975, 1) * np.std([320.0, 0.0], ddof=1) / np.sqrt(2)  # ±2033: beyond 0..1000
     assert 160.0 + half2 > 1000 and c["lo"][2] == 0.0 and c["hi"][2] == 1000.0
-    single = report.curve_stats([run([0, 5000], [1.0, 2.0])], "reacher_easy")
+    single = curve_stats([run([0, 5000], [1.0, 2.0])], "reacher_easy")
     assert np.isnan(single["lo"]).all() and single["n"].tolist() == [1, 1]
-    atari = report.curve_stats(runs[:2], "atari:pong")  # no bounds: the interval is left as it is
+    atari = curve_stats(evaluated[:2], "atari:pong")  # no bounds: the interval is left as it is
     assert atari["lo"][2] == pytest.approx(160.0 - half2)
 
 
@@ -451,7 +452,7 @@ NAN_AT = ("tempo", 0, "wm/kl", 9000)  # a non-finite value in the tail: skipped
 
 def log_value(method: str, seed: int, key: str, step: int) -> float:
     """Known training-log values, distinct over methods, seeds, keys and frames."""
-    k = (report.WEIGHT_METRICS + ("wm/kl", "wm/state_loss", "wm/image_loss", "wm/reward_loss", "wm/post_ent",
+    k = (runs.WEIGHT_METRICS + ("wm/kl", "wm/state_loss", "wm/image_loss", "wm/reward_loss", "wm/post_ent",
                                   "agent/imag_return", "agent/actor_ent")).index(key)
     m = list(LOG_SEEDS).index(method)
     return 0.01 * (k + 1) * (1 + 0.3 * seed) * step / 1000 - 0.05 * m + 0.1 * ((seed + step // 1000) % 3)
@@ -464,7 +465,7 @@ def log_keys(method: str, seed: int) -> list[str]:
         return []
     if method in ("dreamerv2", "pixels"):
         return ["wm/weight_std", *diag]
-    return [k for k in report.WEIGHT_METRICS
+    return [k for k in runs.WEIGHT_METRICS
             if not (k == "wm/weight_episode_start" and (method, seed) in NO_EPISODE_START)] + diag
 
 
@@ -508,7 +509,7 @@ def logged(tmp_path_factory) -> dict:
         for seed in seeds:
             write_logged_leaf(root / "cartpole_swingup" / method / str(seed), method, seed)
     out = root / "report"
-    payload = report.build_report(root, out, reps=20)
+    payload = build.build_report(root, out, reps=20)
     return {"out": out, "json": payload, "md": (out / "report.md").read_text()}
 
 
@@ -516,7 +517,7 @@ def test_weight_table_matches_hand_computation(logged):
     weights = logged["json"]["weights"]["tasks"]["cartpole_swingup"]
     assert set(weights) == {"tempo", "tempo-official"}  # dreamerv2 / pixels: weight_std 0; older: no keys
     for method in ("tempo", "tempo-official"):
-        for key in report.WEIGHT_METRICS:
+        for key in runs.WEIGHT_METRICS:
             mean, std, n = expected_tail(method, key)
             cell = weights[method]["metrics"][key]
             assert cell["mean"] == pytest.approx(mean, abs=1e-12), (method, key)
@@ -574,22 +575,22 @@ def test_anchors_listed_with_frames(logged):
 
 
 def test_anchors_drawn_at_their_frames():
-    fig, ax = report.plt.subplots()
-    report._draw_anchors(ax, report.anchors_for(["walker_walk", "cheetah_run"])["walker_walk"])
+    fig, ax = plt.subplots()
+    figures._draw_anchors(ax, tasks.anchors_for(["walker_walk", "cheetah_run"])["walker_walk"])
     labels = ax.get_legend_handles_labels()[1]
     assert labels == ["DreamerV3 (proprio) (published, ±1 std)", "DreamerV2 official (pixels) (published, ±1 std)"]
     v3, v2 = ax.containers  # one errorbar per source
     assert v3.lines[0].get_xdata().tolist() == [20_000, 100_000] and v3.lines[0].get_ydata().tolist() == [88.5, 475.2]
     assert v2.lines[0].get_xdata().tolist() == [90_000] and v2.lines[0].get_ydata().tolist() == [408.2]
-    report.plt.close(fig)
-    assert report.anchors_for(["cheetah_run"]) == {}
+    plt.close(fig)
+    assert tasks.anchors_for(["cheetah_run"]) == {}
 
 
 def test_no_weighted_run_says_so(tmp_path):
     root = tmp_path / "uniform"
     for seed in (0, 1):
         write_logged_leaf(root / "cartpole_swingup" / "dreamerv2" / str(seed), "dreamerv2", seed)
-    payload = report.build_report(root, tmp_path / "out", reps=20)
+    payload = build.build_report(root, tmp_path / "out", reps=20)
     assert "weights" not in payload["files"] and not (tmp_path / "out" / "weights.png").exists()
     assert (tmp_path / "out" / "diagnostics.png").is_file()
     md = (tmp_path / "out" / "report.md").read_text()

@@ -1,0 +1,52 @@
+"""``python -m recipes.report SWEEP_DIR``: arguments, one ``error:`` line and exit code 2 for bad input, warnings
+and a one-line summary on the terminal; everything else is :func:`recipes.report.build.build_report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recipes.report.build import build_report
+from recipes.report.runs import ReportError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.report",
+        description="Report on a sweep SWEEP_DIR/<task>/<method>/<seed>[/<grid point>]: per-task curves, rliable "
+        "aggregates (IQM, probability of improvement, performance profiles, sample efficiency) and the "
+        "per-task Welch t-tests, at a frame budget every run has reached.",
+    )
+    parser.add_argument("sweep", metavar="SWEEP_DIR")
+    parser.add_argument("--baseline", default="dreamerv2", help="baseline method label (default: dreamerv2)")
+    parser.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--last", type=int, default=1, metavar="K",
+                        help="final score = mean of the last K evaluations within the frame budget (default: 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.reps < 1 or args.last < 1:
+        print("error: --reps and --last must be >= 1", file=sys.stderr)
+        return 2
+    sweep = Path(args.sweep)
+    out = Path(args.out) if args.out else sweep / "report"
+    try:
+        payload = build_report(sweep, out, args.baseline, args.reps, args.seed, args.last)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for w in payload["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if not payload["baseline_present"]:
+        print(f"warning: baseline '{args.baseline}' not found; no probability of improvement or t-test",
+              file=sys.stderr)
+    print(f"{len(payload['runs'])} runs ({len(payload['unfinished'])} unfinished), "
+          f"{len(payload['no_evaluation'])} without evaluation; wrote {out / 'report.md'}")
+    return 0
