@@ -35,7 +35,8 @@ from torch.distributions import Normal, OneHotCategoricalStraightThrough
 from torch.func import functional_call
 
 from agents import schedules
-from bilevel.precision import f32
+from bilevel.precision import Precision, f32
+from bilevel.updater import Part, Updater, load_keeping_decay, loss_scaler, make_optimizer
 from worldmodels.nets import MLP, dreamer_init
 from worldmodels.onehot import OneHot
 
@@ -218,7 +219,9 @@ class ActorCritic(nn.Module):
 
     Optimisers: Adam(eps) on each of actor and critic, global-norm clipping at `clip`, and DreamerV2's
     decoupled weight decay p <- (1 - weight_decay) * p applied before each Adam step (not scaled by the
-    learning rate, unlike torch.optim.AdamW, to match dreamerv2/common/tfutils.py).
+    learning rate, unlike torch.optim.AdamW, to match dreamerv2/common/tfutils.py): `bilevel.updater`, the
+    mechanism of the world model's step too. Under float16 (`precision`) the losses are scaled; a non-finite
+    update is skipped and counted, never applied.
 
     The actor's gradient comes either from backpropagating the lambda-returns through the learned dynamics
     ('dynamics', DMC) or from REINFORCE with the slow critic as baseline ('reinforce', Atari); 'auto' picks
@@ -238,7 +241,7 @@ class ActorCritic(nn.Module):
                  reward_transform: RewardTransform = "none", use_discount_head: bool = False,
                  layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
                  init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
-                 expl_noise: float = 0.0, eval_noise: float = 0.0, scaler: torch.amp.GradScaler | None = None):
+                 expl_noise: float = 0.0, eval_noise: float = 0.0, precision: Precision | None = None):
         super().__init__()
         if actor_grad not in ("dynamics", "reinforce", "both", "auto"):
             raise ValueError(f"actor_grad must be dynamics|reinforce|both|auto, got {actor_grad!r}")
@@ -253,18 +256,25 @@ class ActorCritic(nn.Module):
         self.actor_ent, self.actor_grad_mix, self.reward_transform = actor_ent, actor_grad_mix, reward_transform
         self.use_discount_head = use_discount_head
         self.slow_target_every, self.slow_target_fraction = slow_target_every, slow_target_fraction
-        self.clip, self.weight_decay = clip, weight_decay
         self.expl_noise, self.eval_noise = expl_noise, eval_noise
 
         self.actor = Actor(feat_dim, action_dim, discrete, layers, units, act, min_std, init_std)
         self.critic = Critic(feat_dim, layers, units, act)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)  # only ever hard/soft-copied
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, eps=eps)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, eps=eps)
+        # Actor and critic step together, or (a non-finite gradient: a diverged model, a float16 overflow) neither.
+        self.updater = Updater({
+            "actor": Part(make_optimizer(self.actor.parameters(), "adam", actor_lr, eps, weight_decay), clip),
+            "critic": Part(make_optimizer(self.critic.parameters(), "adam", critic_lr, eps, weight_decay), clip),
+        }, loss_scaler(precision), what="actor-critic updates")
         self.updates = 0  # train_step calls so far; drives the slow-target schedule
-        # float16 loss scaling (bilevel.precision); a disabled scaler is a plain backward and step
-        self.scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
-        self.skipped = 0  # updates skipped because a gradient was not finite (e.g. a float16 overflow)
+
+    @property
+    def actor_opt(self) -> torch.optim.Optimizer:
+        return self.updater.parts["actor"].opt
+
+    @property
+    def critic_opt(self) -> torch.optim.Optimizer:
+        return self.updater.parts["critic"].opt
 
     # ---------------------------------------------------------------- acting / values used elsewhere
 
@@ -360,31 +370,25 @@ class ActorCritic(nn.Module):
         v = self.critic(feat[:-1].detach(), cut(hot, -1))  # [H, N]
         critic_loss = -(Normal(v, 1.0, validate_args=False).log_prob(target.detach()) * weight[:-1]).mean()
 
-        actor_norm = self._grads(actor_loss, self.actor, self.actor_opt)
-        critic_norm = self._grads(critic_loss, self.critic, self.critic_opt)
-        finite = math.isfinite(actor_norm) and math.isfinite(critic_norm)
-        if finite:  # a non-finite update (e.g. a diverged world model) is skipped, never applied
-            self._step(self.actor, self.actor_opt)
-            self._step(self.critic, self.critic_opt)
+        # Only the agent's parameters are differentiated: the world model's .grad is never written.
+        grads = {name: (params, self.updater.gradients(name, params, loss))
+                 for name, params, loss in (("actor", list(self.actor.parameters()), actor_loss),
+                                            ("critic", list(self.critic.parameters()), critic_loss))}
+        update = self.updater.step(grads)
+        if update.finite:
             self._update_slow_target()
-        else:
-            self.skipped += 1
-            self.actor_opt.zero_grad(set_to_none=True)
-            self.critic_opt.zero_grad(set_to_none=True)
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.update()  # float16: halve the scale after an overflow, grow it after a run of finite steps
 
         with torch.no_grad():
             imag_return = (weight[1:] * reward[1:]).sum(0).mean()  # discounted reward the policy collects
         return {
             "actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(),
-            "actor_grad_norm": actor_norm, "critic_grad_norm": critic_norm,
+            "actor_grad_norm": update.norms["actor"], "critic_grad_norm": update.norms["critic"],
             "actor_ent": ent.mean().item(), "actor_ent_scale": ent_scale, "imag_return": imag_return.item(),
             "imag_reward": reward.mean().item(), "critic_target": target.mean().item(),
             "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
-            "discount": disc.mean().item(), "skipped_nonfinite": float(not finite),
+            "discount": disc.mean().item(), "skipped_nonfinite": float(not update.finite),
             **({"actor_grad_mix": mix} if mix is not None else {}),
-            **({"loss_scale": scale} if scale is not None else {}),
+            **({"loss_scale": update.loss_scale} if update.loss_scale is not None else {}),
         }
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None,
@@ -403,24 +407,6 @@ class ActorCritic(nn.Module):
             disc = torch.cat([first[None], disc[1:]], 0)
         return disc
 
-    def _grads(self, loss: Tensor, module: nn.Module, opt: torch.optim.Optimizer) -> float:
-        """Write d loss / d params into the module's .grad (and nobody else's), unscaled; clip; return the raw
-        norm (inf/NaN when a float16 gradient overflowed)."""
-        params = list(module.parameters())
-        grads = torch.autograd.grad(self.scaler.scale(loss), params, allow_unused=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = torch.zeros_like(p) if g is None else g
-        self.scaler.unscale_(opt)
-        return float(nn.utils.clip_grad_norm_(params, self.clip))
-
-    def _step(self, module: nn.Module, opt: torch.optim.Optimizer) -> None:
-        if self.weight_decay:
-            with torch.no_grad():
-                for p in module.parameters():
-                    p.mul_(1 - self.weight_decay)
-        self.scaler.step(opt)
-        opt.zero_grad(set_to_none=True)
-
     @torch.no_grad()
     def _update_slow_target(self) -> None:
         """Copy (mix=1 on the very first update, else slow_target_fraction) every `slow_target_every` updates,
@@ -436,16 +422,15 @@ class ActorCritic(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """Put the update counter and both optimizer states into `state_dict()` (resumable runs)."""
         return {"updates": self.updates, "actor_opt": self.actor_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "skipped": self.skipped}
+                "critic_opt": self.critic_opt.state_dict(), "scaler": self.updater.scaler_state(),
+                "skipped": self.updater.skipped}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.skipped = int(state.get("skipped", 0))
+        load_keeping_decay(self.actor_opt, state["actor_opt"])  # older checkpoints hold Adam without the decay
+        load_keeping_decay(self.critic_opt, state["critic_opt"])
+        self.updater.load_scaler_state(state.get("scaler"))
+        self.updater.skipped = int(state.get("skipped", 0))
 
     def checkpoint(self) -> dict[str, Any]:
         """Deep copy of state_dict() (networks, slow critic, optimizers, counter): later training won't

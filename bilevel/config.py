@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bilevel.contractions import CONTRACTIONS
-from bilevel.engines import ENGINES, supported
-from bilevel.strategies import STRATEGIES
+# The registries only: validation looks names up in the tables the implementations fill, and imports none of them.
+# (The descriptions below list the built-in names: `bilevel/__init__` imports every implementation before this.)
+from bilevel.registry import CONTRACTIONS, ENGINES, STRATEGIES, supported
 
 
 class Strict(BaseModel):

@@ -1,14 +1,18 @@
-"""Everything one bilevel step has computed, shared by the strategies so work is done once.
+"""One bilevel step's forward pass, as an immutable record, and the derivatives of it that several phases read.
 
-The forward pass at θ is run once (`lower_losses`), the weighter inputs `x` are detached and held
-fixed, and the global RNG state from before that pass is kept so any re-evaluation of the lower
-loss (forward-mode AD, finite differences, unrolling) sees exactly the same sampling noise.
+The forward pass at θ is run once (`BilevelTrainer.forward`): the per-sample losses, the detached weighter inputs
+`x`, the weights and L_low, with the global RNG state from before the pass kept so any re-evaluation of the lower
+loss (forward-mode AD, finite differences, unrolling) sees exactly the same sampling noise. `StepContext` holds that
+record (frozen: no phase can change what the pass was) and one explicit `PassCache` of the derivatives taken from
+its graph, each at most once. The lower backward frees the graph when nothing after it reads the graph, so the
+order of the phases matters: it is written once, in `BilevelTrainer.step` (and ∇θ L_up asked for after the graph
+was freed says so).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,16 +20,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from bilevel import stopgrad
 from bilevel.precision import float32
 from bilevel.problem import BilevelProblem, Params
-from bilevel.stopgrad import Tape
+from bilevel.stopgrad import Tape, replay
 
 if TYPE_CHECKING:
     from bilevel.config import BilevelConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class RngState:
     cpu: Tensor
     cuda: list[Tensor] | None
@@ -60,25 +63,40 @@ def norm(a: list[Tensor]) -> Tensor:
 
 
 @dataclass
+class PassCache:
+    """What the phases of a step take from the forward pass's graph, each at most once.
+
+    `scale`: float16 loss scaling of the lower backward (the lower step's gradients stay scaled until its
+    `bilevel.updater.Updater` unscales them); None otherwise. `graph_freed`: a lower backward without
+    `retain_graph` ran, so nothing else can backpropagate through the pass."""
+
+    scale: Callable[[Tensor], Tensor] | None = None
+    lower_grad: list[Tensor] | None = None
+    lower_grad_graph: bool = False
+    upper: Tensor | None = None
+    upper_grad: list[Tensor] | None = None
+    graph_freed: bool = False
+
+
+@dataclass(frozen=True)
 class StepContext:
+    """The step's forward pass at θ (what strategies, contractions and engines read) and its `cache`."""
+
     problem: BilevelProblem
     batch: Any
     weighter: nn.Module | None
-    rng: RngState
-    losses: Any  # per-sample lower losses from the forward pass at θ
+    lr: float  # lower learning rate η
+    cfg: BilevelConfig  # the trainer's config when the step ran (strategies and contractions read it here)
+    # what the pass produced
+    rng: RngState  # the global RNG state before the pass: re-evaluations replay its noise
+    losses: Any  # per-sample lower losses
     lower_ctx: Any  # the problem's context from that same pass (`lower_losses`' second output)
     x: Tensor  # detached weighter inputs [..., F]
     w: Tensor  # weights [...] (graph to α when a weighter is used)
     lower: Tensor  # scalar weighted lower objective
-    lr: float  # lower learning rate η
-    cfg: BilevelConfig  # the trainer's config when the step ran (strategies and contractions read it here)
-    sg_tape: Tape | None = None  # stop-gradient values of the forward pass (kept for `terms_fd` only)
-    reduced: bool = False  # the forward pass ran under a reduced-precision autocast
-    scaler: torch.amp.GradScaler | None = None  # float16: backward passes through the forward graph scale the loss
-    _lower_grad: list[Tensor] | None = field(default=None, repr=False)
-    _lower_grad_graph: bool = field(default=False, repr=False)
-    _upper: Tensor | None = field(default=None, repr=False)
-    _upper_grad: list[Tensor] | None = field(default=None, repr=False)
+    sg_tape: Tape | None = None  # stop-gradient values of the pass (kept when a contraction replays them)
+    reduced: bool = False  # the pass ran in reduced precision (the trainer's `precision`)
+    cache: PassCache = field(default_factory=PassCache, repr=False, compare=False)
 
     @property
     def names(self) -> list[str]:
@@ -94,51 +112,63 @@ class StepContext:
         return list(self.weighter.parameters())
 
     def lower_grad(self, create_graph: bool = False, retain_graph: bool = True) -> list[Tensor]:
-        """∇θ L_low at θ from the shared forward pass (cached; with a graph when asked).
+        """∇θ L_low at θ from the pass (cached; with a graph when asked; scaled under float16).
 
-        `retain_graph=False` frees the forward pass's saved tensors as the backward runs (lower peak
-        memory); only for callers that need no further backward through that pass.
+        `retain_graph=False` frees the pass's saved tensors as the backward runs (lower peak memory); only for
+        callers that need no further backward through that pass.
         """
-        if self._lower_grad is None or (create_graph and not self._lower_grad_graph):
-            lower = self.lower if self.scaler is None else self.scaler.scale(self.lower)  # grads stay scaled
-            self._lower_grad = grads_or_zeros(
-                lower, self.theta, create_graph=create_graph, retain_graph=retain_graph or create_graph
-            )
-            self._lower_grad_graph = create_graph
-        return self._lower_grad
+        c = self.cache
+        if c.lower_grad is None or (create_graph and not c.lower_grad_graph):
+            lower = self.lower if c.scale is None else c.scale(self.lower)
+            keep = retain_graph or create_graph
+            c.lower_grad = grads_or_zeros(lower, self.theta, create_graph=create_graph, retain_graph=keep)
+            c.lower_grad_graph = create_graph
+            c.graph_freed = c.graph_freed or not keep
+        return c.lower_grad
 
     def upper(self) -> Tensor:
-        if self._upper is None:
-            if self.reduced:  # L_up in float32, from a float32 pass with the forward's noise and sg values
-                replay = (stopgrad.replay(self.sg_tape, partial=True) if self.sg_tape is not None
-                          else contextlib.nullcontext())
-                with float32(self.lower.device), self.rng.replay(), replay:
+        """L_up at θ: on the pass's own context, or after a reduced-precision pass from a float32 pass with the
+        pass's noise and stop-gradient values (∇θ L_up through a bfloat16 graph is visibly off). Cached."""
+        c = self.cache
+        if c.upper is None:
+            if self.reduced:
+                sg = replay(self.sg_tape, partial=True) if self.sg_tape is not None else contextlib.nullcontext()
+                with float32(self.lower.device), self.rng.replay(), sg:
                     ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
-                    self._upper = self.problem.upper_objective(self.batch, ctx)
+                    c.upper = self.problem.upper_objective(self.batch, ctx)
             else:
-                self._upper = self.problem.upper_objective(self.batch, self.lower_ctx)
-        return self._upper
+                c.upper = self.problem.upper_objective(self.batch, self.lower_ctx)
+        return c.upper
 
     def upper_value(self) -> float:
         """L_up for the metrics: the value the hypergradient used, else one evaluation without a graph."""
-        if self._upper is not None:
-            return float(self._upper.detach())
+        if self.cache.upper is not None:
+            return float(self.cache.upper.detach())
         with torch.no_grad():
             return float(self.problem.upper_objective(self.batch, self.lower_ctx))
 
     def upper_grad(self) -> list[Tensor]:
-        """∇θ L_up at θ from the SAME forward pass (θ'≈θ), zero outside the problem's upper params (cached)."""
-        if self._upper_grad is None:  # (after a reduced-precision forward, L_up is a float32 pass: no scaling)
-            self._upper_grad = upper_grad_at(self.problem, self.upper(), self.theta, self.names)
-        return self._upper_grad
+        """∇θ L_up at θ from the SAME pass (θ'≈θ), zero outside the problem's upper params (cached). After a
+        reduced-precision pass L_up is a float32 pass of its own, so it needs no loss scaling and no graph of the
+        pass; otherwise it must be taken before a lower backward frees that graph."""
+        c = self.cache
+        if c.upper_grad is None:
+            try:
+                c.upper_grad = upper_grad_at(self.problem, self.upper(), self.theta, self.names)
+            except RuntimeError as e:  # torch's message does not say which backward came first
+                if not c.graph_freed:
+                    raise
+                raise RuntimeError("∇θ L_up needs the forward pass's graph, which the lower backward freed: take it "
+                                   "first (the order of BilevelTrainer.step)") from e
+        return c.upper_grad
 
     # -- functional re-evaluation (same noise, fixed weighter inputs) --------------------------------
     def lower_at(self, params: Params, alpha: Params | None = None) -> Tensor:
-        """L_low(θ=params, α) re-evaluated with the step's noise and weighter inputs held fixed, and the forward
-        pass's stop-gradient values replayed when it recorded them (a finite difference then estimates the
-        derivative autograd takes)."""
-        replay = stopgrad.replay(self.sg_tape) if self.sg_tape is not None else contextlib.nullcontext()
-        with self.rng.replay(), replay:
+        """L_low(θ=params, α) re-evaluated with the step's noise and weighter inputs held fixed, and the pass's
+        stop-gradient values replayed when it recorded them (a finite difference then estimates the derivative
+        autograd takes)."""
+        sg = replay(self.sg_tape) if self.sg_tape is not None else contextlib.nullcontext()
+        with self.rng.replay(), sg:
             losses, _ = self.problem.lower_losses(self.batch, params)
         return self.problem.lower_objective(losses, self.weights(alpha))
 

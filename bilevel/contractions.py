@@ -16,6 +16,10 @@
   reduced-precision forward pass (autocast) both sides of the difference are float32 passes.
 * finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
   both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
+
+The native engine's primitives contract with the configured one (`bilevel.engines.native`); Betty contracts its
+own way (darts is a `finite_difference`, its neumann and cg a `double_backward`), so each engine declares the
+contractions it accepts (`Engine.primitives`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from bilevel import stopgrad
 from bilevel.context import StepContext, grads_or_zeros, norm
-from bilevel.registry import Registry
+from bilevel.registry import CONTRACTIONS
+from bilevel.stopgrad import replay
 
 
 class Contraction:
@@ -47,9 +51,6 @@ class Contraction:
 
     def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError
-
-
-CONTRACTIONS: Registry[type[Contraction]] = Registry("contraction")
 
 
 @CONTRACTIONS.register
@@ -129,7 +130,7 @@ class TermsFd(Contraction):
 
     @staticmethod
     def _deltas(sc: StepContext, params: dict[str, Tensor], shifted: set[str]) -> list[Tensor]:
-        with torch.no_grad(), sc.rng.replay(), stopgrad.replay(sc.sg_tape):
+        with torch.no_grad(), sc.rng.replay(), replay(sc.sg_tape):
             return tree_flatten(sc.problem.loss_deltas(sc.batch, params, sc.lower_ctx, sc.losses, shifted))[0]
 
 

@@ -8,11 +8,13 @@
   normalisation math (a no-op in float32): the distributions (sampling, log-probabilities, entropies, the
   truncated normal, whose `ndtri` has no bfloat16 kernel), KL terms, losses and their reductions, the inputs of
   Layer/BatchNorms, λ-returns and value normalisation.
-* `island()`: a block that runs in float32 whatever autocast surrounds it. `BilevelTrainer` computes the
+* `float32(device)`: a block that runs in float32 whatever autocast surrounds it. `BilevelTrainer` computes the
   hypergradient in one: a finite difference of reduced-precision losses is rounding noise.
-* `scaler`: a `torch.amp.GradScaler`, enabled for float16 only (bfloat16 has float32's range): scale the loss
-  before the backward, `unscale_(opt)` before clipping, `step(opt)` skips a step whose gradients overflowed,
-  `update()` once per update (the skipped steps are counted by the trainers).
+* float16 needs loss scaling (bfloat16 has float32's range): `bilevel.updater.loss_scaler(precision)` is the
+  `torch.amp.GradScaler` of an update, and `bilevel.updater.Updater` scales, unscales, skips and counts.
+
+The `Precision` a trainer is given is the one source of its precision: `BilevelTrainer` runs its forward pass in
+it (whatever autocast surrounds the call) and reads `reduced` from it, not from the ambient autocast.
 
 'auto' picks bfloat16 where it is native, else float32: on a CUDA device that supports it, and on a CPU with
 AMX-bf16 or AVX512-bf16 (detected by oneDNN at run time; an emulated bf16 matmul is slower than float32).
@@ -81,7 +83,6 @@ class Precision:
         self.device = torch.device(device)
         self.mode = resolve(mode, self.device)
         self.dtype = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}[self.mode]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mode == "16")
 
     @property
     def reduced(self) -> bool:
@@ -92,10 +93,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    @contextlib.contextmanager
-    def island(self) -> Iterator[None]:
-        with torch.autocast(self.device.type, enabled=False):
-            yield
+    def pinned(self) -> contextlib.AbstractContextManager:
+        """`autocast()`, except that '32' is a float32 island: the block runs in this precision whatever autocast
+        surrounds it (`BilevelTrainer`'s forward pass, whose precision the later phases rely on)."""
+        return self.autocast() if self.reduced else float32(self.device)
 
     def __repr__(self) -> str:
         return f"Precision({self.device.type}, {self.mode})"
@@ -104,11 +105,6 @@ class Precision:
 def f32(x: torch.Tensor) -> torch.Tensor:
     """The float32 island's cast: bfloat16/float16 -> float32; float32 and float64 (gradient checks) unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def autocast_enabled(device: torch.device | str) -> bool:
-    """Is a reduced-precision autocast active for `device`'s type right now?"""
-    return torch.is_autocast_enabled(torch.device(device).type)
 
 
 @contextlib.contextmanager

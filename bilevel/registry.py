@@ -1,14 +1,21 @@
-"""A name -> class table for each extension point (contractions, strategies, engines).
+"""The extension tables (contractions, strategies, engines) and the combinations they allow: the leaf of bilevel/.
 
 An extension is one class with a `name` and the class attributes its kind declares; `@REGISTRY.register` puts it
-in the table, and config validation, the CLI help, the benchmark lists and the trainer read the table. Nothing
-else needs editing to add one.
+in its table. The implementations import this module to register; config validation, the trainer, the CLI help,
+the benchmark lists and the tests read the tables and `supported` here, so validating a config imports no
+implementation. The tables hold the built-in classes as soon as `bilevel` is imported (`bilevel/__init__` imports
+every implementation, and Python runs it before any `bilevel.*` module).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from bilevel.contractions import Contraction
+    from bilevel.engines.base import Engine
+    from bilevel.strategies import Strategy
 
 T = TypeVar("T", bound=type)
 
@@ -51,3 +58,38 @@ class Registry(Generic[T]):
         """`name` if registered, else the one-line error naming the accepted ones (for validators)."""
         self[name]
         return name
+
+
+CONTRACTIONS: Registry[type[Contraction]] = Registry("contraction")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+ENGINES: Registry[type[Engine]] = Registry("engine")
+
+
+def supported(engine: str, strategy: str) -> list[str] | None:
+    """The contractions `engine` accepts with `strategy`, or None if it cannot run that strategy: the one place that
+    says which (strategy, contraction, engine) combinations exist.
+
+    A strategy without a weighter computes no α-gradient, so every engine runs it with any contraction. One with a
+    weighter is a formula in one engine primitive (`Strategy.asks`); an engine that computes that primitive
+    (`Engine.primitives`) runs it, with the contractions both accept."""
+    s = STRATEGIES[strategy]
+    if not s.uses_weighter:
+        return CONTRACTIONS.names()
+    primitives = ENGINES[engine].primitives
+    if s.asks not in primitives:
+        return None
+    by_engine, by_strategy = primitives[s.asks], s.contractions
+    accepted = [c for c in CONTRACTIONS
+                if (by_engine is None or c in by_engine) and (by_strategy is None or c in by_strategy)]
+    return accepted or None
+
+
+def combinations() -> dict[str, dict[str, list[str]]]:
+    """engine -> strategy -> accepted contractions, for every registered combination (tests, benchmarks)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for e in ENGINES:
+        for s in STRATEGIES:
+            cs = supported(e, s)
+            if cs is not None:
+                out.setdefault(e, {})[s] = cs
+    return out

@@ -1,13 +1,16 @@
 """One call does one bilevel step (Algorithm 1 of the TEMPO paper), its phases named after the paper:
 
     forward       w = N_α(x) on the detached weighter inputs x, per-sample losses and L_low(θ, w): once, at θ
-    lower grad    g_θ = ∇θ L_low(θ, w)                       (and ∇θ L_up first, when the graph is freed)
-    hypergrad     g_α = strategy: upper gradient -> mixed product (∂²L_low/∂θ∂α)ᵀ v, at θ before θ moves
+    upper grad    ∇θ L_up of that pass, first when the lower backward will free the pass's graph
+    lower grad    g_θ = ∇θ L_low(θ, w)
+    hypergrad     g_α = the strategy's formula in its engine's primitives, at θ before θ moves
     lower step    θ <- opt_θ(clip(g_θ))
-    α step        α <- opt_α(clip(g_α))                      (every `meta_every` steps)
+    meta step     α <- opt_α(clip(g_α))                      (every `meta_every` steps)
 
-The strategy (`bilevel.strategies`), its contraction (`bilevel.contractions`) and the engine (`bilevel.engines`)
-are registered classes picked by name from the config; this file reads their declarations, never their names.
+`BilevelTrainer.step` runs them in this order, which is required: see the comments there. The strategy
+(`bilevel.strategies`), its contraction (`bilevel.contractions`) and the engine (`bilevel.engines`) are registered
+classes picked by name from the config; this file reads their declarations, never their names. The two steps are
+one `bilevel.updater.Updater` (clipping, non-finite skips, float16 loss scaling), the agent's mechanism too.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bilevel import diffopt, stopgrad
 from bilevel.config import BilevelConfig
-from bilevel.context import RngState, StepContext
-from bilevel.contractions import CONTRACTIONS
-from bilevel.engines import ENGINES
-from bilevel.precision import Precision, autocast_enabled, float32
+from bilevel.context import PassCache, RngState, StepContext
+from bilevel.diffopt import DiffOptimizer
+from bilevel.precision import Precision, float32
 from bilevel.problem import BilevelProblem
-from bilevel.strategies import STRATEGIES
+from bilevel.registry import CONTRACTIONS, ENGINES, STRATEGIES
+from bilevel.stopgrad import Tape, record
+from bilevel.updater import Part, Updater, loss_scaler, make_optimizer, set_learning_rate
 from bilevel.weighter import MetaWeighter
+
+__all__ = ["OPTIMIZER_FIELDS", "BilevelTrainer", "StepResult", "make_optimizer", "set_learning_rate"]
 
 OPTIMIZER_FIELDS = {"lr", "eps", "clip", "weight_decay"}  # WeighterConfig fields of the meta optimizer
 
@@ -42,48 +47,14 @@ class StepResult:
     outputs: Any
 
 
-def make_optimizer(params: Any, name: str, lr: float, eps: float, weight_decay: float,
-                   decoupled: bool = True) -> torch.optim.Optimizer:
-    """Adam or SGD. `decoupled=True` applies weight decay as DreamerV2's optimizer does, p <- (1 - wd)·p before
-    each step, not scaled by the learning rate: torch's decoupled decay is p <- (1 - lr·wd')·p, so wd' = wd/lr.
-    `decoupled=False` is L2 regularisation (wd·p added to the gradient)."""
-    if name == "adam":
-        if decoupled and weight_decay:
-            return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay / lr,
-                                    decoupled_weight_decay=True)
-        return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
-    if name == "sgd":
-        if decoupled and weight_decay:
-            raise ValueError("decoupled weight decay is defined for 'adam'; use decoupled=False with 'sgd'")
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; accepted: ['adam', 'sgd']")
-
-
-def set_learning_rate(opt: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
-    """Change an optimizer's learning rate; keep a `make_optimizer` decoupled decay at `weight_decay` per step."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-        if weight_decay is not None and group.get("decoupled_weight_decay") and group["weight_decay"]:
-            group["weight_decay"] = weight_decay / lr
-
-
-def apply_gradients(opt: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor], clip: float,
-                    total_norm: Tensor, step: Any = None) -> None:
-    """One optimizer step from given gradients, clipped to global norm `clip` with their precomputed norm."""
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
-    torch.nn.utils.clip_grads_with_norm_(params, clip, total_norm)
-    (step or opt.step)()
-    opt.zero_grad(set_to_none=True)
-
-
 class BilevelTrainer:
     """Trains θ with weighted lower losses and α with the configured hypergradient.
 
     `lower_opt` may be any torch optimizer; `unroll` additionally requires SGD, Adam or AdamW (the ones
     `bilevel.diffopt` differentiates exactly, every option included). `lower_lr` is η in the hypergradient
     formulas; it defaults to the optimizer's lr. The default lower optimizer is Adam with DreamerV2's decoupled
-    weight decay `lower_weight_decay`.
+    weight decay `lower_weight_decay`. `precision` (default float32) is the one source of the step's precision:
+    the forward pass runs in it whatever autocast surrounds the call, and float16 adds loss scaling.
     """
 
     def __init__(
@@ -103,75 +74,94 @@ class BilevelTrainer:
         if lower_lr <= 0:
             raise ValueError(f"lower_lr must be > 0, got {lower_lr}")
         self.model = model
-        self.lower_opt = lower_opt or make_optimizer(model.parameters(), "adam", lower_lr, lower_eps,
-                                                     lower_weight_decay)
-        self.lr = float(self.lower_opt.param_groups[0]["lr"]) if lower_opt is not None else lower_lr
-        self.lower_clip = lower_clip
+        self.lr = float(lower_opt.param_groups[0]["lr"]) if lower_opt is not None else lower_lr
+        lower_opt = lower_opt or make_optimizer(model.parameters(), "adam", lower_lr, lower_eps, lower_weight_decay)
         p0 = next(model.parameters())
         device, dtype = p0.device, p0.dtype
+        self.precision = precision or Precision(device, "32")
+        parts = {"lower": Part(lower_opt, lower_clip)}
         self.weighter: MetaWeighter | None = None
-        self.meta_opt: torch.optim.Optimizer | None = None
         if cfg.uses_weighter:
             wc = cfg.weighter
             self.weighter = MetaWeighter(weighter_in_dim, **wc.model_dump(exclude=OPTIMIZER_FIELDS)).to(device, dtype)
-            self.meta_opt = make_optimizer(self.weighter.parameters(), "adam", wc.lr, wc.eps, wc.weight_decay)
+            meta_opt = make_optimizer(self.weighter.parameters(), "adam", wc.lr, wc.eps, wc.weight_decay)
+            parts["meta"] = Part(meta_opt, wc.clip, scaled=False)  # g_α comes from float32 re-evaluations
         self.strategy = STRATEGIES[cfg.strategy](cfg).to(device, dtype)
-        self.mixed = CONTRACTIONS[cfg.contraction]()
-        self.engine = ENGINES[cfg.engine]()
+        self.engine = ENGINES[cfg.engine](CONTRACTIONS[cfg.contraction](), parts["lower"])
         if self.strategy.differentiates_optimizer:
-            diffopt.DiffOptimizer(self.lower_opt, list(model.parameters()))  # an unsupported optimizer fails now
+            DiffOptimizer(lower_opt, list(model.parameters()))  # an unsupported optimizer fails now
         # float16 needs loss scaling; its second-order graphs (double backward, unroll, implicit) would underflow
         # or overflow unscaled, so float16 takes the α-gradient only from float32 re-evaluations.
-        self.fp16 = precision is not None and precision.mode == "16"
+        self.fp16 = self.precision.mode == "16"
         if self.fp16 and cfg.uses_weighter and not (self.strategy.float16 and self.engine.float16
-                                                    and not self.mixed.needs_graph):
+                                                    and not self.engine.needs_graph(self.strategy.asks)):
             first_order = [c for c in CONTRACTIONS if not CONTRACTIONS[c].needs_graph]
             strategies = [s for s in STRATEGIES if STRATEGIES[s].uses_weighter and STRATEGIES[s].float16]
             engines = [e for e in ENGINES if ENGINES[e].float16]
             raise ValueError(f"precision '16' supports strategies {strategies} with contractions {first_order} on "
                              f"engines {engines}; got {cfg.strategy!r} / {cfg.contraction!r} / {cfg.engine!r} "
                              "(use precision 'bf16' or '32')")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
+        self.updater = Updater(parts, loss_scaler(self.precision), max_nonfinite, what="bilevel steps")
         self.step_count = 0
-        self.nonfinite = 0
-        self.nonfinite_streak = 0
-        self.max_nonfinite = max_nonfinite
 
-    # ------------------------------------------------------------------------------------------------
-    def alpha_grad(self, sc: StepContext) -> list[Tensor]:
-        """The hypergradient phase: the engine's α-gradient of the configured strategy and contraction."""
-        return self.engine.alpha_grad(sc, self.strategy, self.mixed, self.lower_opt, self.lower_clip)
+    # -- views of the updater (recipes set learning rates on these; tests and checks read them) ----------------
+    @property
+    def lower_opt(self) -> torch.optim.Optimizer:
+        return self.updater.parts["lower"].opt
 
+    @property
+    def meta_opt(self) -> torch.optim.Optimizer | None:
+        part = self.updater.parts.get("meta")
+        return None if part is None else part.opt
+
+    @property
+    def lower_clip(self) -> float:
+        return self.updater.parts["lower"].clip
+
+    @property
+    def nonfinite(self) -> int:
+        """Steps skipped so far because a loss or gradient norm was not finite."""
+        return self.updater.skipped
+
+    # -- the phases ------------------------------------------------------------------------------------------
     def forward(self, problem: BilevelProblem, batch: Any, record_sg: bool | None = None) -> StepContext:
-        """The single forward pass at θ that every later phase reuses. `record_sg` keeps its stop-gradient
-        values for a finite-difference re-evaluation (`bilevel.stopgrad`); default: when the configured
-        α-gradient takes one (`BilevelConfig.replays_stop_gradients`)."""
+        """The single forward pass at θ that every later phase reuses, in the trainer's precision. `record_sg` keeps
+        its stop-gradient values for a finite-difference re-evaluation (`bilevel.stopgrad`); default: when the
+        configured α-gradient takes one (`BilevelConfig.replays_stop_gradients`)."""
         if record_sg is None:
             record_sg = self.cfg.replays_stop_gradients
         rng = RngState.capture()
         params = dict(problem.model.named_parameters())
-        tape = stopgrad.Tape() if record_sg else None
-        with stopgrad.record(tape) if tape is not None else contextlib.nullcontext():
-            losses, ctx = problem.lower_losses(batch, params)
-        x = problem.weighter_inputs(ctx).detach()
-        w = self.strategy.weights(problem, batch, ctx, x, self.weighter, problem.sample_shape(losses))
-        lower = problem.lower_objective(losses, w)
-        device = next(self.model.parameters()).device
-        return StepContext(problem, batch, self.weighter, rng, losses, ctx, x, w, lower, self.lr, self.cfg, tape,
-                           reduced=autocast_enabled(device), scaler=self.scaler if self.fp16 else None)
+        tape = Tape() if record_sg else None
+        with self.precision.pinned():
+            with record(tape) if tape is not None else contextlib.nullcontext():
+                losses, ctx = problem.lower_losses(batch, params)
+            x = problem.weighter_inputs(ctx).detach()
+            w = self.strategy.weights(problem, batch, ctx, x, self.weighter, problem.sample_shape(losses))
+            lower = problem.lower_objective(losses, w)
+        scale = self.updater.scale if self.fp16 else None  # the lower backward then takes the scaled loss
+        return StepContext(problem, batch, self.weighter, self.lr, self.cfg, rng, losses, ctx, x, w, lower, tape,
+                           reduced=self.precision.reduced, cache=PassCache(scale=scale))
 
     def lower_grad(self, sc: StepContext, meta: bool = True) -> list[Tensor]:
-        """∇θ L_low of the pass (detached), taken so that what the α-gradient needs next is ready and the
-        forward graph is freed as early as the configured strategy allows."""
-        s, e = self.strategy, self.engine
-        needs_graph = meta and (s.needs_graph or (e.uses_contraction and self.mixed.needs_graph))
-        # With a re-evaluating contraction, `approx` needs nothing from the forward graph but ∇θ L_up: take it
-        # first, then let the lower backward free the graph as it goes (peak memory as without a weighter;
-        # for terms_fd that backward also leaves the problem what its loss_deltas may reuse).
-        free_graph = not meta or (s.frees_forward_graph and e.uses_contraction and not needs_graph)
-        if meta and free_graph and s.uses_weighter:
-            sc.upper_grad()
-        return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
+        """The upper-grad and lower-grad phases of `step`, in their required order: ∇θ L_low of the pass (detached,
+        scaled under float16), with a graph when the engine's primitive differentiates it again. When the lower
+        backward can free the pass's graph (the strategy reads nothing of it but ∇θ L_up, and the primitive does
+        not differentiate it), ∇θ L_up is taken first and the backward frees the graph as it goes (peak memory as
+        without a weighter; for terms_fd that backward also leaves the problem what its loss_deltas may reuse)."""
+        s = self.strategy
+        needs_graph = meta and self.engine.needs_graph(s.asks)
+        free_graph = not meta or (s.frees_forward_graph and not needs_graph)
+        with self.precision.pinned():  # L_up, when a float32 trainer is called under autocast
+            if meta and free_graph and s.uses_weighter:
+                sc.upper_grad()  # upper grad
+            return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
+
+    def alpha_grad(self, sc: StepContext) -> list[Tensor]:
+        """The hypergrad phase: the strategy's α-gradient from the primitives its engine computes, in float32 whatever
+        the step's precision (a difference of reduced-precision losses is rounding noise)."""
+        with float32(sc.lower.device):
+            return self.strategy.alpha_grad(sc, self.engine)
 
     def hypergradient(self, problem: BilevelProblem, batch: Any) -> dict[str, Tensor]:
         """The α-gradient one `step` on `batch` would apply (before clipping), by weighter parameter name.
@@ -184,72 +174,58 @@ class BilevelTrainer:
             raise ValueError(f"strategy {self.cfg.strategy!r} has no weighter, so there is no α-gradient")
         sc = self.forward(problem, batch)
         self.lower_grad(sc, meta=True)
-        with float32(next(self.model.parameters()).device):  # a difference of reduced-precision losses is noise
-            grads = self.alpha_grad(sc)
+        grads = self.alpha_grad(sc)
         return {n: g.detach() for (n, _), g in zip(self.weighter.named_parameters(), grads, strict=True)}
 
     def step(self, problem: BilevelProblem, batch: Any) -> StepResult:
-        """One bilevel step on `batch`; returns its metrics and `problem.step_outputs` of the forward pass."""
-        cfg = self.cfg
-        sync = torch.cuda.synchronize if next(self.model.parameters()).is_cuda else (lambda: None)
-        times = [time.perf_counter()]
+        """One bilevel step on `batch`; returns its metrics and `problem.step_outputs` of the forward pass. Every
+        phase runs in the trainer's precision (the hypergrad in float32), whatever autocast surrounds the call."""
+        with self.precision.pinned():
+            cfg, updater = self.cfg, self.updater
+            theta = list(self.model.parameters())
+            sync = torch.cuda.synchronize if theta[0].is_cuda else (lambda: None)
+            times = [time.perf_counter()]
 
-        def lap() -> None:
-            sync()
-            times.append(time.perf_counter())
+            def lap() -> None:
+                sync()
+                times.append(time.perf_counter())
 
-        meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
-        sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)  # forward
-        g_theta = self.lower_grad(sc, meta)  # lower grad
-        theta = list(self.model.parameters())
-        if self.fp16:  # unscale in place (GradScaler also records whether the scaled gradients overflowed)
-            for p, g in zip(theta, g_theta, strict=True):
-                p.grad = g
-            self.scaler.unscale_(self.lower_opt)
-            g_theta = [p.grad for p in theta]
-        lap()
-        g_alpha = None
-        if meta:
-            with float32(theta[0].device):  # hypergrad: a float32 island
-                g_alpha = self.alpha_grad(sc)
-        lap()
-
-        metrics: dict[str, float] = {}
-        # One host sync decides finiteness: the gradient norms are needed for clipping anyway.
-        theta_norm = torch.nn.utils.get_total_norm(g_theta)
-        alpha_norm = torch.nn.utils.get_total_norm(g_alpha) if g_alpha is not None else theta_norm.new_zeros(())
-        lower_value, theta_norm_f, alpha_norm_f = torch.stack(
-            [sc.lower.detach(), theta_norm, alpha_norm.to(theta_norm)]).tolist()
-        finite = math.isfinite(lower_value) and math.isfinite(theta_norm_f) and math.isfinite(alpha_norm_f)
-        if finite:  # lower step
-            self.nonfinite_streak = 0
-            metrics["grad_norm"] = theta_norm_f
-            apply_gradients(self.lower_opt, theta, g_theta, self.lower_clip, theta_norm,
-                            step=lambda: self.scaler.step(self.lower_opt))  # a plain step unless float16
-        else:
-            self.lower_opt.zero_grad(set_to_none=True)
-            self.nonfinite += 1
-            self.nonfinite_streak += 1
-            if self.nonfinite_streak > self.max_nonfinite:
-                raise FloatingPointError(
-                    f"{self.nonfinite_streak} consecutive non-finite bilevel steps (lower loss "
-                    f"{lower_value}); stopping. Lower the learning rates or check the inputs."
-                )
-        if self.fp16:
-            metrics["loss_scale"] = self.scaler.get_scale()
-            self.scaler.update()  # halves the scale after an overflow, grows it after a run of finite steps
-        lap()
-        if finite and g_alpha is not None:  # α step
-            assert self.weighter is not None and self.meta_opt is not None
-            metrics["hypergrad_norm"] = alpha_norm_f
-            apply_gradients(self.meta_opt, list(self.weighter.parameters()), g_alpha, cfg.weighter.clip, alpha_norm)
-        lap()
-        self.step_count += 1
-        metrics.update(self.step_metrics(sc, lower_value, meta=g_alpha is not None))
-        t0, t1, t2, t3, t4 = times
-        metrics.update({"time_forward": t1 - t0, "time_hypergrad": t2 - t1,
-                        "time_lower_update": t3 - t2, "time_meta_update": t4 - t3})
-        return StepResult(metrics, problem.step_outputs(sc.lower_ctx))  # the pass's graph dies with `sc` here
+            meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
+            # forward: the one pass at θ; its noise and (for finite differences) its stop-gradient values are kept.
+            sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)
+            # upper grad, then lower grad: ∇θ L_up must be read from the pass's graph before a lower backward that
+            # frees it; the lower backward must run before the hypergrad, which may reuse what it leaves (TEMPO's
+            # loss_deltas reads the heads' per-sample gradients its hooks capture) or differentiate its graph again.
+            g_theta = updater.unscale("lower", theta, self.lower_grad(sc, meta))
+            lap()
+            # hypergrad: at θ, before the lower step moves it (in float32).
+            g_alpha = self.alpha_grad(sc) if meta else None
+            lap()
+            # lower step, then meta step: both or neither (one host sync decides whether the loss and both gradient
+            # norms are finite; the norms are needed for clipping anyway).
+            grads = {"lower": (theta, g_theta)}
+            if g_alpha is not None:
+                assert self.weighter is not None
+                grads["meta"] = (list(self.weighter.parameters()), g_alpha)
+            check = updater.check(grads, {"lower loss": sc.lower})
+            metrics: dict[str, float] = {}
+            if check.finite:
+                metrics["grad_norm"] = check.norms["lower"]
+            updater.apply(check, "lower")
+            loss_scale = updater.finish()  # float16: the scale this step ran with, then its adjustment
+            if loss_scale is not None:
+                metrics["loss_scale"] = loss_scale
+            lap()
+            if check.finite and g_alpha is not None:
+                metrics["hypergrad_norm"] = check.norms["meta"]
+            updater.apply(check, "meta")
+            lap()
+            self.step_count += 1
+            metrics.update(self.step_metrics(sc, check.values["lower loss"], meta=g_alpha is not None))
+            t0, t1, t2, t3, t4 = times
+            metrics.update({"time_forward": t1 - t0, "time_hypergrad": t2 - t1,
+                            "time_lower_update": t3 - t2, "time_meta_update": t4 - t3})
+            return StepResult(metrics, problem.step_outputs(sc.lower_ctx))  # the pass's graph dies with `sc` here
 
     def step_metrics(self, sc: StepContext, lower_value: float, meta: bool) -> dict[str, float]:
         """Losses and weight statistics of the step's forward pass (no graph is built)."""
@@ -270,7 +246,7 @@ class BilevelTrainer:
                 "upper_loss": upper,
                 "weight_mean": float(w.mean()), "weight_std": float(w.std()) if w.numel() > 1 else 0.0,
                 "weight_min": float(w.min()), "weight_max": float(w.max()),
-                "meta_step": float(meta), "nonfinite_steps": float(self.nonfinite),
+                "meta_step": float(meta), "nonfinite_steps": float(self.updater.skipped),
             })
             metrics.update(problem.step_metrics(sc.batch, sc.lower_ctx, sc.losses, w))
         return metrics
@@ -282,7 +258,7 @@ class BilevelTrainer:
             "weighter": None if self.weighter is None else self.weighter.state_dict(),
             "meta_opt": None if self.meta_opt is None else self.meta_opt.state_dict(),
             "strategy": self.strategy.state_dict(),  # e.g. the naive baseline's moving statistics
-            "step_count": self.step_count, "nonfinite": self.nonfinite, "scaler": self.scaler.state_dict(),
+            "step_count": self.step_count, "nonfinite": self.updater.skipped, "scaler": self.updater.scaler_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -292,6 +268,5 @@ class BilevelTrainer:
             assert self.meta_opt is not None
             self.meta_opt.load_state_dict(state["meta_opt"])
         self.strategy.load_state_dict(state["strategy"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step_count, self.nonfinite = state["step_count"], state["nonfinite"]
+        self.updater.load_scaler_state(state.get("scaler"))
+        self.step_count, self.updater.skipped = state["step_count"], state["nonfinite"]

@@ -60,7 +60,7 @@ class Run:
             # DreamerV2 squashes replay rewards before the world model sees them (`to_torch`), not predictions
             **cfg.agent.model_dump(exclude={"reward_transform"}), reward_transform="none",
             use_discount_head=m.discount_head,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.mode == "16"),
+            precision=self.precision,  # float16: the agent's updater scales its losses
         ).to(self.device)
         # Every UpperLoss normalises its values (the weighter's V inputs) with tempo.value_norm; a plain
         # user callable has no value normalisation to configure (TempoProblem wraps it as a FunctionLoss).

@@ -3,6 +3,7 @@
     lock                     held (flock) by the one process that writes the directory; holds its pid
     config.json              the run's config, plus `history`: the safe changes made on resumes
     checkpoint.pt            the newest checkpoint; checkpoint.prev.pt the one before (a fallback if it is unreadable)
+    progress.json            the newest checkpoint's counters (frames, updates, last eval), readable without it
     metrics.jsonl, tb/       one record per log step (TensorBoard: the same scalars)
     replay/*.npz             the episodes (`envs.Replay`), names sorted by creation time
     eval_*.gif               evaluation videos
@@ -26,7 +27,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CHECKPOINT, PREVIOUS, LOCK = "checkpoint.pt", "checkpoint.prev.pt", "lock"
-RUN_FILES = ("config.json", "metrics.jsonl", "tb", "replay", CHECKPOINT, PREVIOUS)
-# Fault injection (tests only): seconds to sleep between writing a checkpoint's temp file and renaming it.
-WRITE_DELAY_ENV = "TEMPO_TEST_CHECKPOINT_WRITE_DELAY"
+CHECKPOINT, PREVIOUS, LOCK, PROGRESS = "checkpoint.pt", "checkpoint.prev.pt", "lock", "progress.json"
+RUN_FILES = ("config.json", "metrics.jsonl", "tb", "replay", CHECKPOINT, PREVIOUS, PROGRESS)
 
 
 class RunDirError(Exception):
@@ -183,13 +181,28 @@ class RunDir:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
-        if delay:
-            time.sleep(delay)
         if path.exists():
             os.replace(path, self.path / PREVIOUS)
         os.replace(tmp, path)
         _fsync_dir(self.path)
+        # after the checkpoint: a crash in between leaves the counters behind it, never ahead
+        atomic_write_text(self.path / PROGRESS, json.dumps(state["counters"]))
+
+    def progress(self) -> dict[str, Any] | None:
+        """The counters of the newest checkpoint (step, updates, episodes, last_eval, ...) from its small sidecar
+        file, without loading the checkpoint; None before the first one. A run directory from before the sidecar
+        existed (or with an unreadable one) falls back to loading the checkpoint."""
+        try:
+            data = json.loads((self.path / PROGRESS).read_text())
+            if isinstance(data, dict) and "step" in data:
+                return data
+        except (OSError, ValueError):
+            pass
+        try:
+            loaded = self.load_checkpoint() if self.has_checkpoint() else None
+        except RunDirError:
+            return None
+        return None if loaded is None else loaded[0]["counters"]
 
     def write_config(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.path / "config.json", json.dumps(data, indent=2, allow_nan=False))

@@ -35,7 +35,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import socket
 import sys
 import time
@@ -61,8 +60,6 @@ METHODS: dict[str, list[str]] = {
     "tempo-vagram": ["--weighting", "meta", "--upper-loss", "vagram"],
 }
 SPEC_FILE, STATUS_FILE = "sweep.yaml", "sweep_status.json"
-# Fault injection (tests only): a trial whose name is listed here raises before training.
-FAIL_ENV = "TEMPO_TEST_SWEEP_FAIL"
 
 
 class Spec(Strict):
@@ -147,20 +144,17 @@ def trials(spec: Spec, root: Path) -> list[Trial]:
 
 
 def progress(trial: Trial) -> tuple[int, int | None, float | None]:
-    """(frames of its newest checkpoint, frames asked, last eval return) of a trial's run directory;
-    (0, None, None) before its first checkpoint."""
+    """(frames of its newest checkpoint, frames asked, last eval return) of a trial's run directory, from the
+    checkpoint's counters file; (0, None, None) before its first checkpoint."""
     rundir = RunDir(Path(trial.logdir))
-    if not (rundir.path / CHECKPOINT).exists():
+    counters = rundir.progress()
+    if counters is None:
         return 0, None, None
     try:
         saved = rundir.saved_config()
-        loaded = rundir.load_checkpoint()
     except RunDirError:
         return 0, None, None
-    if loaded is None:
-        return 0, None, None
-    counters = loaded[0]["counters"]
-    return counters["step"], saved.get("run", {}).get("steps"), counters["last_eval"]
+    return counters["step"], saved.get("run", {}).get("steps"), counters.get("last_eval")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -331,8 +325,6 @@ def run_trial(config: dict[str, Any]) -> None:
     from recipes import tempo
 
     name, argv = config["name"], config["argv"]
-    if config.get("inject_fault"):
-        raise RuntimeError(f"fault injected into trial {name} ({FAIL_ENV})")
     node = ray.get_runtime_context().get_node_id()
     last: dict[str, float] = {}
 
@@ -459,9 +451,8 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
 
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial,
                  "memory": int(spec.memory_per_trial_gb * 2**30)}
-    faults = os.environ.get(FAIL_ENV, "").split(";")  # into the trial's config: cluster workers have their env
     params = {"trial": tune.grid_search([
-        {"name": t.name, "argv": trial_argv(spec, t, until), "inject_fault": t.name in faults} for t in todo])}
+        {"name": t.name, "argv": trial_argv(spec, t, until)} for t in todo])}
     tuner = tune.Tuner(
         tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
         param_space=params,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from agents import ActorCritic, LatentModel, TruncNormal, lambda_return
+from bilevel.updater import Part
 
 GOAL = 0.5
 STEPS = torch.tensor([-1.0, 0.0, 1.0])  # discrete actions: left / stay / right
@@ -383,8 +384,7 @@ def test_schedules_match_dreamerv2_formulas():
 def actor_step(agent: ActorCritic, model: PointModel, start: dict[str, Tensor], step: int) -> tuple[Tensor, dict]:
     """The actor's parameter change of one train_step with plain SGD(lr=1), no clipping, no decay: -∇ actor loss."""
     agent = copy.deepcopy(agent)
-    agent.actor_opt = torch.optim.SGD(agent.actor.parameters(), lr=1.0)
-    agent.clip, agent.weight_decay = 1e12, 0.0
+    agent.updater.parts["actor"] = Part(torch.optim.SGD(agent.actor.parameters(), lr=1.0), clip=1e12)
     before = torch.cat([p.detach().reshape(-1).clone() for p in agent.actor.parameters()])
     torch.manual_seed(3)
     metrics = agent.train_step(model, start, step=step)
@@ -472,9 +472,8 @@ def test_lean_imagination_computes_what_the_previous_loop_did(discrete, grad):
     a_loss, c_loss = previous_losses(ref, wm, start)
     ref_grads = [torch.autograd.grad(loss, list(m.parameters()))
                  for loss, m in ((a_loss, ref.actor), (c_loss, ref.critic))]
-    for opt_name, module in (("actor_opt", agent.actor), ("critic_opt", agent.critic)):
-        setattr(agent, opt_name, torch.optim.SGD(module.parameters(), lr=1.0))  # parameter change = -gradient
-    agent.clip, agent.weight_decay = 1e12, 0.0
+    for name, module in (("actor", agent.actor), ("critic", agent.critic)):  # parameter change = -gradient
+        agent.updater.parts[name] = Part(torch.optim.SGD(module.parameters(), lr=1.0), clip=1e12)
     before = [[p.detach().clone() for p in m.parameters()] for m in (agent.actor, agent.critic)]
     torch.manual_seed(5)
     m = agent.train_step(wm, start)

@@ -201,7 +201,7 @@ def test_none_and_naive_weights():
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_when_persistent():
     problem, trainer = make({"strategy": "approx"}, 0.1)
-    trainer.max_nonfinite = 2
+    trainer.updater.max_nonfinite = 2
     bad = {**problem.batch, "y": problem.batch["y"].clone()}
     bad["y"][0] = float("nan")
     theta = problem.model.weight.detach().clone()

@@ -55,6 +55,11 @@ def group(run: Run) -> dict[str, Any]:
     return run.trainer.lower_opt.param_groups[0]
 
 
+def agent_group(run: Run) -> dict[str, Any]:
+    """The critic's optimizer group (the actor's has the same decay: one config field)."""
+    return run.agent.critic_opt.param_groups[0]
+
+
 def linears(module: torch.nn.Module) -> list[torch.nn.Linear]:
     return [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
 
@@ -118,8 +123,9 @@ REACH: dict[str, Getter] = {
     "agent.units": lambda r: r.agent.actor.net[0].out_features,
     "agent.layers": lambda r: len(linears(r.agent.actor)) - 1,
     "agent.eps": lambda r: r.agent.actor_opt.param_groups[0]["eps"],
-    "agent.clip": lambda r: r.agent.clip,
-    "agent.weight_decay": lambda r: r.agent.weight_decay,
+    "agent.clip": lambda r: r.agent.updater.parts["actor"].clip,  # actor and critic: the same config field
+    "agent.weight_decay": lambda r: agent_group(r)["weight_decay"] * agent_group(r)["lr"]
+    if agent_group(r)["decoupled_weight_decay"] else None,
     "replay.capacity": lambda r: r.replay.capacity,
     "replay.batch": lambda r: sample_args(r)[0],
     "replay.length": lambda r: sample_args(r)[1],
@@ -139,7 +145,7 @@ REACH: dict[str, Getter] = {
     W + "out_shift": lambda r: r.trainer.weighter.out_shift,
     W + "lr": lambda r: r.trainer.meta_opt.param_groups[0]["lr"],
     W + "eps": lambda r: r.trainer.meta_opt.param_groups[0]["eps"],
-    W + "clip": lambda r: r.trainer.cfg.weighter.clip,  # read by BilevelTrainer.step when it clips g_α
+    W + "clip": lambda r: r.trainer.updater.parts["meta"].clip,  # the clip of g_α
     W + "weight_decay": lambda r: r.trainer.meta_opt.param_groups[0]["weight_decay"]
     * r.trainer.meta_opt.param_groups[0]["lr"],
 }

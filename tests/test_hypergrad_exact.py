@@ -263,8 +263,8 @@ def test_hypergradient_applies_nothing_and_is_what_step_applies():
     assert all(torch.equal(a, b) for a, b in zip(before[0] + before[1], after[0] + after[1], strict=True))
     assert str(before[2:]) == str(after[2:])
     # a step with plain SGD(lr=1) on α (and no clipping) moves α by exactly -hypergradient
-    trainer.meta_opt = torch.optim.SGD(trainer.weighter.parameters(), lr=1.0)
-    trainer.cfg.weighter.clip = 1e9
+    trainer.updater.parts["meta"].opt = torch.optim.SGD(trainer.weighter.parameters(), lr=1.0)
+    trainer.updater.parts["meta"].clip = 1e9
     torch.manual_seed(5)
     trainer.step(problem, problem.batch)
     for (n, p), a0 in zip(trainer.weighter.named_parameters(), before[1], strict=True):

@@ -68,13 +68,14 @@ def test_losses_on_a_fixed_batch_match_float32(mode, discrete):
     assert max(rel.values()) < tol, rel
 
 
-def state_size_problem(discrete: int, contraction: str):
+def state_size_problem(discrete: int, contraction: str, precision: str = "32"):
     torch.manual_seed(0)
     wm = WorldModel({"state": (24,)}, 6, discrete=discrete)  # dmc_state sizes: deter 200, MLPs 4x400
     critic = nn.Sequential(nn.Linear(wm.rssm.feat_dim, 400), nn.ELU(), nn.Linear(400, 1)).requires_grad_(False)
     problem = TempoProblem(wm, get_upper_loss("vvaml"), lambda f: critic(f).squeeze(-1))
     trainer = BilevelTrainer(wm, problem.input_dim, BilevelConfig(contraction=contraction),
-                             lower_opt=torch.optim.Adam(wm.parameters(), lr=3e-4))
+                             lower_opt=torch.optim.Adam(wm.parameters(), lr=3e-4),
+                             precision=Precision("cpu", precision))
     return problem, trainer
 
 
@@ -95,22 +96,22 @@ def test_alpha_gradient_at_state_size_matches_the_float32_exact_one(mode):
     Gumbel trick flips where bf16 rounding moves a logit across a near-tie, so the reference replays the
     reduced-precision pass's samples and stop-gradient values (a float32 exact α-gradient of the same draw)."""
     batch = vec_batch(50, 16, 24, 6)
-    p, t = state_size_problem(0, "terms_fd")
+    p, t = state_size_problem(0, "terms_fd", mode)  # the trainer's precision: its pass runs in it
     torch.manual_seed(7)
-    with Precision("cpu", mode).autocast():
-        got = flat(t.hypergradient(p, batch))
+    got = flat(t.hypergradient(p, batch))
     pr, tr = state_size_problem(0, "terms_jvp")
     torch.manual_seed(7)
-    want = flat(tr.hypergradient(pr, batch))
+    with Precision("cpu", mode).autocast():  # ignored: a float32 trainer's pass is float32 whatever surrounds it
+        want = flat(tr.hypergradient(pr, batch))
     assert cosine(got, want) >= 0.999, cosine(got, want)
 
-    p, t = state_size_problem(32, "terms_fd")
+    p, t = state_size_problem(32, "terms_fd", mode)
     torch.manual_seed(7)
-    with Precision("cpu", mode).autocast():
-        sc = t.forward(p, batch)
-        t.lower_grad(sc, meta=True)
-        with torch.autocast("cpu", enabled=False):
-            got = torch.cat([g.reshape(-1) for g in t.alpha_grad(sc)])
+    sc = t.forward(p, batch)
+    assert sc.reduced and sc.lower_ctx.post["h"].dtype == torch.float32
+    t.lower_grad(sc, meta=True)
+    with torch.autocast("cpu", enabled=False):
+        got = torch.cat([g.reshape(-1) for g in t.alpha_grad(sc)])
     pr, tr = state_size_problem(32, "double_backward")
     torch.manual_seed(7)
     with stopgrad.replay(sc.sg_tape):  # the same one-hot samples and stop-gradient values, in float32

@@ -41,8 +41,8 @@ class Halved(Contraction):
 class Doubled(Approx):
     name = "doubled_approx"
 
-    def alpha_grad(self, sc, mixed, lower_opt, lower_clip):
-        return [2.0 * g for g in super().alpha_grad(sc, mixed, lower_opt, lower_clip)]
+    def alpha_grad(self, sc, engine):
+        return [2.0 * g for g in super().alpha_grad(sc, engine)]
 
 
 @pytest.fixture
@@ -57,10 +57,11 @@ def extensions():
 def test_a_new_contraction_and_strategy_are_one_class_each(extensions):
     table = combinations()
     assert "halved_double_backward" in table["native"]["approx"]
-    assert "doubled_approx" in table["native"]
-    assert "doubled_approx" not in table["betty"] and "doubled_approx" not in table["higher"]
-    with pytest.raises(ValidationError, match="engine 'betty' does not support strategy 'doubled_approx'"):
-        BilevelConfig(strategy="doubled_approx", engine="betty", contraction="finite_difference")
+    # the strategy asks for mixed(v) (as approx): every engine that computes it runs the strategy
+    assert "doubled_approx" in table["native"] and table["betty"]["doubled_approx"] == ["finite_difference"]
+    assert "doubled_approx" not in table["higher"]
+    with pytest.raises(ValidationError, match="engine 'higher' does not support strategy 'doubled_approx'"):
+        BilevelConfig(strategy="doubled_approx", engine="higher")
 
     base = alpha_grad(BilevelConfig(contraction="double_backward", weighter=AFFINE))
     assert float(base.norm()) > 1e-3

@@ -22,9 +22,9 @@ ARGS = ["--task", "cartpole_swingup", "--preset", "debug", "--run.steps", "900",
         "--run.log_every", "60", "--run.eval_every", "300"]
 
 
-def start(logdir: Path, extra_env: dict | None = None, args: list[str] = ARGS) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "recipes.tempo", *args, "--logdir", str(logdir)], cwd=ROOT,
+def start(logdir: Path, module: str = "recipes.tempo", args: list[str] = ARGS) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", module, *args, "--logdir", str(logdir)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -60,6 +60,7 @@ def check_consistent(logdir: Path, total: int | None = None) -> None:
     steps = [r["step"] for r in records(logdir)]
     assert steps == sorted(set(steps)), f"metrics steps not strictly increasing: {steps}"
     state = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    assert json.loads((logdir / "progress.json").read_text()) == state["counters"]  # the sidecar sweeps read
     pending = state["replay"]["pending"]
     agent_steps = stored_agent_steps(logdir) + (len(pending["action"]) - 1 if pending is not None else 0)
     assert agent_steps * REPEAT == state["counters"]["step"], "frame counter != what the replay holds"
@@ -81,7 +82,7 @@ def test_sigkill_at_any_moment_then_resume_keeps_the_run_consistent(tmp_path):
     kill_when(proc, lambda: (logdir / "metrics.jsonl").exists() and (logdir / "replay").exists())
     assert not (logdir / "checkpoint.pt").exists()
     # 2. a rerun starts clean (and says so); killed while a checkpoint is being written
-    proc = start(logdir, {"TEMPO_TEST_CHECKPOINT_WRITE_DELAY": "3"})
+    proc = start(logdir, "tests.slow_checkpoint")  # pauses between a checkpoint's temp file and its rename
     kill_when(proc, lambda: (logdir / "checkpoint.pt.tmp").exists() and (logdir / "checkpoint.pt").exists())
     assert "starting clean" in proc.stderr.read()
     # 3, 4. random moments, drawn from the run's own progress (never from the clock: a fast machine would finish

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.sweep import FAIL_ENV, STATUS_FILE, LiveTable, Spec, Trial, progress, trials
+from recipes.sweep import STATUS_FILE, LiveTable, Spec, Trial, progress, trials
 from tests.test_recipe_tempo import ROOT, records
 
 pytest.importorskip("ray")
@@ -146,10 +146,11 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
         assert alive_nodes(address, ray_env) == 2, "the two-node cluster did not come up"
         root = tmp_path / "sweep"
         args = ["--tasks", "cartpole_swingup,cartpole_balance,reacher_easy", "--methods", "dreamerv2", "--seeds", "1",
-                "--max-failures", "1", "--memory-per-trial-gb", "0.5", "--address", address, *DEBUG]
+                "--max-failures", "1", "--memory-per-trial-gb", "0.5", "--address", address, *DEBUG,
+                "--import", "tests.failing_task"]  # every trial imports it: reacher_easy's run raises
         failing = "reacher_easy/dreamerv2/0"
-        res = subprocess.run(sweep_cmd(root, *args), cwd=ROOT, env={**ray_env, FAIL_ENV: failing},
-                             capture_output=True, text=True, timeout=900)
+        res = subprocess.run(sweep_cmd(root, *args), cwd=ROOT, env=ray_env, capture_output=True, text=True,
+                             timeout=900)
         assert res.returncode == 1, (res.stdout + res.stderr)[-3000:]
         assert f"1 trial(s) did not finish: {failing}" in res.stderr
         status = json.loads((root / STATUS_FILE).read_text())["trials"]

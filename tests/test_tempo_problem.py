@@ -144,8 +144,8 @@ def test_terms_fd_step_updates_theta_like_the_exact_contraction():
     and α almost so (the hypergradient differs only by the finite-difference error)."""
     p1, t1, b1 = make({"strategy": "approx"}, eta=1e-2, kl_free=0.0)
     p2, t2, b2 = make({"strategy": "approx", "contraction": "terms_fd", "terms_fd_radius": 1e-5}, eta=1e-2, kl_free=0.0)
-    t1.meta_opt = torch.optim.SGD(t1.weighter.parameters(), lr=10.0)  # α moves visibly in one step
-    t2.meta_opt = torch.optim.SGD(t2.weighter.parameters(), lr=10.0)
+    t1.updater.parts["meta"].opt = torch.optim.SGD(t1.weighter.parameters(), lr=10.0)  # α moves visibly in one step
+    t2.updater.parts["meta"].opt = torch.optim.SGD(t2.weighter.parameters(), lr=10.0)
     a0 = torch.cat([q.detach().reshape(-1).clone() for q in t1.weighter.parameters()])
     torch.manual_seed(3)
     t1.step(p1, b1)

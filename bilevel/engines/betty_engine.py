@@ -18,20 +18,21 @@ which a single hypergradient evaluation inside our trainer needs.
   `Config(type='neumann', neumann_iterations=cfg.implicit_iters, neumann_alpha=cfg.neumann_alpha or η)`,
   `Config(type='cg', cg_iterations=cfg.implicit_iters, cg_alpha=1.0)`.
 * upper = `_UpperProblem(module=weighter)`: its `trainable_parameters()` are α.
-* the vector is v = `sc.upper_grad()` (∇θ L_up at θ, zero outside the upper params) and Betty's
-  function is called as `fn(v, lower, upper, sync=False)`, which returns the α-gradient list.
+* the vector v is what the strategy asks the primitive for (∇θ L_up at θ, zero outside the upper params, for
+  `approx` and `implicit`) and Betty's function is called as `fn(v, lower, upper, sync=False)`, which returns
+  a list with one tensor per α entry.
 
-Mapping Betty's outputs to our convention (that of `bilevel.strategies`)
-------------------------------------------------------------------------
+Mapping Betty's outputs to the engine primitives (`bilevel.engines.base`)
+--------------------------------------------------------------------------
 mixed(u) = (∂²L_low/∂θ∂α)ᵀ u.
-* darts returns (∇α L_low(θ-εv) - ∇α L_low(θ+εv)) / 2ε ≈ -mixed(v), ε = darts_alpha/(‖v‖+1e-15).
-  `approx` wants c·mixed(v) (c = `strategies.approx_coef`: -1, -η, +1 or +η by sign and approx_scale)
-  -> we return -c · darts. Both lower-loss evaluations replay the forward pass's `bilevel.stopgrad` values,
-  so darts estimates the derivative autograd takes on models with stop-gradients.
+* darts returns (∇α L_low(θ-εv) - ∇α L_low(θ+εv)) / 2ε ≈ -mixed(v), ε = darts_alpha/(‖v‖+1e-15): the
+  engine's `mixed(v)` is -darts (`approx` then scales it by its c = `strategies.approx_coef`). Both lower-loss
+  evaluations replay the forward pass's `bilevel.stopgrad` values, so darts estimates the derivative autograd
+  takes on models with stop-gradients.
 * neumann returns -mixed(α Σ_{j=0..J} (I-αH)^j v) with α = neumann_alpha (the step size), J =
-  neumann_iterations: exactly our -mixed(H⁻¹v) with the native Neumann series -> returned as is.
-* cg returns -mixed(cg_alpha · x) where x solves (cg_alpha·H) x = v; with cg_alpha = 1 this is our
-  -mixed(H⁻¹v) -> returned as is. (We always pass cg_alpha = 1: Betty scales the Hessian by cg_alpha
+  neumann_iterations: exactly -mixed(H⁻¹v) with the native Neumann series, so `mixed_inverse(v)` is -neumann.
+* cg returns -mixed(cg_alpha · x) where x solves (cg_alpha·H) x = v; with cg_alpha = 1 this is
+  -mixed(H⁻¹v), so `mixed_inverse(v)` is -cg. (We always pass cg_alpha = 1: Betty scales the Hessian by cg_alpha
   in the step size's denominator but not in the residual update, so other values are inconsistent.)
   `cfg.cg_damping` λ is realised inside the lower problem's training step as + ½λ‖θ‖² (for cg only):
   it adds λI to the Hessian and nothing to the mixed derivative, i.e. Betty then solves (H+λI)x = v.
@@ -60,7 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from betty.configs import Config
@@ -70,10 +71,11 @@ from betty.problems import ImplicitProblem
 from betty.utils import neg_with_none, to_vec
 from torch import Tensor
 
-from bilevel import stopgrad
-from bilevel.config import BilevelConfig
 from bilevel.context import StepContext, norm
-from bilevel.strategies import approx_coef
+from bilevel.stopgrad import replay
+
+if TYPE_CHECKING:
+    from bilevel.config import BilevelConfig
 
 
 class _LowerProblem(ImplicitProblem):
@@ -90,8 +92,8 @@ class _LowerProblem(ImplicitProblem):
         params = dict(self.module.named_parameters())  # live: darts perturbs them in place
         # The step's sampling noise, and its stop-gradient values when recorded (darts: a finite difference of
         # ∇α L_low then estimates autograd's mixed derivative, not that of the value with sg's moving too).
-        replay = stopgrad.replay(sc.sg_tape) if sc.sg_tape is not None else contextlib.nullcontext()
-        with sc.rng.replay(), replay:
+        sg = replay(sc.sg_tape) if sc.sg_tape is not None else contextlib.nullcontext()
+        with sc.rng.replay(), sg:
             losses, _ = sc.problem.lower_losses(batch, params)
         loss = sc.problem.lower_objective(losses, sc.weights())  # weighter inputs sc.x held fixed
         if self.damping is not None:
@@ -111,20 +113,23 @@ class _UpperProblem(ImplicitProblem):
         return self.sc.upper()
 
 
-def betty_config(cfg: BilevelConfig, lr: float) -> Config:
-    if cfg.strategy == "approx":
+def betty_config(method: str, cfg: BilevelConfig, lr: float) -> Config:
+    """Betty's `Config` for `method`: 'darts' (mixed(v)), 'neumann' or 'cg' (mixed(H⁻¹v))."""
+    if method == "darts":
         return Config(type="darts", darts_alpha=cfg.fd_radius)
-    if cfg.strategy == "implicit" and cfg.implicit == "neumann":
-        return Config(type="neumann", neumann_iterations=cfg.implicit_iters,
-                      neumann_alpha=cfg.neumann_alpha or lr)
-    if cfg.strategy == "implicit" and cfg.implicit == "cg":
+    if method == "neumann":
+        return Config(type="neumann", neumann_iterations=cfg.implicit_iters, neumann_alpha=cfg.neumann_alpha or lr)
+    if method == "cg":
         return Config(type="cg", cg_iterations=cfg.implicit_iters, cg_alpha=1.0)
-    raise ValueError(f"the betty engine computes strategies ['approx', 'implicit'], not {cfg.strategy!r}")
+    raise ValueError(f"unknown Betty method {method!r}; accepted: ['darts', 'neumann', 'cg']")
 
 
-def build_problems(sc: StepContext, cfg: BilevelConfig) -> tuple[_LowerProblem, _UpperProblem]:
-    bc = betty_config(cfg, sc.lr)
-    damping = None if bc.type == "darts" else (cfg.cg_damping if bc.type == "cg" else 0.0)
+def build_problems(sc: StepContext, method: str, cfg: BilevelConfig | None = None
+                   ) -> tuple[_LowerProblem, _UpperProblem]:
+    """The lower and upper Betty problems of the step for `method`, configured from `cfg` (default: the step's)."""
+    cfg = cfg or sc.cfg
+    bc = betty_config(method, cfg, sc.lr)
+    damping = None if method == "darts" else (cfg.cg_damping if method == "cg" else 0.0)
     lower = _LowerProblem(sc, bc, damping)
     lower.cur_batch = sc.batch
     upper = _UpperProblem(sc)
@@ -132,23 +137,22 @@ def build_problems(sc: StepContext, cfg: BilevelConfig) -> tuple[_LowerProblem, 
     return lower, upper
 
 
-def alpha_grad(sc: StepContext, cfg: BilevelConfig) -> list[Tensor]:
-    """The α-gradient for `cfg` (strategy 'approx' -> Betty darts, 'implicit' -> Betty neumann / cg)."""
-    if sc.weighter is None:
-        raise ValueError(f"strategy {cfg.strategy!r} has no weighter, so there is no α-gradient")
-    lower, upper = build_problems(sc, cfg)
-    alpha = upper.trainable_parameters()
-    v = sc.upper_grad()
+def darts(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+    """Betty's darts at the step: ≈ -mixed(v), θ restored bit-exactly."""
     if float(norm(v)) == 0.0:
-        return [torch.zeros_like(a) for a in alpha]
-    kind = lower.config.type
-    if kind == "darts":
-        out = darts_restoring(v, lower, upper)  # ≈ -mixed(v)
-        coef = -approx_coef(cfg, sc.lr)
-        return [coef * g for g in out]
-    fn = betty_neumann if kind == "neumann" else _betty_cg_fixed
+        return [torch.zeros_like(a) for a in sc.alpha]
+    lower, upper = build_problems(sc, "darts")
+    return darts_restoring(v, lower, upper)
+
+
+def implicit(sc: StepContext, v: list[Tensor]) -> list[Tensor]:
+    """Betty's neumann or (fixed) cg at the step, by `sc.cfg.implicit`: -mixed(H⁻¹v)."""
+    if float(norm(v)) == 0.0:
+        return [torch.zeros_like(a) for a in sc.alpha]
+    lower, upper = build_problems(sc, sc.cfg.implicit)
+    fn = betty_neumann if sc.cfg.implicit == "neumann" else _betty_cg_fixed
     out = fn(v, lower, upper, False)
-    return [torch.zeros_like(a) if g is None else g for g, a in zip(out, alpha, strict=True)]
+    return [torch.zeros_like(a) if g is None else g for g, a in zip(out, sc.alpha, strict=True)]
 
 
 def darts_restoring(v: list[Tensor], lower: _LowerProblem, upper: _UpperProblem) -> list[Tensor]:

@@ -20,24 +20,24 @@ import torch
 from higher.optim import DifferentiableOptimizer
 from torch import Tensor
 
-from bilevel import diffopt
 from bilevel.context import StepContext
-from bilevel.strategies import lower_objective_at, upper_grad_through
+from bilevel.diffopt import check_differentiable, clip_by_global_norm, optimizer_kind, step_param
+from bilevel.engines.native import lower_objective_at, upper_grad_through
 
 
 class ExactDifferentiableOptimizer(DifferentiableOptimizer):
     """higher's differentiable optimizer interface with torch's exact update (`bilevel.diffopt.step_param`)."""
 
     def __init__(self, other: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-        diffopt.check_differentiable(other)
-        self.kind = diffopt.optimizer_kind(other)
+        check_differentiable(other)
+        self.kind = optimizer_kind(other)
         super().__init__(other, *args, **kwargs)
 
     def _update(self, grouped_grads: list[list[Tensor | None]], **kwargs: Any) -> None:
         for gi, (group, grads) in enumerate(zip(self.param_groups, grouped_grads, strict=True)):
             for pi, (p, g) in enumerate(zip(group["params"], grads, strict=True)):
                 g = torch.zeros_like(p) if g is None else g
-                group["params"][pi] = diffopt.step_param(p, g, self.state[gi][pi], group, self.kind)
+                group["params"][pi] = step_param(p, g, self.state[gi][pi], group, self.kind)
 
 
 def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float | None) -> list[Tensor]:
@@ -46,7 +46,7 @@ def unroll(sc: StepContext, steps: int, opt: torch.optim.Optimizer, clip: float 
 
     def clip_grads(gs: list[Tensor | None]) -> list[Tensor]:
         gs = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, fmodel.fast_params, strict=True)]
-        return gs if clip is None else diffopt.clip_by_global_norm(gs, clip)
+        return gs if clip is None else clip_by_global_norm(gs, clip)
 
     dopt = ExactDifferentiableOptimizer(opt, model.parameters(), fmodel=fmodel, grad_callback=clip_grads,
                                         track_higher_grads=True)
