@@ -41,7 +41,6 @@ from worldmodels.nets import MLP, dreamer_init
 from worldmodels.onehot import OneHot
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
-RewardTransform = Literal["none", "tanh"]
 PolicyMode = Literal["explore", "eval", "random"]
 
 
@@ -62,7 +61,7 @@ class LatentModel(Protocol):
     def reward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., F] -> [...] mean reward
         ...
 
-    def discount(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor | None:  # [...] continue prob|None
+    def discount(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor | None:  # [...] discount or None
         ...
 
     def feat(self, state: dict[str, Tensor]) -> Tensor:  # state -> [..., F]
@@ -214,8 +213,8 @@ class ActorCritic(nn.Module):
 
     Defaults are the paper's DMC agent (appendix C / DreamerV2 'dmc'). The Atari preset is set by the caller:
     gamma=0.999, actor_lr=4e-5, critic_lr=1e-4, actor_ent=1e-3, actor_grad='reinforce',
-    use_discount_head=True (and DreamerV2 applies tanh to the replay rewards that train the reward head;
-    reward_transform='tanh' applies it to the *predicted* reward instead, don't do both).
+    use_discount_head=True (DreamerV2's tanh on Atari rewards is applied to the replay rewards that train the
+    reward head, by the caller: `recipes.run.Run.to_torch`).
 
     Optimisers: Adam(eps) on each of actor and critic, global-norm clipping at `clip`, and DreamerV2's
     decoupled weight decay p <- (1 - weight_decay) * p applied before each Adam step (not scaled by the
@@ -238,7 +237,7 @@ class ActorCritic(nn.Module):
                  slow_target_every: int = 100, slow_target_fraction: float = 1.0,
                  actor_grad: ActorGrad = "auto", actor_ent: schedules.Schedule = 1e-4,
                  actor_grad_mix: schedules.Schedule = 0.1,
-                 reward_transform: RewardTransform = "none", use_discount_head: bool = False,
+                 use_discount_head: bool = False,
                  layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
                  init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
                  expl_noise: float = 0.0, eval_noise: float = 0.0, precision: Precision | None = None):
@@ -246,14 +245,12 @@ class ActorCritic(nn.Module):
         if actor_grad not in ("dynamics", "reinforce", "both", "auto"):
             raise ValueError(f"actor_grad must be dynamics|reinforce|both|auto, got {actor_grad!r}")
         schedules.parse(actor_ent), schedules.parse(actor_grad_mix)  # bad schedule strings fail here
-        if reward_transform not in ("none", "tanh"):
-            raise ValueError(f"reward_transform must be none|tanh, got {reward_transform!r}")
         if slow_target_every < 1 or not 0 < slow_target_fraction <= 1:
             raise ValueError("need slow_target_every >= 1 and 0 < slow_target_fraction <= 1")
         self.feat_dim, self.action_dim, self.discrete = feat_dim, action_dim, discrete
         self.horizon, self.gamma, self.lambda_ = horizon, gamma, lambda_
         self.actor_grad = ("reinforce" if discrete else "dynamics") if actor_grad == "auto" else actor_grad
-        self.actor_ent, self.actor_grad_mix, self.reward_transform = actor_ent, actor_grad_mix, reward_transform
+        self.actor_ent, self.actor_grad_mix = actor_ent, actor_grad_mix
         self.use_discount_head = use_discount_head
         self.slow_target_every, self.slow_target_fraction = slow_target_every, slow_target_fraction
         self.expl_noise, self.eval_noise = expl_noise, eval_noise
@@ -342,8 +339,6 @@ class ActorCritic(nn.Module):
             seq = model.imagine(act, start, self.horizon)
             feat, hot = seq["feat"], seq.get("onehot")  # [H+1, N, F], OneHot [H+1, N, G] or None
             reward = model.reward(feat, hot)  # [H+1, N]
-            if self.reward_transform == "tanh":
-                reward = torch.tanh(reward)
             disc = self._discount(model, feat, is_terminal, hot)  # [H+1, N]
             value = self.value(feat, slow=True, onehot=hot)  # [H+1, N]
             target = lambda_return(reward[:-1], value, disc[:-1], self.lambda_)  # [H, N]
@@ -393,15 +388,15 @@ class ActorCritic(nn.Module):
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None,
                   onehot: OneHot | None = None) -> Tensor:
-        """d_t [H+1, N]: gamma * predicted continue prob, or the constant gamma without a discount head.
+        """d_t [H+1, N]: the discount head's mean, or the constant gamma without a discount head.
 
-        As in DreamerV2, when the discount head is used the start states' d_0 is replaced by the true
-        gamma * (1 - is_terminal) from replay (without a head, DreamerV2 ignores is_terminal).
+        As in DreamerV2 the head learns the soft label gamma * (1 - is_terminal), so its mean is the discount itself;
+        the start states' d_0 is replaced by the true gamma * (1 - is_terminal) from replay (without a head,
+        DreamerV2 ignores is_terminal).
         """
-        cont = model.discount(feat, onehot) if self.use_discount_head else None
-        if cont is None:
+        disc = model.discount(feat, onehot) if self.use_discount_head else None
+        if disc is None:
             return torch.full(feat.shape[:-1], self.gamma, device=feat.device, dtype=feat.dtype)
-        disc = self.gamma * cont
         if is_terminal is not None:
             first = self.gamma * (1 - is_terminal.reshape(-1).to(disc.dtype))
             disc = torch.cat([first[None], disc[1:]], 0)

@@ -17,6 +17,7 @@ ratios are in `extra_info` (and printed), and `python -m benchmarks.report` show
 
 from __future__ import annotations
 
+import math
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -75,6 +76,12 @@ def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
     a, b = build(o.size, o.tempo, dev), build(o.size, BASELINE, dev)
     benchmark.group = f"ratio-{o.size}-{dev.type}"
     res = _paired(benchmark, a, b, "train_step", o.rounds)
+    # what can be checked exactly: the arms are what the ratio says they are (a weighted, α-stepping TEMPO update
+    # against DreamerV2's uniform weights), and both trained finitely
+    ma, mb = a.train_step(), b.train_step()
+    assert ma["wm/meta_step"] == 1.0 and ma["wm/weight_std"] > 0 and ma["wm/hypergrad_norm"] > 0, ma
+    assert mb["wm/weight_std"] == 0.0 and "wm/hypergrad_norm" not in mb, mb
+    assert all(math.isfinite(v) for v in [*ma.values(), *mb.values()])
     del a, b
     info = benchmark.extra_info
     info.update(kind="ratio", what="whole train step", a=o.tempo, b=BASELINE, size=o.size, device=str(dev),
@@ -103,7 +110,6 @@ def test_train_step_tempo_vs_none(benchmark, bench_opts, capsys):
                  f"{step_ratio:.3f})")
     with capsys.disabled():
         print("\n" + line)
-    assert res["time_ratio"] > 0
 
 
 def test_approx_vs_unroll1(benchmark, bench_opts, capsys):
@@ -120,7 +126,12 @@ def test_approx_vs_unroll1(benchmark, bench_opts, capsys):
         print(f"\n[{o.size}/{dev.type}] bilevel step approx/unroll-1 time ratio: median {res['time_ratio']:.3f} "
               f"over {res['rounds']} interleaved rounds (goal <= {GOAL_APPROX_VS_UNROLL}; approx "
               f"{1e3 * res['median_a_s']:.1f} ms, unroll-1 {1e3 * res['median_b_s']:.1f} ms)")
-    assert res["time_ratio"] > 0
+    # both arms produce a finite, non-zero α-gradient on the same batch (their agreement with the exact one is
+    # benchmarks/test_hypergrad.py's fidelity check, with SGD as the lower optimiser)
+    for bench in (a, b):
+        torch.manual_seed(0)
+        g = torch.cat([x.flatten() for x in bench.trainer.hypergradient(bench.problem, bench.batch).values()])
+        assert torch.isfinite(g).all() and float(g.norm()) > 0
 
 
 class _Dense(torch.nn.Module):
@@ -257,4 +268,6 @@ def test_train_step_precisions(benchmark, bench_opts, capsys):
             print(f"\n[{o.size}/{dev.type}] precision {r['precision']}, compile {'on' if r['compile'] else 'off'}: "
                   f"none {r['none_ms']:.1f} ms (x{r['speedup_none_vs_fp32']:.2f} vs fp32 eager), TEMPO "
                   f"{r['tempo_ms']:.1f} ms (x{r['speedup_tempo_vs_fp32']:.2f}), TEMPO/none {r['tempo_over_none']:.3f}")
-    assert all(r["none_ms"] > 0 for r in rows)
+    # the matmul work is the arms' own: TEMPO's bilevel step adds to DreamerV2's, and no precision changes it
+    assert all(gflop[(o.tempo, p)] > gflop[(BASELINE, p)] > 0 for (cfg, p) in gflop if cfg == BASELINE)
+    assert len({round(g, 6) for (cfg, _), g in gflop.items() if cfg == BASELINE}) == 1

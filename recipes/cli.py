@@ -31,7 +31,7 @@ from recipes.config import (
 )
 from worldmodels.tempo_problem import INPUT_FLAGS
 
-STEP_FLAGS = {  # CLI switch -> dotted config field
+SWITCH_FIELDS = {  # CLI switch -> dotted config field
     "task": "env.task", "weighting": "tempo.weighting", "upper_loss": "tempo.upper_loss",
     "hypergrad": "tempo.bilevel.strategy", "contraction": "tempo.bilevel.contraction",
     "engine": "tempo.bilevel.engine", "weighter_inputs": "tempo.weighter_inputs", "sign": "tempo.bilevel.sign",
@@ -141,8 +141,8 @@ def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
         pairs.append((key.replace("-", "_"), val))
     switches: dict[str, Any] = {}  # typed by argparse, so never re-parsed as JSON
     for name, value in vars(args).items():
-        if name in STEP_FLAGS and value is not None:
-            section, field = STEP_FLAGS[name].split(".", 1)
+        if name in SWITCH_FIELDS and value is not None:
+            section, field = SWITCH_FIELDS[name].split(".", 1)
             node = switches.setdefault(section, {})
             *path, leaf = field.split(".")
             for p in path:
@@ -331,6 +331,3 @@ def preflight(cfg: Config) -> None:
     except OSError as e:
         raise UsageError(f"--logdir {str(logdir)!r} is not writable ({str(parent)!r}: {e.strerror})") from None
 
-
-# ---------------------------------------------------------------------------------------------------
-# the run

@@ -22,7 +22,7 @@ def bilevel_config(cfg: Config):
 
 
 class Run:
-    """All state of one training run; `loop()` runs it, `save()`/`load()` checkpoint it."""
+    """All state of one training run; `recipes.tempo.train` runs it, `checkpoint()`/`restore()` persist it."""
 
     def __init__(self, cfg: Config, logdir: Path) -> None:
         from agents import ActorCritic
@@ -53,12 +53,12 @@ class Run:
         # Config sections flow into the constructors whole; the optimizer fields go to the optimizers.
         m = cfg.world_model
         self.wm = WorldModel(self.env.obs_space, self.env.action_dim, self.env.discrete,
-                             **m.model_dump(exclude=OPTIMIZER_FIELDS)).to(self.device)
+                             **m.model_dump(exclude=OPTIMIZER_FIELDS), discount=cfg.agent.gamma).to(self.device)
         self.wm.rssm.compile_imagination = cfg.run.compile
         self.agent = ActorCritic(
             self.wm.rssm.feat_dim, self.env.action_dim, self.env.discrete,
             # DreamerV2 squashes replay rewards before the world model sees them (`to_torch`), not predictions
-            **cfg.agent.model_dump(exclude={"reward_transform"}), reward_transform="none",
+            **cfg.agent.model_dump(exclude={"reward_transform"}),
             use_discount_head=m.discount_head,
             precision=self.precision,  # float16: the agent's updater scales its losses
         ).to(self.device)
@@ -81,7 +81,6 @@ class Run:
         self.next_eval = 0
         self.evals = 0
         self.last_eval: float | None = None
-        self.train_returns: list[float] = []
         self.pending: dict[str, list[float]] = {}
         self.nonfinite_agent = 0
         self.nonfinite_actions = 0

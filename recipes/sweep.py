@@ -186,7 +186,7 @@ def parse(argv: list[str]) -> Sitting:
                    help="a config field and its values (repeatable: the grid is their product)")
     p.add_argument("--cpus-per-trial", type=float,
                    help="CPUs Ray reserves per trial, and its torch threads (ceil); default 1: on a 2-core CPU two "
-                        "one-thread trials make 1.3x the updates of one two-thread trial (benchmarks/results)")
+                        "one-thread trials make 1.4x the updates of one two-thread trial (benchmarks/results)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU, e.g. 0.25")
     p.add_argument("--memory-per-trial-gb", type=float, help="memory reserved per trial (default 2)")
     p.add_argument("--max-failures", type=int, help="retries of a failing trial (default 2)")

@@ -28,6 +28,25 @@ class AbsValueGap(UpperLoss):
 '''
 
 
+CONTRACTION = '''
+from pathlib import Path
+
+from bilevel.contractions import CONTRACTIONS, TermsFd
+
+
+@CONTRACTIONS.register
+class CountedTermsFd(TermsFd):
+    """terms_fd that leaves a mark each time it contracts (so a test sees it ran)."""
+
+    name = "counted_terms_fd"
+
+    def __call__(self, sc, v):
+        with open(Path(__file__).with_suffix(".calls"), "a") as f:
+            f.write("1")
+        return super().__call__(sc, v)
+'''
+
+
 def cli(args: list[str], cwd: Path, extra_path: Path | None = None, module: str = "recipes.tempo",
         timeout: float = 300) -> subprocess.CompletedProcess:
     path = os.pathsep.join(str(p) for p in (ROOT, extra_path) if p is not None)
@@ -111,3 +130,15 @@ def test_the_configuration_reference_is_current():
     for dotted, _ in leaves(Config):
         assert dotted == "preset" or f"| `{dotted}` |" in page
     assert "| `run.steps` | int | `1000000` | atari: `10000000`; debug: `300` | environment frames |" in page
+
+
+def test_a_contraction_plugged_in_from_the_command_line(tmp_path):
+    (tmp_path / "mycontraction.py").write_text(CONTRACTION)
+    args = ["--task", "cartpole_swingup", "--preset", "debug", "--steps", "150", "--run.video_every", "0",
+            "--contraction", "counted_terms_fd", "--logdir", str(tmp_path / "run")]
+    p = cli(args, ROOT, tmp_path)
+    assert p.returncode == 2 and "counted_terms_fd" in p.stderr and not (tmp_path / "run").exists()
+    p = cli([*args, "--import", "mycontraction"], ROOT, tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    updates = json.loads(p.stdout.splitlines()[-1])["updates"]
+    assert len((tmp_path / "mycontraction.calls").read_text()) == updates  # one contraction per α step

@@ -421,3 +421,23 @@ def test_dreamerv2_rssm_details():
     torch.testing.assert_close(cat._stats(logits)["logits"], logits.reshape(1, 3, 4))  # raw logits, no mix
     with pytest.raises(ValueError, match="unknown std_act 'exp'; accepted"):
         RSSM(2, 5, std_act="exp")
+
+
+def test_the_discount_head_learns_dreamerv2s_soft_label():
+    """The discount term is the Bernoulli NLL of gamma * (1 - is_terminal) (DreamerV2's `discount` target), so the
+    head's mean, which imagination uses as the discount, is the discount itself."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    wm = WorldModel({"state": (3,)}, 2, deter=8, stoch=4, hidden=8, units=8, layers=2, discount_head=True,
+                    discount=0.9)
+    batch = vec_batch(T=4, B=2)
+    batch["is_terminal"][2, 1] = True
+    torch.manual_seed(1)
+    terms = wm(batch).terms
+    torch.manual_seed(1)  # the same posterior samples
+    logits = wm.discount_head(wm.rssm.feat(wm.observe(batch)[0])).squeeze(-1)
+    target = 0.9 * (1 - batch["is_terminal"].to(logits.dtype))
+    torch.testing.assert_close(terms["discount"], F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+    hard = F.binary_cross_entropy_with_logits(logits, 1 - batch["is_terminal"].to(logits.dtype), reduction="none")
+    assert not torch.allclose(terms["discount"], hard)  # a soft label, not the hard continue flag

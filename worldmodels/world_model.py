@@ -53,7 +53,7 @@ class WorldModel(nn.Module):
                  units: int = 400, layers: int = 4,
                  discount_head: bool = False, kl_balance: float = 0.8, kl_free: float = 1.0,
                  kl_scale: float = 1.0, reward_scale: float = 1.0, discount_scale: float = 1.0,
-                 act: type[nn.Module] = nn.ELU):
+                 discount: float = 0.99, act: type[nn.Module] = nn.ELU):
         super().__init__()
         keys = [k for k in ("image", "state") if k in obs_space]
         if len(keys) != 1:
@@ -63,6 +63,7 @@ class WorldModel(nn.Module):
         self.action_dim, self.discrete_actions = action_dim, discrete_actions
         self.kl_balance, self.kl_free, self.kl_scale = kl_balance, kl_free, kl_scale
         self.loss_scales = {"reward": reward_scale, "discount": discount_scale}
+        self.gamma = discount  # γ of the discount head's soft label (DreamerV2's `discount`, the agent's gamma)
 
         if self.obs_key == "image":
             if len(self.obs_shape) != 3 or self.obs_shape[:2] != (64, 64):
@@ -127,9 +128,10 @@ class WorldModel(nn.Module):
         reward = batch["reward"].to(dtype)
         terms["reward"] = -unit_normal_log_prob(f32(self.reward_head(head_input("reward")).squeeze(-1)), reward, 0)
         if self.discount_head is not None:
-            cont = 1.0 - batch["is_terminal"].to(dtype)  # continue flag: target of the discount head
+            # DreamerV2's soft label: the head learns the discount gamma * (1 - is_terminal) itself
+            target = self.gamma * (1.0 - batch["is_terminal"].to(dtype))
             logits = f32(self.discount_head(head_input("discount")).squeeze(-1))
-            terms["discount"] = -bernoulli_log_prob(logits, cont)
+            terms["discount"] = -bernoulli_log_prob(logits, target)
         if track:
             capture["feat"] = feat.detach()
             for k, term in terms.items():
@@ -175,7 +177,7 @@ class WorldModel(nn.Module):
         return f32(self.reward_head(feat, onehot).squeeze(-1))
 
     def discount(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor | None:
-        """Predicted continue probability [...] (None without a discount head; caller then uses 1)."""
+        """Predicted discount [...]: the head's mean, trained on γ·(1 - is_terminal) (None without a head)."""
         if self.discount_head is None:
             return None
         return torch.sigmoid(f32(self.discount_head(feat, onehot).squeeze(-1)))

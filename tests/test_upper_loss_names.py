@@ -36,7 +36,7 @@ def one_line_error(value: object) -> str:
 def test_valid_names_and_paths_are_returned_unchanged() -> None:
     assert check_upper_loss("vvaml") == "vvaml"
     assert check_upper_loss("VaGraM") == "VaGraM"  # names are case-insensitive
-    assert check_upper_loss("tests.test_dedupe_losses:GoodLoss") == "tests.test_dedupe_losses:GoodLoss"
+    assert check_upper_loss("tests.test_upper_loss_names:GoodLoss") == "tests.test_upper_loss_names:GoodLoss"
 
 
 def test_unknown_name() -> None:
@@ -46,10 +46,10 @@ def test_unknown_name() -> None:
 
 @pytest.mark.parametrize("value, needle", [
     ("no_such_module_xyz:Loss", "no_such_module_xyz"),
-    ("tests.test_dedupe_losses:Missing", "no attribute 'Missing'"),
+    ("tests.test_upper_loss_names:Missing", "no attribute 'Missing'"),
     (":GoodLoss", "module.path:ClassName"),
-    ("tests.test_dedupe_losses:", "module.path:ClassName"),
-    ("tests.test_dedupe_losses:NOT_CALLABLE", "non-callable int"),
+    ("tests.test_upper_loss_names:", "module.path:ClassName"),
+    ("tests.test_upper_loss_names:NOT_CALLABLE", "non-callable int"),
     (None, "None"),
 ])
 def test_unresolvable_values(value: object, needle: str) -> None:
