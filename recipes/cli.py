@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=int, metavar="FRAMES",
                    help="stop this sitting at FRAMES frames (checkpointed; re-run to go on): not a run setting, "
                         "the run still aims at --steps")
+    p.add_argument("--stop-file", metavar="PATH",
+                   help="end this sitting (checkpointed, exit 0) as soon as PATH exists: how a sweep stops its "
+                        "trials cleanly; not a run setting")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), so the contractions, strategies, engines and upper "
                         "losses it registers can be named")
@@ -183,6 +186,7 @@ class Resolved:
     preset: str | None  # --preset, if given
     until: int | None = None  # --until: where this sitting stops (not part of the run's config)
     print_config: bool = False  # --print-config: show the resolved configuration, write nothing
+    stop_file: Path | None = None  # --stop-file: end the sitting when it exists
 
 
 def resolve(argv: list[str]) -> Resolved:
@@ -216,7 +220,8 @@ def resolve(argv: list[str]) -> Resolved:
         raise UsageError(str(e)) from None
     if args.until is not None and args.until <= 0:
         raise UsageError(f"--until {args.until}: expected a positive number of frames")
-    return Resolved(cfg, notice, explicit, args.preset, args.until, args.print_config)
+    stop_file = Path(args.stop_file).expanduser() if args.stop_file else None
+    return Resolved(cfg, notice, explicit, args.preset, args.until, args.print_config, stop_file)
 
 
 # Settings a resumed run may change (recorded in config.json's history); anything else must stay as it was.

@@ -35,8 +35,11 @@ import argparse
 import itertools
 import json
 import math
+import os
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,7 @@ METHODS: dict[str, list[str]] = {
     "tempo-official": ["--weighting", "meta", "--sign", "official"],
     "tempo-vagram": ["--weighting", "meta", "--upper-loss", "vagram"],
 }
-SPEC_FILE, STATUS_FILE = "sweep.yaml", "sweep_status.json"
+SPEC_FILE, STATUS_FILE, STOP_FILE = "sweep.yaml", "sweep_status.json", "stop"
 
 
 class Spec(Strict):
@@ -110,11 +113,14 @@ def cli_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
-def trial_argv(spec: Spec, trial: Trial, until: int | None = None) -> list[str]:
-    """The `python -m recipes.tempo` command line of one trial (stopping this sitting at `until` frames)."""
+def trial_argv(spec: Spec, trial: Trial, until: int | None = None, stop_file: Path | None = None) -> list[str]:
+    """The `python -m recipes.tempo` command line of one trial (stopping this sitting at `until` frames, or when
+    `stop_file` appears)."""
     argv = ["--task", trial.task, "--seed", str(trial.seed), "--logdir", trial.logdir, *METHODS[trial.method]]
     if until is not None:
         argv += ["--until", str(until)]
+    if stop_file is not None:
+        argv += ["--stop-file", str(stop_file)]
     if spec.preset:
         argv += ["--preset", spec.preset]
     if spec.steps is not None:
@@ -451,8 +457,10 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
 
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial,
                  "memory": int(spec.memory_per_trial_gb * 2**30)}
+    stop = (root / STOP_FILE).resolve()  # Ctrl-C creates it: every trial checkpoints and ends its sitting
+    stop.unlink(missing_ok=True)
     params = {"trial": tune.grid_search([
-        {"name": t.name, "argv": trial_argv(spec, t, until)} for t in todo])}
+        {"name": t.name, "argv": trial_argv(spec, t, until, stop)} for t in todo])}
     tuner = tune.Tuner(
         tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
         param_space=params,
@@ -464,9 +472,24 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                   callbacks=[tune_callback(table)]),
     )
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.touch()
+        print("stopping: every running trial saves a checkpoint and ends (Ctrl-C again to abort at once)",
+              file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, previous)
+
+    # Tune's own handler would end the trials' workers before they checkpoint
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, request_stop)
     try:
         tuner.fit()
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+        stop.unlink(missing_ok=True)
         ray.shutdown()
 
 

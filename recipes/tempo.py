@@ -83,7 +83,7 @@ def open_run(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None, chan
 
 def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, changes: dict | None = None,
           notice: str | None = None, on_log: Callable[[dict[str, Any]], None] | None = None,
-          until: int | None = None) -> int:
+          until: int | None = None, stop_file: Path | None = None) -> int:
     """Algorithm 1 on one run directory; `on_log` receives every metrics record as it is written (a sweep
     reports them to Ray Tune). `until` ends this sitting at that many frames (with a checkpoint and a metrics
     record) though the run aims at `run.steps`: a later call goes on from there. Returns the exit code."""
@@ -111,6 +111,10 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
             if on_log is not None:
                 on_log({"step": 0, "eval_return": run.last_eval})
         while run.step < stop:
+            if stop_file is not None and stop_file.exists():  # asked to end this sitting (a sweep's Ctrl-C)
+                rundir.save_checkpoint(run.checkpoint())
+                print(f"stopped: {stop_file} exists; checkpoint saved at step {run.step}", file=sys.stderr)
+                break
             if run.agent_step < r.prefill:
                 action = run.random_action()
             else:
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None]
         with hold(rundir.path):
             # decided again as the one writer: the holder before may have written a checkpoint meanwhile
             cfg, changes, loaded = settle(res, rundir, load=True)
-            return train(cfg, rundir, loaded, changes, res.notice, on_log, res.until)
+            return train(cfg, rundir, loaded, changes, res.notice, on_log, res.until, res.stop_file)
     except (UsageError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -255,3 +255,25 @@ def test_a_sweep_directory_has_one_writer(tmp_path):
         holder.wait()
     with hold(root, "sweep"):  # killed: free again
         pass
+
+
+def test_a_stop_file_ends_the_sitting_with_a_checkpoint(tmp_path):
+    """`--stop-file PATH`: when PATH appears the run checkpoints where it is and exits 0 (how a sweep's Ctrl-C
+    stops its trials without losing the frames since their last periodic checkpoint); the next sitting goes on."""
+    logdir, stop = tmp_path / "run", tmp_path / "stop"
+    args = [*ARGS[:-6], "--run.steps", "100000", "--run.checkpoint_every", "100000", "--run.log_every", "60",
+            "--stop-file", str(stop)]
+    proc = start(logdir, args=args)
+    deadline = time.time() + 240
+    while time.time() < deadline and not logged_past(logdir, 300):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.1)
+    stop.touch()
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert "stopped:" in proc.stderr.read()
+    state = torch.load(logdir / "checkpoint.pt", weights_only=False)
+    assert state["counters"]["step"] >= 300  # saved at the stop, not at the (never reached) periodic checkpoint
+    stop.unlink()
+    p = run_cli([*args[:-2], "--run.steps", "1200", "--logdir", str(logdir)])
+    assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-3000:]
+    check_consistent(logdir, total=1200)

@@ -66,6 +66,7 @@ def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path):
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=180)[0]
     assert proc.returncode != 0, out[-3000:]
+    assert "stopping: every running trial saves a checkpoint" in out, out[-3000:]
     done = {t.name: digest(t.logdir) for t in all_trials(root) if finished(t)}
     assert 2 <= len(done) < 8, out[-3000:]
 
