@@ -43,7 +43,9 @@ def digest(logdir: str) -> str:
 def all_trials(root: Path) -> list[Trial]:
     import yaml
 
-    return trials(Spec.model_validate(yaml.safe_load((root / "sweep.yaml").read_text())), root)
+    data = yaml.safe_load((root / "sweep.yaml").read_text())
+    data.pop("sittings", None)  # the sweep's history of sittings, not part of its spec
+    return trials(Spec.model_validate(data), root)
 
 
 def finished(t: Trial) -> bool:
