@@ -21,7 +21,6 @@ from bilevel.engines import ENGINES
 from losses import registered
 from recipes.config import (
     HYPERGRADIENTS,
-    PRESET_OVERRIDES,
     PRESETS,
     Config,
     build,
@@ -29,6 +28,7 @@ from recipes.config import (
     format_error,
     parse_dotted,
 )
+from recipes.configdoc import default_of, preset_value
 from worldmodels.tempo_problem import INPUT_FLAGS
 
 SWITCH_FIELDS = {  # CLI switch -> dotted config field
@@ -52,17 +52,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def default(dotted: str) -> str:
-    """A field's default and what the presets set it to, for --help (one source: recipes.config)."""
-    node: Any = Config().model_dump(mode="json")
-    for part in dotted.split("."):
-        node = node[part]
-    changes = []
-    for preset in PRESETS:
-        value: Any = PRESET_OVERRIDES[preset]
-        for part in dotted.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None and value != node:
-            changes.append(f"{preset} {value}")
+    """A field's default and what the presets set it to, for --help (one source: recipes.config, read as the
+    generated reference docs/CONFIG.md reads it)."""
+    node = default_of(dotted)
+    changes = [f"{p} {v}" for p in PRESETS if (v := preset_value(p, dotted)) is not None and v != node]
     return f"default {node}" + (f"; {', '.join(changes)}" if changes else "")
 
 
