@@ -49,10 +49,11 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from bilevel.config import Strict
-from recipes.cli import UsageError, check_precision, preflight, resolve, resume_config
+from recipes.cli import UsageError, resolve
 from recipes.config import PRESETS, format_error
 from recipes.provenance import code_version
-from recipes.rundir import CHECKPOINT, RunDir, RunDirError, atomic_write_text, hold
+from recipes.rundir import RunDir, RunDirError, atomic_write_text, hold
+from recipes.tempo import settle
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
 METHODS: dict[str, list[str]] = {
@@ -295,13 +296,8 @@ def validate(spec: Spec, root: Path, until: int | None = None) -> list[Trial]:
     out = trials(spec, root)
     for t in out:
         try:
-            res = resolve(trial_argv(spec, t, until))
-            cfg = res.cfg
-            rundir = RunDir(Path(t.logdir))
-            if (rundir.path / CHECKPOINT).exists():  # a resume: the recipe's own resume checks, now
-                cfg = resume_config(rundir.saved_config(), res.explicit, res.preset)[0]
-                check_precision(rundir.saved_config(), cfg)
-            preflight(cfg)
+            # the recipe's own checks, a resume's included (the trial's run directory may hold a run)
+            settle(resolve(trial_argv(spec, t, until)), RunDir(Path(t.logdir)), load=False)
         except (UsageError, RunDirError) as e:
             raise UsageError(f"trial {t.name}: {e}") from e
     return out

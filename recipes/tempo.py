@@ -184,8 +184,9 @@ def settle(res: Resolved, rundir: RunDir, load: bool) -> tuple[Config, dict, tup
     resuming = rundir.has_checkpoint()
     loaded = rundir.load_checkpoint() if resuming and load else None
     if resuming:
-        cfg, changes = resume_config(rundir.saved_config(), res.explicit, res.preset)
-        check_precision(rundir.saved_config(), cfg)
+        saved = rundir.saved_config()
+        cfg, changes = resume_config(saved, res.explicit, res.preset)
+        check_precision(saved, cfg)
     else:
         cfg, changes = res.cfg, {}
     preflight(cfg)
