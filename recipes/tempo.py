@@ -86,7 +86,8 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
           until: int | None = None, stop_file: Path | None = None) -> int:
     """Algorithm 1 on one run directory; `on_log` receives every metrics record as it is written (a sweep
     reports them to Ray Tune). `until` ends this sitting at that many frames (with a checkpoint and a metrics
-    record) though the run aims at `run.steps`: a later call goes on from there. Returns the exit code."""
+    record) though the run aims at `run.steps`: a later call goes on from there; so does `stop_file`, as soon as that
+    file exists (how a sweep's Ctrl-C ends its trials with a checkpoint). Returns the exit code."""
     if threading.current_thread() is threading.main_thread():  # (a Ray Tune trial runs in a worker thread)
         for sig in (signal.SIGTERM, signal.SIGINT):  # explicitly: a shell's background job ignores SIGINT otherwise
             signal.signal(sig, _on_signal)
