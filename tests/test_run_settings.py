@@ -93,3 +93,14 @@ def test_a_resume_that_would_change_the_resolved_precision_is_refused(tmp_path):
     p = run_cli([*args, "--run.precision", here])
     assert p.returncode == 0, p.stderr[-3000:]
     assert "changed on resume: run.precision auto -> " + here in p.stderr
+
+
+def test_every_distractor_field_reaches_both_environments(tmp_path):
+    from envs.distractors import Distractors
+    from recipes.run import Run
+
+    d = {"mode": "constant", "dims": 4, "scale": 2.5, "switch_prob": 0.3}
+    run = Run(build("debug", {"env": {"task": "gym:Pendulum-v1", "distractors": d}, "run": {"seed": 7}}), tmp_path)
+    for env, seed in [(run.env, 7), (run.eval_env, 7 + 10_000)]:
+        assert isinstance(env, Distractors)
+        assert (env.mode, env.dims, env.scale, env.switch_prob, env.seed) == (*d.values(), seed)
