@@ -33,11 +33,13 @@ def test_debug_state_dmc_writes_all_outputs(tmp_path):
                  "--run.progress_every", "0.5"])
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
-    # no terminal: a progress line every 0.5 s, at each evaluation and at the end
+    # no terminal: a progress line at each evaluation (steps 0, 150, 300; the last is the end) and every 0.5 s;
+    # how many timed lines a run gets depends on the machine's speed (tests/test_progress.py covers them under a
+    # fake clock), so only the evaluations' lines are counted here
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("progress ")]
     pattern = re.compile(r"progress frames=(\d+)/300 fps=[\d.]+ updates=(\d+)( pretrain=\d+/2)? eval=(-|-?[\d.]+) "
                          r"eta=(-|[\d:]+)$")
-    assert len(lines) >= 4 and all(pattern.match(ln) for ln in lines), lines
+    assert len(lines) >= 3 and all(pattern.match(ln) for ln in lines), lines
     assert pattern.match(lines[-1]).group(1, 2) == ("300", "12")
     # 150 agent steps: 2 pretrain updates when the 60-step prefill is done, then one every 10 agent steps
     assert summary["step"] == 300 and summary["updates"] == 2 + 10 and summary["method"] == "tempo"
