@@ -71,6 +71,14 @@ Rules (chosen so a sweep that is still running is compared fairly)
 * **World-model diagnostics** (``diagnostics.png`` and a table, every method): the unweighted ``wm/kl``,
   decoder loss (``wm/state_loss``, or ``wm/image_loss`` for pixel runs), ``wm/reward_loss``, ``wm/post_ent``,
   ``agent/imag_return``, ``agent/actor_ent`` (:data:`~.runs.DIAGNOSTIC_METRICS`) against frames; the same tail means.
+* **Grid contrasts** (``contrasts``, a section of ``report.md`` when the sweep has ``--grid`` points; module
+  :mod:`~recipes.report.contrasts`): a grid label ``<method>/<field>=<value>`` splits into method and point; each
+  method's **gain** over ``--baseline`` at the same point (difference of mean final scores and of mean AUCs, Welch
+  t and p), and for every pair of points the **interaction** (gain at a minus gain at b), both with percentile
+  bootstrap 95% CIs that resample each group's seeds independently (``--reps``, ``--seed``). The flag-weight
+  statistics (:data:`~.runs.FLAG_WEIGHT_METRICS`, e.g. ``wm/weight_distractor_on``: the mean weight on steps where
+  the distractors are on, over the batch mean) get their tail mean per group with a 95% t-interval and a
+  one-sample t-test against 1 (no preference).
 * std is the sample std (``ddof=1``) everywhere, ``python -m recipes.plot`` included.
 
 Outputs (``--out``, default ``SWEEP_DIR/report``): ``report.md``, ``report.json`` (every number),
@@ -87,6 +95,7 @@ Package layout (each module one job)
   type for bad input of both commands.
 * :mod:`~recipes.report.stats`: scores at the frame budget, the one Welch test, curve bands, tail means.
 * :mod:`~recipes.report.aggregates`: rliable (IQM, probability of improvement, profiles, sample efficiency).
+* :mod:`~recipes.report.contrasts`: a grid sweep's gains per point and interactions between points.
 * :mod:`~recipes.report.figures`: every figure (Agg backend); :mod:`~recipes.report.markdown`: ``report.md``.
 * :mod:`~recipes.report.build`: assembles ``report.json``; :mod:`~recipes.report.cli`: this command;
   :mod:`~recipes.report.plot_cli`: ``python -m recipes.plot``.

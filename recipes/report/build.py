@@ -15,6 +15,7 @@ import numpy as np
 
 from recipes.report import figures
 from recipes.report.aggregates import aggregate_report
+from recipes.report.contrasts import flag_weights, grid_contrasts
 from recipes.report.markdown import render_markdown
 from recipes.report.runs import (
     DIAGNOSTIC_METRICS,
@@ -205,6 +206,8 @@ def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int 
         "tasks": per_task_table(groups, budgets, finals, aucs), "aggregate": aggregate,
         "welch": welch_rows(groups, finals, baseline), "welch_auc": welch_rows(groups, aucs, baseline),
         "welch_over_evals": welch_over_evals(groups, baseline) if baseline_present else [],
+        "contrasts": {"final": grid_contrasts(groups, finals, baseline, reps, seed),
+                      "auc": grid_contrasts(groups, aucs, baseline, reps, seed), "flag_weights": flag_weights(groups)},
         "anchors": anchors, **logs,
         "files": files | {"markdown": "report.md", "json": "report.json"},
     }

@@ -146,6 +146,38 @@ def _md_metric_table(part: dict) -> list[str]:
     return _table(["task", "method", "n seeds", "frames reached", *(f"`{m}`" for m in part["metrics"])], rows)
 
 
+def _md_contrasts(p: dict) -> list[str]:
+    """The grid sweep's contrasts (`recipes.report.contrasts`); nothing for a sweep without a grid."""
+    c = p["contrasts"]
+    if not (c["final"]["gains"] or c["flag_weights"]):
+        return []
+    ci = lambda v: f"[{fmt(v[0], '.1f')}, {fmt(v[1], '.1f')}]"  # noqa: E731
+    md = ["## Grid contrasts", "",
+          "Each method against the baseline **at the same grid point** (gain = mean score minus the baseline's mean "
+          "score), and the gains at two grid points against each other (interaction = gain at a minus gain at b). "
+          "95% CIs: percentile bootstrap resampling each group's seeds independently; Welch for the gains.", ""]
+    for score, name in (("auc", "AUC"), ("final", "final return")):
+        gains, inter = c[score]["gains"], c[score]["interactions"]
+        if gains:
+            md += [f"Gain in {name}:", ""]
+            md += _table(["task", "grid point", "method", "n / n base", "gain", "95% CI", "Welch p"],
+                         [[g["task"], f"`{g['point']}`", g["method"], f"{g['n']} / {g['n_baseline']}",
+                           fmt(g["gain"], ".1f"), ci(g["ci"]), fmt(g["p_two_sided"])] for g in gains]) + [""]
+        if inter:
+            md += [f"Interaction in {name} (gain at a − gain at b):", ""]
+            md += _table(["task", "method", "a", "b", "difference", "95% CI"],
+                         [[r["task"], r["method"], f"`{r['point_a']}`", f"`{r['point_b']}`",
+                           fmt(r["difference"], ".1f"), ci(r["ci"])] for r in inter]) + [""]
+    if c["flag_weights"]:
+        md += [f"Mean weight where a flag is set, over the batch mean (1 = no preference): mean over the last "
+               f"{p['tail_fraction']:.0%} of the frames, then over seeds, with a 95% t-interval and a one-sample "
+               "t-test against 1.", ""]
+        md += _table(["task", "method", "metric", "n", "mean", "95% CI", "p (≠ 1)"],
+                     [[r["task"], r["method"], f"`{r['metric']}`", str(r["n"]), fmt(r["mean"]),
+                       f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]", fmt(r["p_vs_1"])] for r in c["flag_weights"]])
+    return md
+
+
 def _md_training_logs(p: dict) -> list[str]:
     tail = f"the last {p['tail_fraction']:.0%} of the frames each run reached"
     md = ["## What the weighter learned", ""]
@@ -180,6 +212,8 @@ def render_markdown(p: dict) -> str:
     md += ["", "## Welch t-test per task (paper protocol)", "",
            f"Final scores, method vs `{base}`: `scipy.stats.ttest_ind(equal_var=False)`; p two-sided and "
            "one-sided (method > baseline).", ""] + _md_welch(p["welch"], base)
-    md += [""] + _md_auc(p) + [""] + _md_anchors(p) + [""] + _md_training_logs(p)
+    contrasts = _md_contrasts(p)
+    md += [""] + _md_auc(p) + ([""] + contrasts if contrasts else []) + [""] + _md_anchors(p) + [""]
+    md += _md_training_logs(p)
     md += ["", "## Figures", ""] + [f"- [{k}]({v})" for k, v in p["files"].items() if v.endswith(".png")]
     return "\n".join(md) + "\n"

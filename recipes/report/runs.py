@@ -21,12 +21,14 @@ import numpy as np
 
 from recipes.report.tasks import canonical_task
 
-__all__ = ["DIAGNOSTIC_METRICS", "WEIGHT_METRICS", "Groups", "ReportError", "Run", "Series", "discover", "group_runs",
-           "is_weighted", "load_run", "method_label", "metric_key", "metric_name", "seed_key"]
+__all__ = ["DIAGNOSTIC_METRICS", "FLAG_WEIGHT_METRICS", "WEIGHT_METRICS", "Groups", "ReportError", "Run", "Series",
+           "discover", "group_runs", "is_weighted", "load_run", "method_label", "metric_key", "metric_name", "seed_key"]
 
+# The mean weight where a boolean `log_<flag>` of the replay is set, over the batch mean (`wm/weight_<flag>`).
+FLAG_WEIGHT_METRICS = ("wm/weight_distractor_on",)
 # Training-log statistics of the sample weights (means over the updates since the previous log record).
 WEIGHT_METRICS = ("wm/weight_std", "wm/weight_upper_corr", "wm/weight_reward_corr", "wm/weight_phase_corr",
-                  "wm/weight_episode_start", "wm/weight_chunk_start")
+                  "wm/weight_episode_start", "wm/weight_chunk_start", *FLAG_WEIGHT_METRICS)
 # What a DreamerV2 user looks at when a task does not learn; a panel shows the first of its keys a run logs
 # (`wm/state_loss` for proprioceptive runs, `wm/image_loss` for pixel runs).
 DIAGNOSTIC_METRICS: tuple[tuple[str, ...], ...] = (
