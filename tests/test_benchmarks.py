@@ -309,3 +309,21 @@ def test_count_flops_is_twice_the_multiply_adds():
     assert count_flops(lambda: torch.nn.functional.linear(x, w)) == 2 * m * k * n
     assert count_flops(lambda: torch.nn.functional.linear(x, w).sum().backward()) == 3 * 2 * m * k * n
     assert gemm_gflops(n=64, repeats=1) > 0
+
+
+def test_breakdown_parts_sum_to_the_update_and_name_tempos_extra(tmp_path):
+    from benchmarks import breakdown
+
+    out = tmp_path / "b.json"
+    assert breakdown.main(["--size", "tiny", "--rounds", "2", "--threads", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["machine"]["cpu_count"] >= 1 and len(res["ratios"]) == 2
+    for rows in res["samples_s"].values():
+        for parts in rows:
+            total = parts.pop("total")
+            assert sum(parts.values()) == pytest.approx(total, rel=1e-9)  # the parts partition the update
+            assert parts["actor_critic"] > 0 and parts["time_forward"] > 0 and parts["run_update_rest"] >= 0
+    med = res["median_s"]
+    assert med["dreamerv2"]["time_hypergrad"] < med["tempo"]["time_hypergrad"]  # only TEMPO takes an α-gradient
+    assert res["tempo_minus_dreamerv2_s"]["total"] == pytest.approx(med["tempo"]["total"] - med["dreamerv2"]["total"])
+    assert res["tempo_over_dreamerv2"] == pytest.approx(sorted(res["ratios"])[0] / 2 + sorted(res["ratios"])[1] / 2)
