@@ -117,10 +117,13 @@ class RSSM(nn.Module):
 
     def obs_step(self, state: State, action: Tensor, embed: Tensor, is_first: Tensor) -> tuple[State, State]:
         """Posterior q(s_t | h_t, embed_t) and prior p(s_t | h_t); state and action zeroed where is_first."""
-        keep = 1.0 - is_first.to(action.dtype)  # [B]
-        mask = lambda v: v * keep.reshape(-1, *([1] * (v.dim() - 1)))  # noqa: E731
-        state = {k: mask(state[k]) for k in self.state_keys}
-        prior = self.img_step(state, mask(action))
+        keep = (1.0 - is_first.to(action.dtype))[:, None]  # [B, 1]
+        return self._obs_step(state, action * keep, embed, keep)
+
+    def _obs_step(self, state: State, action: Tensor, embed: Tensor, keep: Tensor) -> tuple[State, State]:
+        """`obs_step` with the action already masked and `keep` [B, 1] = 1 - is_first: `observe` masks a whole
+        sequence's actions at once. Only h and s of the previous state enter the step, so only they are masked."""
+        prior = self.img_step({"h": state["h"] * keep, "s": state["s"] * keep}, action)
         stats = self._stats(self.obs_out(torch.cat([prior["h"], embed], -1)))
         post = {"h": prior["h"], "s": self._sample(stats), **stats}
         return post, prior
@@ -133,9 +136,11 @@ class RSSM(nn.Module):
         """
         if state is None:
             state = self.initial(embed.shape[1])
+        keep = (1.0 - is_first.to(action.dtype))[..., None]  # [T, B, 1]
+        action = action * keep  # the actions into an episode's first step are zeroed, as its state is
         posts, priors = [], []
         for t in range(embed.shape[0]):
-            post, prior = self.obs_step(state, action[t], embed[t], is_first[t])
+            post, prior = self._obs_step(state, action[t], embed[t], keep[t])
             posts.append(post)
             priors.append(prior)
             state = post
