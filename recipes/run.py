@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from bilevel.trainer import set_learning_rate
+from recipes import cpu
 from recipes.config import Config
 
 
@@ -41,6 +42,7 @@ class Run:
             torch.set_num_threads(cfg.run.threads)
         if self.device.type == "cpu":  # tiny values in second-order graphs hit slow denormal paths
             torch.set_flush_denormal(True)
+            cpu.keep_freed_memory()  # each update reuses the pages of the last one's activations
         self.seed_everything(cfg.run.seed)
         e = cfg.env
         kw = dict(obs=e.obs, size=tuple(e.size), action_repeat=e.action_repeat, time_limit=e.time_limit,

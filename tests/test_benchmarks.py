@@ -327,3 +327,16 @@ def test_breakdown_parts_sum_to_the_update_and_name_tempos_extra(tmp_path):
     assert med["dreamerv2"]["time_hypergrad"] < med["tempo"]["time_hypergrad"]  # only TEMPO takes an α-gradient
     assert res["tempo_minus_dreamerv2_s"]["total"] == pytest.approx(med["tempo"]["total"] - med["dreamerv2"]["total"])
     assert res["tempo_over_dreamerv2"] == pytest.approx(sorted(res["ratios"])[0] / 2 + sorted(res["ratios"])[1] / 2)
+
+
+def test_malloc_benchmark_pairs_fresh_processes(tmp_path):
+    from benchmarks import malloc
+
+    out = tmp_path / "m.json"
+    malloc.main(["--size", "tiny", "--configs", "none", "--updates", "2", "--rounds", "1", "--out", str(out)])
+    res = json.loads(out.read_text())["configs"]["none"]
+    (row,) = res["rounds"]
+    assert res["ratio_median"] == pytest.approx(row["kept"]["s_per_update"] / row["default"]["s_per_update"])
+    assert all(row[arm]["s_per_update"] > 0 and row[arm]["faults_per_update"] >= 0 for arm in ("default", "kept"))
+    with pytest.raises(SystemExit):
+        malloc.main(["--configs", "nope"])

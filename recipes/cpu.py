@@ -1,0 +1,34 @@
+"""Process settings for training on a CPU that the libraries leave at defaults made for other workloads."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit: larger blocks are always mmap'ed
+TRIM_THRESHOLD = (1 << 31) - 1  # an int: never give the heap's free top back to the kernel
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed heap memory in the process instead of returning it to the kernel (glibc only; False elsewhere,
+    or when glibc refuses).
+
+    Why: torch allocates CPU tensors with malloc. A training update frees and reallocates the same large
+    activations (e.g. [16, 800, 200] float32, 10 MB) hundreds of times, and with glibc's defaults each one comes from
+    a fresh mmap or a heap top that was just trimmed, so every page is faulted in and zeroed by the kernel again on
+    first touch. Raising the mmap threshold to its maximum and never trimming makes the second update reuse the
+    first one's pages (the process keeps its peak memory, which the next update needs anyway). The effect is
+    measured in benchmarks/results (the `malloc` rows of the breakdown); tests/test_cpu.py counts the page faults.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
