@@ -4,8 +4,9 @@
         --out benchmarks/results/breakdown_dmc_small_2threads.json
 
 Each round runs the recipe's whole update (`Bench.train_step`, i.e. `Run.update`) once per method, alternating, and
-splits it into the bilevel trainer's own phases (`wm/time_forward`: the forward pass, ∇θ L_up and ∇θ L_low;
-`wm/time_hypergrad`: the α-gradient; `wm/time_lower_update` and `wm/time_meta_update`), the rest of the trainer's
+splits it into the bilevel trainer's own phases (`wm/time_forward`: the forward pass; `wm/time_upper_grad`: ∇θ L_up;
+`wm/time_lower_grad`: ∇θ L_low; `wm/time_hypergrad`: the α-gradient; `wm/time_lower_update` and
+`wm/time_meta_update`: the two optimizer steps), the rest of the trainer's
 step (its metrics: `step_metrics`), the actor-critic update (`agent.train_step`) and what `Run.update` adds around
 them. Medians over rounds per part; the TEMPO - DreamerV2 difference per part says which part a speed-up of TEMPO's
 overhead must come from. The first update of each method (warm-up) is not timed.
@@ -23,8 +24,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import SIZES, TEMPO, Bench, build, machine, set_flush_denormal
+from bilevel.trainer import PHASES as TRAINER_PHASES
 
-PHASES = ("time_forward", "time_hypergrad", "time_lower_update", "time_meta_update")
+PHASES = tuple(f"time_{phase}" for phase in TRAINER_PHASES)
 
 
 def _timing(fn: Callable[..., Any], out: dict[str, float], key: str) -> Callable[..., Any]:

@@ -7,7 +7,7 @@
   steps (see benchmarks/memory.py for why a fresh process; all measured before the first timing);
 * fidelity vs the exact one-step unrolled hypergradient: cosine and norm ratio of the α-gradient at
   the same θ, α, batch and sampling noise (n/a for `none`/`naive`, which have no α);
-* the mean phase times of the trainer's own metrics (time_forward, time_hypergrad, ...).
+* the mean phase times of the trainer's own metrics (`time_<phase>` for `bilevel.trainer.PHASES`).
 
     python -m pytest benchmarks/test_hypergrad.py --benchmark-enable --bench-size tiny -q
 """
@@ -21,8 +21,9 @@ import torch
 
 from benchmarks.common import CONFIGS, alpha_grad_fidelity, build, machine
 from benchmarks.memory import measure_subprocess
+from bilevel.trainer import PHASES as TRAINER_PHASES
 
-PHASES = ("time_forward", "time_hypergrad", "time_lower_update", "time_meta_update")
+PHASES = tuple(f"time_{phase}" for phase in TRAINER_PHASES)
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -34,9 +36,11 @@ from bilevel.stopgrad import Tape, record
 from bilevel.updater import Part, Updater, loss_scaler, make_optimizer, set_learning_rate
 from bilevel.weighter import MetaWeighter
 
-__all__ = ["OPTIMIZER_FIELDS", "BilevelTrainer", "StepResult", "make_optimizer", "set_learning_rate"]
+__all__ = ["OPTIMIZER_FIELDS", "PHASES", "BilevelTrainer", "StepResult", "make_optimizer", "set_learning_rate"]
 
 OPTIMIZER_FIELDS = {"lr", "eps", "clip", "weight_decay"}  # WeighterConfig fields of the meta optimizer
+# `step` logs the seconds of each phase as `time_<phase>` (lower_update includes the float16 scaler's update)
+PHASES = ("forward", "upper_grad", "lower_grad", "hypergrad", "lower_update", "meta_update")
 
 
 @dataclass
@@ -143,18 +147,21 @@ class BilevelTrainer:
         return StepContext(problem, batch, self.weighter, self.lr, self.cfg, rng, losses, ctx, x, w, lower, tape,
                            reduced=self.precision.reduced, cache=PassCache(scale=scale))
 
-    def lower_grad(self, sc: StepContext, meta: bool = True) -> list[Tensor]:
+    def lower_grad(self, sc: StepContext, meta: bool = True,
+                   lap: Callable[[], None] = lambda: None) -> list[Tensor]:
         """The upper-grad and lower-grad phases of `step`, in their required order: ∇θ L_low of the pass (detached,
         scaled under float16), with a graph when the engine's primitive differentiates it again. When the lower
         backward can free the pass's graph (the strategy reads nothing of it but ∇θ L_up, and the primitive does
         not differentiate it), ∇θ L_up is taken first and the backward frees the graph as it goes (peak memory as
-        without a weighter; for terms_fd that backward also leaves the problem what its loss_deltas may reuse)."""
+        without a weighter; for terms_fd that backward also leaves the problem what its loss_deltas may reuse).
+        `lap` is called between the two phases (`step` times each)."""
         s = self.strategy
         needs_graph = meta and self.engine.needs_graph(s.asks)
         free_graph = not meta or (s.frees_forward_graph and not needs_graph)
         with self.precision.pinned():  # L_up, when a float32 trainer is called under autocast
             if meta and free_graph and s.uses_weighter:
                 sc.upper_grad()  # upper grad
+            lap()
             return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
 
     def alpha_grad(self, sc: StepContext) -> list[Tensor]:
@@ -193,10 +200,11 @@ class BilevelTrainer:
             meta = cfg.uses_weighter and self.step_count % cfg.meta_every == 0
             # forward: the one pass at θ; its noise and (for finite differences) its stop-gradient values are kept.
             sc = self.forward(problem, batch, record_sg=meta and cfg.replays_stop_gradients)
+            lap()
             # upper grad, then lower grad: ∇θ L_up must be read from the pass's graph before a lower backward that
             # frees it; the lower backward must run before the hypergrad, which may reuse what it leaves (TEMPO's
             # loss_deltas reads the heads' per-sample gradients its hooks capture) or differentiate its graph again.
-            g_theta = updater.unscale("lower", theta, self.lower_grad(sc, meta))
+            g_theta = updater.unscale("lower", theta, self.lower_grad(sc, meta, lap))
             lap()
             # hypergrad: at θ, before the lower step moves it (in float32).
             g_alpha = self.alpha_grad(sc) if meta else None
@@ -222,9 +230,7 @@ class BilevelTrainer:
             lap()
             self.step_count += 1
             metrics.update(self.step_metrics(sc, check.values["lower loss"], meta=g_alpha is not None))
-            t0, t1, t2, t3, t4 = times
-            metrics.update({"time_forward": t1 - t0, "time_hypergrad": t2 - t1,
-                            "time_lower_update": t3 - t2, "time_meta_update": t4 - t3})
+            metrics.update({f"time_{phase}": b - a for phase, (a, b) in zip(PHASES, pairwise(times), strict=True)})
             return StepResult(metrics, problem.step_outputs(sc.lower_ctx))  # the pass's graph dies with `sc` here
 
     def step_metrics(self, sc: StepContext, lower_value: float, meta: bool) -> dict[str, float]:

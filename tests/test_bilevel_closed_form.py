@@ -186,6 +186,33 @@ def test_step_updates_theta_with_weighted_gradient_and_reports_metrics():
     assert m["hypergrad_norm"] > 0
 
 
+def test_step_times_each_phase_in_its_own_metric(monkeypatch):
+    """`time_<phase>` for each of `PHASES` is the time of that phase alone: a known delay put into the first
+    (uncached) ∇θ L_up and another into the first ∇θ L_low shows up in `time_upper_grad` and `time_lower_grad`
+    respectively, not in a neighbouring phase. The delays are long against this problem's own work (microseconds),
+    so the bounds hold on any machine that runs the suite."""
+    import time
+
+    from bilevel.context import StepContext
+    from bilevel.trainer import PHASES
+
+    problem, trainer = make({"strategy": "approx", "contraction": "terms_fd"})
+    delays = {"upper_grad": 0.5, "lower_grad": 1.0}
+    for phase, delay in delays.items():
+        original = getattr(StepContext, phase)
+
+        def slowed(self, *args, _original=original, _phase=phase, _delay=delay, **kwargs):
+            if getattr(self.cache, _phase) is None:  # a cached value costs nothing
+                time.sleep(_delay)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(StepContext, phase, slowed)
+    m = trainer.step(problem, problem.batch).metrics
+    assert {f"time_{p}" for p in PHASES} <= m.keys() and all(m[f"time_{p}"] >= 0 for p in PHASES)
+    assert 0.5 <= m["time_upper_grad"] < 1.0 <= m["time_lower_grad"] < 1.5
+    assert max(m["time_forward"], m["time_hypergrad"], m["time_lower_update"], m["time_meta_update"]) < 0.5
+
+
 def test_none_and_naive_weights():
     problem, trainer = make({"strategy": "none"})
     assert trainer.weighter is None
