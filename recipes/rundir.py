@@ -91,6 +91,33 @@ def hold(path: Path, what: str = "run") -> Iterator[None]:
         f.close()  # closing releases the lock
 
 
+def holder(path: Path) -> int | None:
+    """The pid of the process that holds `path` (`hold`), or None; reads only, never takes the lock (taking it,
+    even for a moment, could turn away a process starting just then). The pid is the one the holder wrote into
+    `lock`; it counts only while that process is alive and, where /proc shows it (Linux), has the file open, so a
+    dead holder's pid reused by another process is not mistaken for a holder."""
+    try:
+        pid = int((path / LOCK).read_text().strip())
+    except (OSError, ValueError):  # no lock file, or no pid in it
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # alive, another user's
+        return pid
+    except OSError:  # no such process
+        return None
+    lock = (path / LOCK).resolve()
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # no /proc (not Linux): alive is all one can tell
+        return pid
+    for fd in fds:
+        with contextlib.suppress(OSError):  # fds come and go while we look
+            if Path(os.readlink(fd)) == lock:
+                return pid
+    return None
+
+
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path

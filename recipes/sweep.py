@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from bilevel.config import Strict
 from recipes.cli import UsageError, resolve
 from recipes.config import PRESETS, format_error
 from recipes.provenance import code_version
-from recipes.rundir import RunDir, RunDirError, atomic_write_text, hold
+from recipes.rundir import RunDir, RunDirError, atomic_write_text, hold, holder
 from recipes.tempo import settle
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
@@ -177,6 +178,7 @@ class Sitting:
     until: int | None
     allow_code_change: bool
     history: list[dict[str, Any]]  # the earlier sittings, as recorded in sweep.yaml
+    status_only: bool = False  # --status: print where the sweep stands, run nothing
 
 
 def parse(argv: list[str]) -> Sitting:
@@ -204,9 +206,14 @@ def parse(argv: list[str]) -> Sitting:
                    help="a module every trial imports first, e.g. one registering an upper loss (repeatable)")
     p.add_argument("--allow-code-change", action="store_true",
                    help="resume although the code differs from the last sitting's commit (recorded in sweep.yaml)")
+    p.add_argument("--status", action="store_true",
+                   help="print each trial's state, frames and last evaluation return, and exit: reads only (no Ray, "
+                        "no lock, nothing written), so it can watch a sitting that is running")
     args, rest = p.parse_known_args(argv)
 
     root = Path(args.dir).expanduser()
+    if args.status and not (root / SPEC_FILE).is_file():
+        raise UsageError(f"--status: {root} holds no sweep ({SPEC_FILE} is missing)")
     source = Path(args.config) if args.config else root / SPEC_FILE
     if args.config and not source.is_file():
         raise UsageError(f"--config {args.config}: no such file")
@@ -258,7 +265,7 @@ def parse(argv: list[str]) -> Sitting:
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
     # --until is checked with each trial's command line
-    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root))
+    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.status)
 
 
 def sittings(root: Path) -> list[dict[str, Any]]:
@@ -489,7 +496,30 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
         ray.shutdown()
 
 
+def show_status(sitting: Sitting) -> int:
+    """`--status`: every trial's state from its run directory, as the sitting's table prints it ('running': a
+    process holds the directory now; 'stopped': checkpointed, not finished, not held; 'pending': never
+    checkpointed), and the last sitting's start and code. Reads only."""
+    root, all_trials = sitting.root, trials(sitting.spec, sitting.root)
+    table = LiveTable([t.name for t in all_trials])
+    for t in all_trials:
+        frames, steps, last_eval = progress(t)
+        state = trial_state(frames, steps, None) or (
+            "running" if holder(Path(t.logdir)) is not None else "stopped" if frames else "pending")
+        table.update(t.name, state=state, frames=frames, eval_return=last_eval)
+    counts = Counter(r["state"] for r in table.rows.values())
+    last = sitting.history[-1] if sitting.history and isinstance(sitting.history[-1], dict) else {}
+    pid = holder(root)
+    print(f"sweep {root}: {len(all_trials)} trials, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; last sitting started {last.get('started', '-')} at code {last.get('commit', '-')}, "
+          + (f"running now (process {pid})" if pid is not None else "not running now"), flush=True)
+    table.print(force=True)
+    return 0
+
+
 def sweep(sitting: Sitting) -> int:
+    if sitting.status_only:
+        return show_status(sitting)
     root, spec, until = sitting.root, sitting.spec, sitting.until
     all_trials = validate(spec, root, until)
     version = code_version()

@@ -277,3 +277,28 @@ def test_a_stop_file_ends_the_sitting_with_a_checkpoint(tmp_path):
     p = run_cli([*args[:-2], "--run.steps", "1200", "--logdir", str(logdir)])
     assert p.returncode == 0 and "resuming" in p.stderr, p.stderr[-3000:]
     check_consistent(logdir, total=1200)
+
+
+HOLD = "import sys, time; from pathlib import Path; from recipes.rundir import hold\n" \
+       "with hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
+
+
+def test_holder_names_the_live_holder_only(tmp_path):
+    """`holder` reads who holds a directory without taking its lock: the holding process's pid while it lives,
+    None after a kill -9, and None for a pid in the lock file whose process is alive but does not hold it (a
+    reused pid); a directory that was never held has none."""
+    from recipes.rundir import LOCK, holder
+
+    assert holder(tmp_path) is None
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert holder(tmp_path) == proc.pid
+        assert holder(tmp_path) == proc.pid  # looking twice changes nothing: the lock was never taken
+    finally:
+        proc.kill()
+        proc.wait()
+    assert holder(tmp_path) is None  # the kernel released the lock with the process; its pid is in the file still
+    assert (tmp_path / LOCK).read_text().strip() == str(proc.pid)
+    (tmp_path / LOCK).write_text(f"{os.getpid()}\n")  # alive, but not holding the file
+    assert holder(tmp_path) is None

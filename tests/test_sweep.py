@@ -213,3 +213,59 @@ def test_live_table_keeps_the_last_eval_return_until_a_new_one(capsys):
     assert capsys.readouterr().out.splitlines()[1].split() == ["a/tempo/0", "running", "3000", "0.2", "316.0"]
     table.result("a/tempo/0", {"frames": 5000, "fps": 0.3, "eval_return": 402.5, "node": "n1"})
     assert table.rows["a/tempo/0"]["eval_return"] == 402.5 and table.rows["a/tempo/0"]["frames"] == 5000
+
+
+def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_path):
+    """`--status` on a sweep directory: finished, running (a live process holds the run directory), stopped
+    (checkpointed, not held: its holder was killed) and pending trials, the last sitting, whether a sweep holds the
+    directory; every file as it was, and it works while a sweep holds the directory. No sweep there: one line, 2."""
+    import yaml
+
+    root = tmp_path / "s"
+    sitting = {"started": "2026-01-02T03:04:05", "commit": "abc123", "until": None, "allow_code_change": False}
+    spec = Spec(tasks=["cartpole_swingup"], methods=["dreamerv2", "tempo"], seeds=[0, 1], steps=100)
+    root.mkdir()
+    (root / "sweep.yaml").write_text(yaml.safe_dump({**spec.model_dump(), "sittings": [sitting]}))
+    runs = {t.name: Path(t.logdir) for t in trials(spec, root)}
+    for name, frames, ret in [("cartpole_swingup/dreamerv2/0", 100, 5.5), ("cartpole_swingup/tempo/0", 40, 2.5),
+                              ("cartpole_swingup/dreamerv2/1", 60, -1.0)]:
+        runs[name].mkdir(parents=True)
+        (runs[name] / "config.json").write_text(json.dumps({"run": {"steps": 100}}))
+        (runs[name] / "progress.json").write_text(json.dumps({"step": frames, "last_eval": ret}))
+    from tests.test_rundir import HOLD
+
+    holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(runs[name])], cwd=ROOT, stdout=subprocess.PIPE,
+                                text=True) for name in ("cartpole_swingup/tempo/0", "cartpole_swingup/dreamerv2/1")]
+    try:
+        for h in holders:
+            assert h.stdout.readline().strip() == "held"
+        holders[1].kill()  # dreamerv2/1's process died: its lock file still names it
+        holders[1].wait()
+        from recipes.rundir import hold
+
+        def files() -> dict:
+            return {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in root.rglob("*") if f.is_file()}
+
+        with hold(root, "sweep"):  # a sitting is running
+            before = files()
+            p = subprocess.run([sys.executable, "-m", "recipes.sweep", str(root), "--status"], cwd=ROOT, env=env(),
+                               capture_output=True, text=True, timeout=120)
+            assert files() == before
+    finally:
+        for h in holders:
+            h.kill()
+            h.wait()
+    assert p.returncode == 0, p.stderr
+    head, *rows = p.stdout.strip().splitlines()
+    assert head == (f"sweep {root}: 4 trials, 1 finished, 1 pending, 1 running, 1 stopped; last sitting started "
+                    f"2026-01-02T03:04:05 at code abc123, running now (process {os.getpid()})")
+    table = {r.split()[0]: r.split()[1:] for r in rows[1:]}
+    assert table == {"cartpole_swingup/dreamerv2/0": ["finished", "100", "-", "5.5"],
+                     "cartpole_swingup/tempo/0": ["running", "40", "-", "2.5"],
+                     "cartpole_swingup/dreamerv2/1": ["stopped", "60", "-", "-1.0"],
+                     "cartpole_swingup/tempo/1": ["pending", "0", "-", "-"]}
+    p = subprocess.run([sys.executable, "-m", "recipes.sweep", str(tmp_path / "none"), "--status"], cwd=ROOT,
+                       env=env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: --status: {tmp_path / 'none'} holds no sweep (sweep.yaml is missing)"]
+    assert not (tmp_path / "none").exists()
