@@ -29,6 +29,7 @@ from recipes.config import (
     parse_dotted,
 )
 from recipes.configdoc import default_of, preset_value
+from recipes.usage import Parser, UsageError
 from worldmodels.tempo_problem import INPUT_FLAGS
 
 SWITCH_FIELDS = {  # CLI switch -> dotted config field
@@ -39,18 +40,9 @@ SWITCH_FIELDS = {  # CLI switch -> dotted config field
 }
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2, before anything is created."""
-
-
 # ---------------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------------
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, our format, exit 2 (not argparse's usage dump)
-        raise UsageError(message)
-
-
 def default(dotted: str) -> str:
     """A field's default and what the presets set it to, for --help (one source: recipes.config, read as the
     generated reference docs/CONFIG.md reads it)."""

@@ -31,11 +31,11 @@ its checkpoint on whichever node it lands.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -50,11 +50,12 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from bilevel.config import Strict
-from recipes.cli import UsageError, resolve
+from recipes.cli import resolve
 from recipes.config import PRESETS, format_error
 from recipes.provenance import code_version
 from recipes.rundir import RunDir, RunDirError, atomic_write_text, hold, holder
 from recipes.tempo import settle
+from recipes.usage import Parser, UsageError
 
 # Method name -> the recipe switches that make it. One source: `tempo.weighting` decides the weighting.
 METHODS: dict[str, list[str]] = {
@@ -178,11 +179,11 @@ class Sitting:
     until: int | None
     allow_code_change: bool
     history: list[dict[str, Any]]  # the earlier sittings, as recorded in sweep.yaml
-    status_only: bool = False  # --status: print where the sweep stands, run nothing
+    mode: str = "run"  # or "status" (--status) or "commands" (--commands): print, run nothing
 
 
 def parse(argv: list[str]) -> Sitting:
-    p = argparse.ArgumentParser(prog="python -m recipes.sweep", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m recipes.sweep", description=__doc__.split("\n\n")[0],
                                 epilog="Other --section.field VALUE pairs are shared by every trial.")
     p.add_argument("dir", help="sweep directory (holds sweep.yaml, the trials' run directories)")
     p.add_argument("--config", help="a sweep.yaml to start from (default: DIR/sweep.yaml if it exists)")
@@ -206,13 +207,18 @@ def parse(argv: list[str]) -> Sitting:
                    help="a module every trial imports first, e.g. one registering an upper loss (repeatable)")
     p.add_argument("--allow-code-change", action="store_true",
                    help="resume although the code differs from the last sitting's commit (recorded in sweep.yaml)")
-    p.add_argument("--status", action="store_true",
-                   help="print each trial's state, frames and last evaluation return, and exit: reads only (no Ray, "
-                        "no lock, nothing written), so it can watch a sitting that is running")
+    show = p.add_mutually_exclusive_group()
+    show.add_argument("--status", dest="mode", action="store_const", const="status", default="run",
+                      help="print each trial's state, frames and last evaluation return, and exit: reads only (no "
+                           "Ray, no lock, nothing written), so it can watch a sitting that is running")
+    show.add_argument("--commands", dest="mode", action="store_const", const="commands",
+                      help="print the `python -m recipes.tempo` arguments of every trial still to run, one line "
+                           "each, and exit (checked like a sitting's, nothing written): to run them elsewhere, e.g. "
+                           "as docs/evidence/gpu/session.sh's JOBS")
     args, rest = p.parse_known_args(argv)
 
     root = Path(args.dir).expanduser()
-    if args.status and not (root / SPEC_FILE).is_file():
+    if args.mode == "status" and not (root / SPEC_FILE).is_file():
         raise UsageError(f"--status: {root} holds no sweep ({SPEC_FILE} is missing)")
     source = Path(args.config) if args.config else root / SPEC_FILE
     if args.config and not source.is_file():
@@ -265,7 +271,7 @@ def parse(argv: list[str]) -> Sitting:
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
     # --until is checked with each trial's command line
-    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.status)
+    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.mode)
 
 
 def sittings(root: Path) -> list[dict[str, Any]]:
@@ -518,10 +524,15 @@ def show_status(sitting: Sitting) -> int:
 
 
 def sweep(sitting: Sitting) -> int:
-    if sitting.status_only:
+    if sitting.mode == "status":
         return show_status(sitting)
     root, spec, until = sitting.root, sitting.spec, sitting.until
     all_trials = validate(spec, root, until)
+    if sitting.mode == "commands":  # in the sitting's order: seed-major, so a partial run covers whole seeds
+        for t in all_trials:
+            if trial_state(*progress(t)[:2], until) is None:
+                print(shlex.join(trial_argv(spec, t, until)))
+        return 0
     version = code_version()
     check_code(sitting.history, version, sitting.allow_code_change, root)  # bad input: nothing written yet
     if sitting.address:

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from recipes.cli import Resolved, UsageError, check_precision, preflight, resolve, resume_config
+from recipes.cli import Resolved, check_precision, preflight, resolve, resume_config
 from recipes.config import Config
 from recipes.progress import Progress
 from recipes.run import Run
 from recipes.rundir import MetricsLog, RunDir, RunDirError, hold, save_video
+from recipes.usage import UsageError
 
 
 class Terminated(KeyboardInterrupt):

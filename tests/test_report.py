@@ -372,6 +372,17 @@ def test_bad_input_missing_and_empty(tmp_path, capsys):
     assert "no run with an evaluation" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("module,args,needle", [
+    ("recipes.report", ["--reps", "many"], "argument --reps: invalid int value: 'many'"),
+    ("recipes.report", [], "the following arguments are required: SWEEP_DIR"),
+    ("recipes.plot", [], "the following arguments are required: RUN_DIR"),
+])
+def test_cli_argument_errors_are_one_line(module, args, needle):
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {needle}"]
+
+
 def test_cli_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recipes.report", str(tmp_path / "missing")],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)

@@ -190,7 +190,11 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
      "cpus_per_trial: Input should be greater than 0"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--until", "0"],
      "--until 0: expected a positive number of frames"),
-], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus", "until"])
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--steps", "many"],
+     "argument --steps: invalid int value: 'many'"),
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--status", "--commands"],
+     "argument --commands: not allowed with argument --status"),
+], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus", "until", "steps", "modes"])
 def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
     root = tmp_path / "sweep"
     res = subprocess.run(sweep_cmd(root, *args, "--preset", "debug"), cwd=ROOT, env=env(), capture_output=True,
@@ -269,3 +273,39 @@ def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_p
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         f"error: --status: {tmp_path / 'none'} holds no sweep (sweep.yaml is missing)"]
     assert not (tmp_path / "none").exists()
+
+
+def test_commands_print_each_unfinished_trials_recipe_arguments_in_the_sittings_order(tmp_path):
+    """`--commands`: one line per trial still to run, seed-major as a sitting orders them, each the arguments the
+    sitting would give `recipes.tempo` (so they can run elsewhere, e.g. as the GPU session's JOBS); a finished trial
+    is left out; nothing is written; bad input is the sitting's one-line error."""
+    import shlex
+
+    root = tmp_path / "s"
+    args = ["--tasks", "gym:Pendulum-v1", "--methods", "dreamerv2,tempo", "--seeds", "2", "--preset", "debug",
+            "--steps", "100", "--grid", "env.distractors.mode=none,intermittent", "--run.eval_every", "50"]
+    spec = Spec(tasks=["gym:Pendulum-v1"], methods=["dreamerv2", "tempo"], seeds=[0, 1], preset="debug", steps=100,
+                grid={"env.distractors.mode": ["none", "intermittent"]}, overrides={"run.eval_every": 50})
+    done = next(t for t in trials(spec, root) if t.method == "tempo" and t.seed == 0)
+    Path(done.logdir).mkdir(parents=True)
+    (Path(done.logdir) / "config.json").write_text(json.dumps({"run": {"steps": 100}}))
+    (Path(done.logdir) / "progress.json").write_text(json.dumps({"step": 100}))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    p = subprocess.run(sweep_cmd(root, *args, "--commands"), cwd=ROOT, env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    lines = [shlex.split(line) for line in p.stdout.strip().splitlines()]
+    from recipes.sweep import trial_argv
+
+    expect = [trial_argv(spec, t) for t in trials(spec, root) if t != done]
+    assert lines == expect and len(lines) == 7
+    assert [(a[a.index("--seed") + 1], a[a.index("--weighting") + 1], a[-1]) for a in lines] == [
+        ("0", "none", "none"), ("0", "none", "intermittent"), ("0", "meta", "intermittent"),
+        ("1", "none", "none"), ("1", "none", "intermittent"), ("1", "meta", "none"), ("1", "meta", "intermittent")]
+    from recipes.cli import resolve
+
+    assert resolve(lines[0]).cfg.env.distractors.mode == "none"  # the recipe's own parser takes them as they are
+    bad = subprocess.run(sweep_cmd(root, *args[:-2], "--run.eval_every", "soon", "--commands"), cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""

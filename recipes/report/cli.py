@@ -3,18 +3,18 @@ and a one-line summary on the terminal; everything else is :func:`recipes.report
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from recipes.report.build import build_report
 from recipes.report.runs import ReportError
+from recipes.usage import Parser, UsageError
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> Parser:
+    parser = Parser(
         prog="python -m recipes.report",
         description="Report on a sweep SWEEP_DIR/<task>/<method>/<seed>[/<grid point>]: per-task curves, rliable "
         "aggregates (IQM, probability of improvement, performance profiles, sample efficiency) and the "
@@ -31,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.reps < 1 or args.last < 1:
         print("error: --reps and --last must be >= 1", file=sys.stderr)
         return 2

@@ -33,7 +33,6 @@ path that is not a run directory), reported as one ``error: ...`` line on stderr
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -44,6 +43,7 @@ from recipes.report.figures import plot_curves
 from recipes.report.markdown import fmt
 from recipes.report.runs import ReportError, Run, group_runs, load_run
 from recipes.report.stats import welch_over_evals
+from recipes.usage import Parser, UsageError
 
 __all__ = ["format_table", "main"]
 
@@ -86,8 +86,8 @@ def _load_all(paths: list[str]) -> list[Run]:
     return runs
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> Parser:
+    parser = Parser(
         prog="python -m recipes.plot",
         description="Plot evaluation curves (mean ± std over seeds) and run the one-tailed Welch t-test "
         "of each method against a baseline, averaged over evaluations.",
@@ -99,10 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         groups = group_runs(_load_all(args.runs))
-    except ReportError as exc:
+    except (ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.runs[0]).resolve().parent / "curves.png"

@@ -4,7 +4,8 @@
 # 1. the device tests (tests/test_device.py --device cuda); 2. every line of JOBS (arguments of recipes.tempo, one
 # run each, its --logdir relative to the runs folder) in parallel, stopped with SIGINT (a checkpoint, then exit) when
 # BUDGET seconds are spent; 3. the runs' config.json and metrics.jsonl packed into $OUT/runs.tgz for
-# `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu).
+# `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu). A sweep's trials as JOBS lines:
+# `python -m recipes.sweep DIR ... --commands` with a relative DIR (each line's --logdir is then relative too).
 set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
