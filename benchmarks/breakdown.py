@@ -24,9 +24,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import SIZES, TEMPO, Bench, build, machine, set_flush_denormal
-from bilevel.trainer import PHASES as TRAINER_PHASES
-
-PHASES = tuple(f"time_{phase}" for phase in TRAINER_PHASES)
+from bilevel.trainer import PHASE_METRICS as PHASES
 
 
 def _timing(fn: Callable[..., Any], out: dict[str, float], key: str) -> Callable[..., Any]:

@@ -21,9 +21,7 @@ import torch
 
 from benchmarks.common import CONFIGS, alpha_grad_fidelity, build, machine
 from benchmarks.memory import measure_subprocess
-from bilevel.trainer import PHASES as TRAINER_PHASES
-
-PHASES = tuple(f"time_{phase}" for phase in TRAINER_PHASES)
+from bilevel.trainer import PHASE_METRICS as PHASES
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))

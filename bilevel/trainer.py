@@ -36,11 +36,13 @@ from bilevel.stopgrad import Tape, record
 from bilevel.updater import Part, Updater, loss_scaler, make_optimizer, set_learning_rate
 from bilevel.weighter import MetaWeighter
 
-__all__ = ["OPTIMIZER_FIELDS", "PHASES", "BilevelTrainer", "StepResult", "make_optimizer", "set_learning_rate"]
+__all__ = ["OPTIMIZER_FIELDS", "PHASES", "PHASE_METRICS", "BilevelTrainer", "StepResult", "make_optimizer",
+           "set_learning_rate"]
 
 OPTIMIZER_FIELDS = {"lr", "eps", "clip", "weight_decay"}  # WeighterConfig fields of the meta optimizer
 # `step` logs the seconds of each phase as `time_<phase>` (lower_update includes the float16 scaler's update)
 PHASES = ("forward", "upper_grad", "lower_grad", "hypergrad", "lower_update", "meta_update")
+PHASE_METRICS = tuple(f"time_{phase}" for phase in PHASES)
 
 
 @dataclass
@@ -230,7 +232,7 @@ class BilevelTrainer:
             lap()
             self.step_count += 1
             metrics.update(self.step_metrics(sc, check.values["lower loss"], meta=g_alpha is not None))
-            metrics.update({f"time_{phase}": b - a for phase, (a, b) in zip(PHASES, pairwise(times), strict=True)})
+            metrics.update({key: b - a for key, (a, b) in zip(PHASE_METRICS, pairwise(times), strict=True)})
             return StepResult(metrics, problem.step_outputs(sc.lower_ctx))  # the pass's graph dies with `sc` here
 
     def step_metrics(self, sc: StepContext, lower_value: float, meta: bool) -> dict[str, float]:
