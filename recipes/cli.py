@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop this sitting at FRAMES frames (checkpointed; re-run to go on): not a run setting, "
                         "the run still aims at --steps")
     p.add_argument("--stop-file", metavar="PATH",
-                   help="end this sitting (checkpointed, exit 0) as soon as PATH exists: how a sweep stops its "
-                        "trials cleanly; not a run setting")
+                   help="end this sitting (checkpointed, exit 0) as soon as PATH exists, or do not start it (nothing "
+                        "written) if PATH exists already: how a sweep stops its trials cleanly; not a run setting")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), so the contractions, strategies, engines and upper "
                         "losses it registers can be named")

@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None, on_log: Callable[[dict[str, Any]], None]
         if res.print_config:
             print(json.dumps({"preset": cfg.preset, "method": cfg.method, **cfg.model_dump(mode="json")}, indent=1))
             return 0
+        if res.stop_file is not None and res.stop_file.exists():  # the sweep was stopped before this trial began
+            print(f"not started: {res.stop_file} exists; nothing written", file=sys.stderr)
+            return 0
         with hold(rundir.path):
             # decided again as the one writer: the holder before may have written a checkpoint meanwhile
             cfg, changes, loaded = settle(res, rundir, load=True)

@@ -279,6 +279,16 @@ def test_a_stop_file_ends_the_sitting_with_a_checkpoint(tmp_path):
     check_consistent(logdir, total=1200)
 
 
+def test_a_stop_file_that_exists_already_starts_nothing(tmp_path):
+    """A sweep's trial handed out after its Ctrl-C: the stop file is there, so the run writes nothing (no run
+    directory, no step-0 evaluation) and exits 0; without the file the same command runs."""
+    logdir, stop = tmp_path / "run", tmp_path / "stop"
+    stop.touch()
+    p = run_cli([*ARGS, "--logdir", str(logdir), "--stop-file", str(stop)])
+    assert p.returncode == 0 and f"not started: {stop} exists" in p.stderr, p.stderr[-2000:]
+    assert not logdir.exists()
+
+
 HOLD = "import sys, time; from pathlib import Path; from recipes.rundir import hold\n" \
        "with hold(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
 
