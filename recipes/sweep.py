@@ -180,6 +180,7 @@ class Sitting:
     allow_code_change: bool
     history: list[dict[str, Any]]  # the earlier sittings, as recorded in sweep.yaml
     mode: str = "run"  # or "status" (--status) or "commands" (--commands): print, run nothing
+    max_concurrent: int | None = None  # --max-concurrent: at most this many trials at once (None: as resources fit)
 
 
 def parse(argv: list[str]) -> Sitting:
@@ -203,6 +204,9 @@ def parse(argv: list[str]) -> Sitting:
     p.add_argument("--address", help="join a running Ray cluster (HOST:PORT or 'auto'); default: a local Ray")
     p.add_argument("--until", type=int, metavar="FRAMES",
                    help="stop every trial at FRAMES frames this sitting (paused; re-run to go on)")
+    p.add_argument("--max-concurrent", type=int, metavar="N",
+                   help="run at most N trials at once this sitting (default: as many as the CPUs/GPUs fit), e.g. "
+                        "to leave cores for other work or for a second sweep")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module every trial imports first, e.g. one registering an upper loss (repeatable)")
     p.add_argument("--allow-code-change", action="store_true",
@@ -217,6 +221,9 @@ def parse(argv: list[str]) -> Sitting:
                            "as docs/evidence/gpu/session.sh's JOBS")
     args, rest = p.parse_known_args(argv)
 
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (or left out: as many trials "
+                         "as the resources fit)")
     root = Path(args.dir).expanduser()
     if args.mode == "status" and not (root / SPEC_FILE).is_file():
         raise UsageError(f"--status: {root} holds no sweep ({SPEC_FILE} is missing)")
@@ -271,7 +278,8 @@ def parse(argv: list[str]) -> Sitting:
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
     # --until is checked with each trial's command line
-    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.mode)
+    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.mode,
+                   args.max_concurrent)
 
 
 def sittings(root: Path) -> list[dict[str, Any]]:
@@ -459,7 +467,8 @@ def connect(address: str | None) -> None:
         raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
 
 
-def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int | None) -> None:
+def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int | None,
+        max_concurrent: int | None = None) -> None:
     """Run the trials on Ray Tune (connected by `connect`), then shut Ray down."""
     import ray
     from ray import tune
@@ -474,6 +483,7 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
         tune.with_resources(lambda cfg: run_trial(cfg["trial"]), resources),
         param_space=params,
         tune_config=tune.TuneConfig(reuse_actors=True,  # a worker keeps torch & co. imported between trials
+                                    max_concurrent_trials=max_concurrent,
                                     trial_name_creator=lambda tr: tr.config["trial"]["name"].replace("/", "-"),
                                     trial_dirname_creator=lambda tr: f"trial_{tr.trial_id}"),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%dT%H%M%S')}",
@@ -560,13 +570,13 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
     if todo:
         connect(sitting.address)  # before the sitting is recorded: an unreachable cluster is bad input
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": version, "until": until,
-              "allow_code_change": sitting.allow_code_change}
+              "max_concurrent": sitting.max_concurrent, "allow_code_change": sitting.allow_code_change}
     atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*history, record]},
                                                       sort_keys=False))
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
     if todo:
-        fit(root, spec, todo, table, until)
+        fit(root, spec, todo, table, until, sitting.max_concurrent)
     status = write_status(root, spec, all_trials, table, until)
     table.rows = {n: {**table.rows[n], **status["trials"][n]} for n in table.rows}
     table.print(force=True)

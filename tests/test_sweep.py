@@ -94,18 +94,23 @@ def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path):
 @pytest.mark.slow
 def test_until_pauses_every_trial_and_a_later_sitting_goes_on(tmp_path):
     """--until 90 of 150 frames: all trials stop there (paused, exit 0), it is not part of the sweep's spec (only
-    of the sitting's record);
-    the same command without it finishes them, each metrics log without a duplicated or lost step."""
+    of the sitting's record); with --max-concurrent 1 the trials of that sitting run one after the other;
+    the same command without either finishes them, each metrics log without a duplicated or lost step."""
     root = tmp_path / "sweep"
     args = ["--tasks", "cartpole_swingup", "--methods", "tempo,dreamerv2", "--seeds", "1", *DEBUG]
-    res = subprocess.run(sweep_cmd(root, *args, "--until", "90"), cwd=ROOT, env=env(), capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(sweep_cmd(root, *args, "--until", "90", "--max-concurrent", "1"), cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "2 trial(s) paused at --until 90 frames" in res.stdout
     import yaml
 
     written = yaml.safe_load((root / "sweep.yaml").read_text())
     assert "until" not in {k for k in written if k != "sittings"} and written["sittings"][-1]["until"] == 90
+    assert written["sittings"][-1]["max_concurrent"] == 1
+    # each run's life: its config written at the start, its checkpoint at the stop; one ended before the other began
+    spans = sorted(tuple((Path(t.logdir) / f).stat().st_mtime for f in ("config.json", "checkpoint.pt"))
+                   for t in all_trials(root))
+    assert spans[0][1] <= spans[1][0], spans
     status = json.loads((root / STATUS_FILE).read_text())["trials"]
     assert all(s["state"] == "paused" and 90 <= s["frames"] < 150 for s in status.values()), status
     for t in all_trials(root):
@@ -194,13 +199,16 @@ def test_cluster_of_two_nodes_runs_trials_on_both_and_reports_a_failing_one(tmp_
     (["--methods", "tempo", "--seeds", "1"], "no tasks given"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--cpus-per-trial", "0"],
      "cpus_per_trial: Input should be greater than 0"),
+    (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--max-concurrent", "0"],
+     "--max-concurrent 0: must be at least 1"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--until", "0"],
      "--until 0: expected a positive number of frames"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--steps", "many"],
      "argument --steps: invalid int value: 'many'"),
     (["--tasks", "cartpole_swingup", "--methods", "tempo", "--seeds", "1", "--status", "--commands"],
      "argument --commands: not allowed with argument --status"),
-], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus", "until", "steps", "modes"])
+], ids=["method", "task", "grid-type", "grid-field", "address", "missing", "cpus", "concurrent", "until", "steps",
+        "modes"])
 def test_bad_input_is_one_line_before_any_trial(tmp_path, args, needle):
     root = tmp_path / "sweep"
     res = subprocess.run(sweep_cmd(root, *args, "--preset", "debug"), cwd=ROOT, env=env(), capture_output=True,
