@@ -594,10 +594,21 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
     return 0
 
 
+def printed(sitting: Sitting) -> int:
+    """`--status` / `--commands`, whose reader may leave early (`... --status | head`): a closed pipe ends the
+    command quietly with the exit status of a process ended by SIGPIPE (141), not with a traceback."""
+    try:
+        return sweep(sitting)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or the flush at exit fails once more
+        return 141
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        return sweep(parse(argv))
+        sitting = parse(argv)
+        return sweep(sitting) if sitting.mode == "run" else printed(sitting)
     except (UsageError, RunDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -289,6 +289,23 @@ def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_p
     assert not (tmp_path / "none").exists()
 
 
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`--status | head` whose reader is gone before the table is printed: exit 141 (as a process ended by
+    SIGPIPE), no traceback."""
+    import yaml
+
+    root = tmp_path / "s"
+    root.mkdir()
+    spec = Spec(tasks=["cartpole_swingup"], methods=["dreamerv2", "tempo"], seeds=[0, 1], steps=100)
+    (root / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump()))
+    proc = subprocess.Popen(sweep_cmd(root, "--status"), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader leaves before the command has imported anything, let alone printed
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_commands_print_each_unfinished_trials_recipe_arguments_in_the_sittings_order(tmp_path):
     """`--commands`: one line per trial still to run, seed-major as a sitting orders them, each the arguments the
     sitting would give `recipes.tempo` (so they can run elsewhere, e.g. as the GPU session's JOBS); a finished trial
