@@ -37,7 +37,7 @@ from torch.func import functional_call
 from agents import schedules
 from bilevel.precision import Precision, f32
 from bilevel.updater import Part, Updater, load_keeping_decay, loss_scaler, make_optimizer
-from worldmodels.nets import MLP, dreamer_init
+from worldmodels.nets import ELU, MLP, dreamer_init
 from worldmodels.onehot import OneHot
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
@@ -176,7 +176,7 @@ class Actor(nn.Module):
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 400,
-                 act: type[nn.Module] = nn.ELU, min_std: float = 0.1, init_std: float = 0.0):
+                 act: type[nn.Module] = ELU, min_std: float = 0.1, init_std: float = 0.0):
         super().__init__()
         self.discrete, self.action_dim = discrete, action_dim
         self.min_std, self.init_std = min_std, init_std
@@ -199,7 +199,7 @@ class Actor(nn.Module):
 class Critic(nn.Module):
     """v(feat): MLP -> mean of Normal(mean, 1) (DreamerV2 'mse' head)."""
 
-    def __init__(self, feat_dim: int, layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU):
+    def __init__(self, feat_dim: int, layers: int = 4, units: int = 400, act: type[nn.Module] = ELU):
         super().__init__()
         self.net = MLP(feat_dim, 1, layers, units, act)
         dreamer_init(self.net)
@@ -238,7 +238,7 @@ class ActorCritic(nn.Module):
                  actor_grad: ActorGrad = "auto", actor_ent: schedules.Schedule = 1e-4,
                  actor_grad_mix: schedules.Schedule = 0.1,
                  use_discount_head: bool = False,
-                 layers: int = 4, units: int = 400, act: type[nn.Module] = nn.ELU, min_std: float = 0.1,
+                 layers: int = 4, units: int = 400, act: type[nn.Module] = ELU, min_std: float = 0.1,
                  init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
                  expl_noise: float = 0.0, eval_noise: float = 0.0, precision: Precision | None = None):
         super().__init__()

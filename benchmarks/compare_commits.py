@@ -21,7 +21,8 @@ import sys
 
 from benchmarks.common import machine
 
-# The sizes by value, so that a checkout whose benchmarks/common.py predates a size can still build it.
+# The sizes by value, so that a checkout whose benchmarks/common.py predates a size can still build it; newer sizes
+# (`NAMED`) go by name to both checkouts, which must both know them.
 SIZE_ARGS = {
     "dmc_state": dict(name="dmc_state", obs_key="state", obs_shape=(24,), action_dim=6, discrete_actions=False,
                       T=50, B=16, world_model=dict(deter=200, stoch=32, discrete=32, hidden=200, units=400,
@@ -38,6 +39,7 @@ SIZE_ARGS = {
                              actor_ent=1e-3, actor_grad="reinforce", use_discount_head=True),
                   lower_lr=2e-4),
 }
+NAMED = ("dmc_small",)
 
 CHILD = """
 import inspect, json, statistics, sys, time, torch
@@ -46,13 +48,14 @@ from worldmodels import WorldModel
 torch.set_num_threads({threads})
 torch.set_flush_denormal(True)
 args = {size!r}
-wm = args["world_model"]
-if "mlp_units" in inspect.signature(WorldModel.__init__).parameters:  # a checkout before config-named kwargs
-    wm["mlp_units"], wm["mlp_layers"] = wm.pop("units"), wm.pop("layers")
-    scales = {{k[:-6]: wm.pop(k) for k in ("reward_scale", "discount_scale") if k in wm}}
-    if scales:
-        wm["loss_scales"] = scales
-size = Size(**args)
+if isinstance(args, dict):
+    wm = args["world_model"]
+    if "mlp_units" in inspect.signature(WorldModel.__init__).parameters:  # a checkout before config-named kwargs
+        wm["mlp_units"], wm["mlp_layers"] = wm.pop("units"), wm.pop("layers")
+        scales = {{k[:-6]: wm.pop(k) for k in ("reward_scale", "discount_scale") if k in wm}}
+        if scales:
+            wm["loss_scales"] = scales
+size = Size(**args) if isinstance(args, dict) else args
 bench = build(size, {config!r})
 bench.train_step()
 ts = []
@@ -63,7 +66,7 @@ print(json.dumps({{"median_s": statistics.median(ts), "times_s": ts}}))
 
 
 def run_in(tree: str, size: str, config: str, steps: int, threads: int) -> dict:
-    code = CHILD.format(size=SIZE_ARGS[size], config=config, steps=steps, threads=threads)
+    code = CHILD.format(size=SIZE_ARGS.get(size, size), config=config, steps=steps, threads=threads)
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
     res = subprocess.run([sys.executable, "-c", code], cwd=os.path.abspath(tree), env=env, capture_output=True,
                          text=True, timeout=3600)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare_commits", description=__doc__.split("\n\n")[0])
     p.add_argument("tree_a")
     p.add_argument("tree_b")
-    p.add_argument("--size", default="dmc_state", choices=list(SIZE_ARGS))
+    p.add_argument("--size", default="dmc_state", choices=[*SIZE_ARGS, *NAMED])
     p.add_argument("--config", default="none", help="benchmark config (none = DreamerV2, approx-terms_fd = TEMPO)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2)

@@ -3,6 +3,7 @@ bit-identical parameters and outputs to a hand-built stack of the same layers cr
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -126,3 +127,47 @@ def test_mlp_slice_is_a_plain_sequential() -> None:
     mlp = MLP(4, 2, 2, 8)
     head = mlp[:-1]
     assert type(head) is nn.Sequential and len(head) == len(mlp) - 1 and head[0] is mlp[0]
+
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_in_place_elu_gives_nn_elus_values_and_derivatives_to_every_order_the_hypergradient_takes(norm):
+    """The networks' ELU works in place (a faster backward, from its output): against the same MLP with the
+    out-of-place `nn.ELU`, float64, with and without LayerNorm: equal outputs, and equal gradients by backward, by
+    double backward (a Hessian-vector product, as exact hypergradients take it), by `torch.func.jvp` over
+    `torch.func.grad`, and by `torch.func.vmap` over `grad` (per-sample gradients)."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    from worldmodels.nets import ELU
+
+    torch.manual_seed(SEED)
+    x = torch.randn(64, 9, dtype=torch.float64)
+    torch.manual_seed(SEED)
+    fast = MLP(9, 3, layers=2, units=16, norm=norm).double()
+    torch.manual_seed(SEED)
+    ref = MLP(9, 3, layers=2, units=16, act=nn.ELU, norm=norm).double()
+    assert any(isinstance(m, ELU) and m.inplace for m in fast) and not any(isinstance(m, ELU) for m in ref)
+    params = {k: p.detach() for k, p in ref.named_parameters()}
+    v = {k: torch.randn_like(t) for k, t in params.items()}
+
+    def loss(net: nn.Module, p: dict, xs: Tensor) -> Tensor:
+        return (functional_call(net, p, (xs,)) ** 2).sum(-1).mean()
+
+    def hvp(net: nn.Module) -> dict:
+        ps = dict(net.named_parameters())
+        g = torch.autograd.grad(loss(net, ps, x), list(ps.values()), create_graph=True)
+        dot = sum((gi * v[k]).sum() for gi, k in zip(g, ps, strict=True))
+        return dict(zip(ps, torch.autograd.grad(dot, list(ps.values())), strict=True))
+
+    assert torch.equal(fast(x), ref(x))
+    checks = {
+        "grad": lambda net: grad(lambda p: loss(net, p, x))(params),
+        "jvp(grad)": lambda net: jvp(grad(lambda p: loss(net, p, x)), (params,), (v,))[1],
+        "vmap(grad)": lambda net: vmap(lambda xs: grad(lambda p: loss(net, p, xs))(params))(x.unsqueeze(1)),
+        "double backward": hvp,
+    }
+    for name, fn in checks.items():
+        a, b = fn(fast), fn(ref)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-12, msg=f"{name}: {k}")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, OneHotCategoricalStraightThrough
 
 from bilevel.precision import f32
-from worldmodels.nets import GRUCell, dreamer_init, sg
+from worldmodels.nets import ELU, GRUCell, dreamer_init, sg
 from worldmodels.onehot import OneHot
 
 State = dict[str, Tensor]
@@ -43,7 +43,7 @@ class RSSM(nn.Module):
 
     def __init__(self, action_dim: int, embed_dim: int, deter: int = 200, stoch: int = 32, discrete: int = 0,
                  hidden: int = 200, min_std: float = 0.1, unimix: float = 0.0, std_act: str = "sigmoid2",
-                 act: type[nn.Module] = nn.ELU):
+                 act: type[nn.Module] = ELU):
         super().__init__()
         if std_act not in STD_ACTS:
             raise ValueError(f"unknown std_act {std_act!r}; accepted: {list(STD_ACTS)}")

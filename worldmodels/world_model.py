@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from bilevel.precision import f32
 from worldmodels.elbo import kl_balance_terms, weighted_elbo_loss
 from worldmodels.nets import (
+    ELU,
     MLP,
     ConvDecoder,
     ConvEncoder,
@@ -53,7 +54,7 @@ class WorldModel(nn.Module):
                  units: int = 400, layers: int = 4,
                  discount_head: bool = False, kl_balance: float = 0.8, kl_free: float = 1.0,
                  kl_scale: float = 1.0, reward_scale: float = 1.0, discount_scale: float = 1.0,
-                 discount: float = 0.99, act: type[nn.Module] = nn.ELU):
+                 discount: float = 0.99, act: type[nn.Module] = ELU):
         super().__init__()
         keys = [k for k in ("image", "state") if k in obs_space]
         if len(keys) != 1:
