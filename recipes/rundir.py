@@ -231,6 +231,25 @@ class RunDir:
             return None
         return None if loaded is None else loaded[0]["counters"]
 
+    def last_logged(self, key: str, tail: int = 65536) -> dict[str, Any] | None:
+        """The newest metrics.jsonl record that has `key` (e.g. 'fps': a running trial's frames and rate since its
+        sitting began), from the file's last `tail` bytes; None if there is none. Reads only: a line being
+        written (cut short) does not parse and is passed over."""
+        try:
+            with open(self.path / "metrics.jsonl", "rb") as f:
+                f.seek(max(f.seek(0, os.SEEK_END) - tail, 0))
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        for raw in reversed(lines):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and key in rec:
+                return rec
+        return None
+
     def write_config(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.path / "config.json", json.dumps(data, indent=2, allow_nan=False))
 

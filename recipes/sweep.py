@@ -518,17 +518,27 @@ def show_status(sitting: Sitting) -> int:
     checkpointed), and the last sitting's start and code. Reads only."""
     root, all_trials = sitting.root, trials(sitting.spec, sitting.root)
     table = LiveTable([t.name for t in all_trials])
+    left = 0  # frames the unfinished trials still need
     for t in all_trials:
         frames, steps, last_eval = progress(t)
         state = trial_state(frames, steps, None) or (
             "running" if holder(Path(t.logdir)) is not None else "stopped" if frames else "pending")
         table.update(t.name, state=state, frames=frames, eval_return=last_eval)
+        if state == "running":  # its newest record is ahead of its newest checkpoint
+            rec = RunDir(Path(t.logdir)).last_logged("fps")
+            if rec is not None:
+                table.update(t.name, frames=max(frames, int(rec["step"])), fps=float(rec["fps"]))
+        if state != "finished":
+            left += max((steps or sitting.spec.steps or 0) - table.rows[t.name]["frames"], 0)
     counts = Counter(r["state"] for r in table.rows.values())
     last = sitting.history[-1] if sitting.history and isinstance(sitting.history[-1], dict) else {}
     pid = holder(root)
+    rates = [r["fps"] for r in table.rows.values() if r["state"] == "running" and r["fps"]]
+    pace = (f"; {left} frames to go: about {left / (sum(rates) / len(rates)) / 3600:.1f} trial-hours at the running "
+            f"trials' mean rate ({sum(rates) / len(rates):.2f} fps)" if rates and left else "")
     print(f"sweep {root}: {len(all_trials)} trials, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; last sitting started {last.get('started', '-')} at code {last.get('commit', '-')}, "
-          + (f"running now (process {pid})" if pid is not None else "not running now"), flush=True)
+          + (f"running now (process {pid})" if pid is not None else "not running now") + pace, flush=True)
     table.print(force=True)
     return 0
 

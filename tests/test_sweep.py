@@ -236,7 +236,9 @@ def test_live_table_keeps_the_last_eval_return_until_a_new_one(capsys):
 def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_path):
     """`--status` on a sweep directory: finished, running (a live process holds the run directory), stopped
     (checkpointed, not held: its holder was killed) and pending trials, the last sitting, whether a sweep holds the
-    directory; every file as it was, and it works while a sweep holds the directory. No sweep there: one line, 2."""
+    directory; a running trial's frames and fps from its newest logged record (ahead of its checkpoint; a line cut
+    by a writer is passed over), the frames left and the trial-hours they take at the running trials' rate; every
+    file as it was, and it works while a sweep holds the directory. No sweep there: one line, 2."""
     import yaml
 
     root = tmp_path / "s"
@@ -250,6 +252,11 @@ def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_p
         runs[name].mkdir(parents=True)
         (runs[name] / "config.json").write_text(json.dumps({"run": {"steps": 100}}))
         (runs[name] / "progress.json").write_text(json.dumps({"step": frames, "last_eval": ret}))
+    logged = {"cartpole_swingup/tempo/0": [{"step": 20, "fps": 2.0}, {"step": 50, "fps": 0.5},
+                                           {"step": 50, "eval_return": 3.0}],
+              "cartpole_swingup/dreamerv2/1": [{"step": 80, "fps": 9.0}]}  # stopped: its checkpoint counts
+    for name, recs in logged.items():
+        (runs[name] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 6')
     from tests.test_rundir import HOLD
 
     holders = [subprocess.Popen([sys.executable, "-c", HOLD, str(runs[name])], cwd=ROOT, stdout=subprocess.PIPE,
@@ -276,10 +283,11 @@ def test_status_shows_each_trial_from_its_run_directory_and_writes_nothing(tmp_p
     assert p.returncode == 0, p.stderr
     head, *rows = p.stdout.strip().splitlines()
     assert head == (f"sweep {root}: 4 trials, 1 finished, 1 pending, 1 running, 1 stopped; last sitting started "
-                    f"2026-01-02T03:04:05 at code abc123, running now (process {os.getpid()})")
+                    f"2026-01-02T03:04:05 at code abc123, running now (process {os.getpid()}); 190 frames to go: "
+                    "about 0.1 trial-hours at the running trials' mean rate (0.50 fps)")  # (100-50 + 100-60 + 100)
     table = {r.split()[0]: r.split()[1:] for r in rows[1:]}
     assert table == {"cartpole_swingup/dreamerv2/0": ["finished", "100", "-", "5.5"],
-                     "cartpole_swingup/tempo/0": ["running", "40", "-", "2.5"],
+                     "cartpole_swingup/tempo/0": ["running", "50", "0.5", "2.5"],
                      "cartpole_swingup/dreamerv2/1": ["stopped", "60", "-", "-1.0"],
                      "cartpole_swingup/tempo/1": ["pending", "0", "-", "-"]}
     p = subprocess.run([sys.executable, "-m", "recipes.sweep", str(tmp_path / "none"), "--status"], cwd=ROOT,
