@@ -9,6 +9,7 @@ minutes of setup (or, worse, after the run has already allocated a replay direct
 from __future__ import annotations
 
 import difflib
+import importlib.util
 
 from envs.base import Env
 
@@ -83,9 +84,10 @@ def validate_task(task: str) -> tuple[str, str]:
 
     import gymnasium
 
-    from envs.atari import _register
+    if importlib.util.find_spec("ale_py") is not None:  # ALE ids are gym ids too, where ale-py is installed
+        from envs.atari import _register
 
-    _register()  # make ALE ids visible as gym ids too
+        _register()
     if name in gymnasium.registry:
         return suite, name
     raise _unknown(task, name, {k.lower(): f"gym:{k}" for k in gymnasium.registry})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -168,6 +170,15 @@ def test_gym_pendulum_rescales_and_clips_actions():
     assert plus["reward"] <= 0.0
     for env in envs:
         env.close()
+
+
+def test_gym_tasks_need_no_ale_py(monkeypatch):
+    """ale-py is for Atari only: a gym task resolves and runs where it is not installed (the GPU machine's image)."""
+    monkeypatch.setitem(sys.modules, "ale_py", None)  # `import ale_py` now raises ImportError
+    assert validate_task("gym:Pendulum-v1") == ("gym", "Pendulum-v1")
+    env = make_env("gym:Pendulum-v1", seed=0)
+    check_obs(env, env.reset(), first=True)
+    env.close()
 
 
 def test_gym_cartpole_discrete_one_hot_and_termination():

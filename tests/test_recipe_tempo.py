@@ -18,7 +18,9 @@ ROOT = Path(__file__).parents[1]
 
 
 def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # the inherited PYTHONPATH stays after ROOT: a GPU session installs missing packages to a --target folder
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "recipes.tempo", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session (issue 19 §5), run ON the device machine from the repository root:
-#   device run: carry [".whl"], command "bash docs/evidence/gpu/session.sh docs/evidence/gpu/JOBS", timeout_s 580
+#   device run: carry [".whl", ".gl"], command "bash docs/evidence/gpu/session.sh docs/evidence/gpu/JOBS", timeout_s 580
 # 1. the device tests (tests/test_device.py --device cuda); 2. every line of JOBS (arguments of recipes.tempo, one
 # run each, its --logdir relative to the runs folder) in parallel, stopped with SIGINT (a checkpoint, then exit) when
 # BUDGET seconds are spent; 3. the runs' config.json and metrics.jsonl packed into $OUT/runs.tgz for
@@ -10,12 +10,19 @@ set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT" && RUNS=$(mktemp -d)
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+if [ -d .whl ] && [ "$DEVICE" != cpu ]; then  # the device image's missing packages (wheels.sh)
+  python3 -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl \
     || exit 3
   export PYTHONPATH="/tmp/site:$PWD"
 else
   export PYTHONPATH="$PWD"
+fi
+# the image has no EGL loader: carried debs (.gl, see the device README) give dm_control its headless renderer
+if [ -d .gl ] && [ "$DEVICE" != cpu ]; then  # never into a CPU machine's /
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f "$vendor" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
 fi
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 { python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nvidia-smi -L; } \

@@ -8,12 +8,12 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 rm -rf .whl && mkdir -p .whl
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+python3 -m pip download -q --no-deps --ignore-requires-python --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   "mujoco<4" dm_control==1.0.50 dm-env dm-tree glfw pyopengl websockets \
   "pydantic>=2.6" pydantic_core annotated-types typing-inspection \
-  "gymnasium>=1.0" farama-notifications higher==0.2.1 betty-ml==0.2.1
+  "gymnasium>=1.0" farama-notifications higher==0.2.1 betty-ml==0.2.1 "typing-extensions>=4.16"
 python3 - <<'PY'
 import pathlib, zipfile
 src = next(pathlib.Path(".whl").glob("dm_control-*.whl"))
