@@ -78,7 +78,9 @@ def loss_scaler(precision: Precision | None) -> torch.amp.GradScaler | None:
     """The GradScaler an update needs: float16's range needs loss scaling, bfloat16 has float32's."""
     if precision is None or precision.mode != "16":
         return None
-    return torch.amp.GradScaler(precision.device.type)
+    # Keras's dynamic LossScaleOptimizer (DreamerV2's float16 path): start at 2^15 (torch's default is 2^16), halve
+    # and skip on an overflow, double after 2000 finite steps
+    return torch.amp.GradScaler(precision.device.type, init_scale=2.0**15, growth_interval=2000)
 
 
 @dataclass

@@ -74,9 +74,9 @@ def test_an_update_on_the_device_is_the_cpu_update(device, monkeypatch):
 
 @pytest.mark.parametrize("precision", ["bf16", "16"])
 def test_reduced_precision_updates_where_the_device_has_it(device, precision):
-    """bfloat16 has float32's range: no update is skipped. float16's dynamic loss scaling starts at 2^16 and halves
-    on each overflow, skipping that update (as DreamerV2's mixed precision does): every skip is one halving, and once
-    the scale fits the updates apply. (On the H200 the first version of this test, which allowed no skip, saw one.)"""
+    """bfloat16 has float32's range: no update is skipped. float16's dynamic loss scaling starts at 2^15 and halves
+    on each overflow, skipping that update (Keras's, as in DreamerV2): every skip is one halving, and once the scale
+    fits the updates apply. (On the H200 the first version of this test, which allowed no skip, saw one.)"""
     if precision == "bf16" and not native_bf16(device):
         pytest.skip(f"no native bf16 on {device}")
     run = small_run(device, precision)

@@ -18,6 +18,7 @@ from torch import nn
 from agents import ActorCritic
 from bilevel import BilevelConfig, BilevelTrainer, stopgrad
 from bilevel.precision import Precision, cpu_flags, native_bf16, resolve
+from bilevel.updater import loss_scaler
 from losses import get_upper_loss
 from worldmodels import WorldModel
 from worldmodels.tempo_problem import TempoProblem
@@ -32,6 +33,15 @@ def test_auto_picks_bf16_only_where_native():
     assert set(flags) >= {"avx512_bf16", "amx_bf16"} and all(isinstance(v, bool) for v in flags.values())
     with pytest.raises(ValueError, match="unknown precision 'fp8'; accepted: \\['auto', '32', 'bf16', '16'\\]"):
         resolve("fp8", "cpu")
+
+
+def test_float16_loss_scaling_is_dreamerv2s():
+    """DreamerV2's float16 runs through Keras's dynamic LossScaleOptimizer: scale 2^15 at the start, halved on an
+    overflow (that step skipped), doubled after 2000 finite steps. Only float16 gets a scaler."""
+    scaler = loss_scaler(Precision("cpu", "16"))
+    assert scaler.get_scale() == 2.0**15 and scaler.get_growth_interval() == 2000
+    assert scaler.get_backoff_factor() == 0.5 and scaler.get_growth_factor() == 2.0
+    assert loss_scaler(Precision("cpu", "bf16")) is None and loss_scaler(Precision("cpu", "32")) is None
 
 
 def vec_batch(T: int, B: int, obs: int, act: int, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -164,7 +174,7 @@ def test_short_run_reaches_float32_losses_within_seed_noise(histories, mode):
 
 @pytest.mark.parametrize("mode", REDUCED)
 def test_no_nonfinite_updates(histories, mode):
-    """bf16 never skips; fp16 skips only while its loss scale comes down from 65536 (then steady)."""
+    """bf16 never skips; fp16 skips only while its loss scale comes down from 2^15 (then steady)."""
     h = histories[f"{mode}/0"]
     wm_skips, agent_skips = h["wm/nonfinite_steps"], h["agent/nonfinite_steps"]
     assert all(np.isfinite(v).all() for k, v in h.items() if not k.endswith("loss_scale")), "a NaN metric"
