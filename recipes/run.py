@@ -83,6 +83,7 @@ class Run:
         self.next_eval = 0
         self.evals = 0
         self.last_eval: float | None = None
+        self.last_eval_step: int | None = None  # the frame of the last finished evaluation
         self.pending: dict[str, list[float]] = {}
         self.nonfinite_agent = 0
         self.nonfinite_actions = 0
@@ -92,6 +93,12 @@ class Run:
     def agent_step(self) -> int:
         """Environment steps taken by the agent (DreamerV2's `step` counter; schedules and `train_every`)."""
         return self.step // self.repeat
+
+    def eval_due(self) -> bool:
+        """An evaluation is due at this frame: the schedule's (step 0's included), or the final agent's. From the
+        checkpointed counters alone, so a run stopped during an evaluation does it on resuming, the final one too."""
+        final = self.step >= self.cfg.run.steps and self.last_eval_step != self.step
+        return self.step >= self.next_eval or final
 
     @staticmethod
     def seed_everything(seed: int) -> None:
@@ -177,6 +184,7 @@ class Run:
                     break
             returns.append(ret)
         self.evals += 1
+        self.last_eval_step = self.step
         return float(np.mean(returns)), frames
 
     def frame(self, obs: dict[str, Any]) -> np.ndarray:
@@ -197,7 +205,7 @@ class Run:
             "upper": self.upper.state_dict() if isinstance(self.upper, torch.nn.Module) else None,
             "counters": {"step": self.step, "updates": self.updates, "episodes": self.episodes,
                          "next_eval": self.next_eval, "evals": self.evals, "last_eval": self.last_eval,
-                         "nonfinite_agent": self.nonfinite_agent},
+                         "last_eval_step": self.last_eval_step, "nonfinite_agent": self.nonfinite_agent},
             "replay": {"last_file": self.replay.last_file(), "pending": self.replay.pending_episode()},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "replay": self.replay.rng_state(),
@@ -224,6 +232,8 @@ class Run:
         c = state["counters"]
         self.step, self.updates, self.episodes = c["step"], c["updates"], c["episodes"]
         self.next_eval, self.evals, self.last_eval = c["next_eval"], c["evals"], c["last_eval"]
+        # checkpoints from before this counter: their final evaluation counts as done (they never redid it)
+        self.last_eval_step = c.get("last_eval_step", self.step)
         self.nonfinite_agent = c["nonfinite_agent"]
         if state["replay"]["pending"] is not None:  # the episode in progress at the checkpoint, cut there
             self.replay.add_episode(state["replay"]["pending"])

@@ -107,11 +107,11 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     ep_ret, last_ckpt = 0.0, run.step
     pretrained = run.updates > 0
     try:
-        if run.step == 0 and run.evals == 0:  # score of the untrained agent at step 0
+        if run.eval_due():  # the untrained agent's score at step 0, or the evaluation a stop interrupted
             run.last_eval = run_eval(run, logdir)
-            log.write({"step": 0, "eval_return": run.last_eval})
+            log.write({"step": run.step, "eval_return": run.last_eval})
             if on_log is not None:
-                on_log({"step": 0, "eval_return": run.last_eval})
+                on_log({"step": run.step, "eval_return": run.last_eval})
         while run.step < stop:
             if stop_file is not None and stop_file.exists():  # asked to end this sitting (a sweep's Ctrl-C)
                 rundir.save_checkpoint(run.checkpoint())
@@ -140,7 +140,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
                     pretrained = True
                 if run.agent_step // r.train_every > prev_agent // r.train_every:
                     run.train_once()
-            evaluated = run.step >= run.next_eval or run.step >= r.steps  # always score the final agent
+            evaluated = run.eval_due()
             if evaluated:
                 run.last_eval = run_eval(run, logdir)
             if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= stop:

@@ -312,3 +312,30 @@ def test_holder_names_the_live_holder_only(tmp_path):
     assert (tmp_path / LOCK).read_text().strip() == str(proc.pid)
     (tmp_path / LOCK).write_text(f"{os.getpid()}\n")  # alive, but not holding the file
     assert holder(tmp_path) is None
+
+
+@pytest.mark.parametrize("at", [300, 900], ids=["scheduled", "final"])
+def test_a_stop_during_an_evaluation_redoes_it_on_resuming(tmp_path, monkeypatch, at):
+    """Ctrl-C while the agent at frame `at` is being evaluated: the checkpoint holds that frame, and the resumed run
+    evaluates that agent first, once (the final one too: before, a run stopped in its final evaluation resumed as
+    finished without it). In-process, the interrupt raised from inside `Run.evaluate` at that frame."""
+    from recipes import tempo
+    from recipes.run import Run
+
+    evaluate = Run.evaluate
+
+    def interrupted(self):
+        if self.step == at:
+            raise KeyboardInterrupt
+        return evaluate(self)
+
+    logdir = tmp_path / "run"
+    argv = [*ARGS, "--run.video_every", "0", "--logdir", str(logdir)]
+    monkeypatch.setattr(Run, "evaluate", interrupted)
+    assert tempo.main(argv) == 130
+    evals = [r["step"] for r in records(logdir) if "eval_return" in r]
+    assert evals == [s for s in (0, 300, 600) if s < at]
+    monkeypatch.setattr(Run, "evaluate", evaluate)
+    assert tempo.main(argv) == 0
+    evals = [r["step"] for r in records(logdir) if "eval_return" in r]
+    assert evals == [0, 300, 600, 900]
