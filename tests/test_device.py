@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.common import build as build_bench
 from bilevel.precision import native_bf16
 from recipes.config import build
 from recipes.run import Run
@@ -70,6 +71,23 @@ def test_an_update_on_the_device_is_the_cpu_update(device, monkeypatch):
             torch.testing.assert_close(q.cpu(), p, rtol=1e-3, atol=2.5 * cpu.cfg.world_model.lr, msg=name)
     assert all(torch.isfinite(p).all() for p in dev.agent.parameters())
     assert dev.trainer.nonfinite == 0 and dev.nonfinite_agent == 0
+
+
+def test_compiled_imagination_on_the_device_is_the_eager_one(device):
+    """`run.compile` where it may pay most, a GPU (fewer kernel launches): the whole update with the compiled
+    imagination step equals the eager one on the same device. The CPU's case is tests/test_compile.py."""
+    if device == "cpu":
+        pytest.skip("tests/test_compile.py covers the CPU")
+    eager, comp = build_bench("tiny", "none", device), build_bench("tiny", "none", device, compile=True)
+    assert comp.wm.rssm.compile_imagination and not eager.wm.rssm.compile_imagination
+    metrics = []
+    for arm in (eager, comp):
+        torch.manual_seed(3)
+        metrics.append(arm.train_step())
+    for k in ("agent/actor_loss", "agent/critic_loss"):
+        assert np.isfinite(metrics[0][k]) and metrics[1][k] == pytest.approx(metrics[0][k], rel=1e-4, abs=1e-6), k
+    for p, q in zip(eager.agent.parameters(), comp.agent.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "16"])

@@ -1,6 +1,6 @@
-"""docs/evidence/gpu/session.sh, the prepared GPU session (issue 19 §5), on the CPU: its device tests run, its
-jobs run in parallel, the one still running at the budget's end is stopped with a checkpoint, and the evidence
-comes back packed."""
+"""docs/evidence/gpu/session.sh, the prepared GPU session (issue 19 §5), on the CPU: its device tests and its
+benchmark run, its jobs run in parallel, the one still running at the budget's end is stopped with a checkpoint,
+and the evidence comes back packed."""
 
 from __future__ import annotations
 
@@ -19,11 +19,16 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
                     "--task gym:Pendulum-v1 --preset debug --steps 1000000 --weighting none --run.video_every 0 "
                     "--run.checkpoint_every 60 --logdir a/dreamerv2/0\n")
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BUDGET": "45", "PARALLEL": "2"}
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BUDGET": "45", "PARALLEL": "2", "BENCH": "300",
+           "BENCH_SIZE": "tiny"}
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "passed" in (out / "tests.log").read_text()
+    rows = json.loads((out / "bench.json").read_text())["benchmarks"][0]["extra_info"]["rows"]
+    assert {(r["precision"], r["compile"]) for r in rows} == {("32", False), ("32", True), ("bf16", False),
+                                                              ("bf16", True)}
+    assert all(r["none_ms"] > 0 and r["tempo_ms"] > 0 for r in rows)
     done = {line.split()[0]: line.split()[2] for line in (out / "jobs.log").read_text().splitlines()}
     assert done == {"a/tempo/0": "0", "a/dreamerv2/0": "124"}  # finished; stopped at the budget (SIGINT -> 124)
     with tarfile.open(out / "runs.tgz") as tar:

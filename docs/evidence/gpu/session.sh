@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One GPU session (issue 19 §5), run ON the device machine from the repository root:
-#   device run: carry [".whl", ".gl"], command "bash docs/evidence/gpu/session.sh docs/evidence/gpu/JOBS", timeout_s 580
-# 1. the device tests (tests/test_device.py --device cuda); 2. every line of JOBS (arguments of recipes.tempo, one
-# run each, its --logdir relative to the runs folder) in parallel, stopped with SIGINT (a checkpoint, then exit) when
-# BUDGET seconds are spent; 3. the runs' config.json and metrics.jsonl packed into $OUT/runs.tgz for
-# `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu). A sweep's trials as JOBS lines:
+#   device run: carry [".whl", ".gl"], command "bash docs/evidence/gpu/session.sh docs/evidence/gpu/JOBS", timeout_s 600
+# 1. the device tests (tests/test_device.py --device cuda); 2. if BENCH (seconds) is set, the precision benchmark
+# (DreamerV2 and TEMPO, one process, float32/bf16, compile off/on, BENCH_SIZE) into $OUT/bench.json; 3. every line
+# of JOBS (arguments of recipes.tempo, one run each, its --logdir relative to the runs folder) in parallel, stopped
+# with SIGINT (a checkpoint, then exit) when BUDGET seconds are spent; 4. the runs' config.json and metrics.jsonl
+# packed into $OUT/runs.tgz for `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu). A sweep's trials as JOBS lines:
 # `python -m recipes.sweep DIR ... --commands` with a relative DIR (each line's --logdir is then relative too).
 set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
+BENCH=${BENCH:-} BENCH_SIZE=${BENCH_SIZE:-dmc_small}
 mkdir -p "$OUT" && RUNS=$(mktemp -d)
 if [ -d .whl ] && [ "$DEVICE" != cpu ]; then  # the device image's missing packages (wheels.sh)
   python3 -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade \
@@ -28,6 +30,11 @@ export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 { python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nvidia-smi -L; } \
   2>&1 | tee "$OUT/machine.txt"
 timeout 150 python3 -m pytest tests/test_device.py --device "$DEVICE" -o addopts= -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+if [ -n "$BENCH" ]; then  # one process alone: its step times against the jobs' (contended) ones
+  timeout -k 10 "$BENCH" python3 -m pytest benchmarks/test_train_step.py -k precisions -o addopts= -q \
+    -p no:cacheprovider --benchmark-enable --bench-device "$DEVICE" --bench-size "$BENCH_SIZE" --bench-rounds 5 \
+    --bench-precision 32,bf16 --bench-compile off,on --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+fi
 start=$(date +%s)
 grep -v '^\s*\(#\|$\)' "$JOBS" | while read -r line; do echo "$line"; done > "$RUNS/jobs"
 # each job: recipes.tempo with its own logdir under $RUNS, on $DEVICE, SIGINT at the budget's end (it checkpoints)
