@@ -125,6 +125,7 @@ def test_flag_weights_against_scipy(report):
 def test_markdown_section_and_no_grid(report, tmp_path):
     md = (Path(report["sweep"]) / "report" / "report.md").read_text()
     assert "## Grid contrasts" in md and "Interaction in AUC" in md and "`wm/weight_distractor_on`" in md
+    assert "compared at each point, see Grid contrasts" in md and "**absent**" not in md
     plain = write_sweep(tmp_path / "plain", grid=False)
     p = build.build_report(plain, plain / "report", reps=50)
     assert p["contrasts"]["final"] == {"gains": [], "interactions": []}
@@ -134,3 +135,10 @@ def test_markdown_section_and_no_grid(report, tmp_path):
 
 def test_bootstrap_ci_undefined_below_two_seeds():
     assert all(math.isnan(x) for x in bootstrap_ci([np.array([1.0]), np.array([1.0, 2.0])], [1, -1], 100, 0))
+
+
+def test_the_cli_does_not_call_a_grid_sweeps_baseline_missing(report, tmp_path, capsys):
+    from recipes.report.cli import main
+
+    assert main([report["sweep"], "--out", str(tmp_path / "cli"), "--reps", "50"]) == 0
+    assert "not found" not in capsys.readouterr().err

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for w in payload["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    if not payload["baseline_present"]:
+    if not payload["baseline_present"] and not payload["contrasts"]["final"]["gains"]:
         print(f"warning: baseline '{args.baseline}' not found; no probability of improvement or t-test",
               file=sys.stderr)
     print(f"{len(payload['runs'])} runs ({len(payload['unfinished'])} unfinished), "

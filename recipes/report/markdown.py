@@ -197,13 +197,23 @@ def _md_training_logs(p: dict) -> list[str]:
     return md + _md_metric_table(p["diagnostics"])
 
 
+def _baseline_note(p: dict) -> str:
+    """A grid sweep's labels carry their grid point, so the bare baseline label is absent there, yet each method
+    is compared with the baseline at its own grid point."""
+    if p["baseline_present"]:
+        return ""
+    if p["contrasts"]["final"]["gains"]:
+        return " (its runs carry grid points: compared at each point, see Grid contrasts)"
+    return " (**absent**: no comparison)"
+
+
 def render_markdown(p: dict) -> str:
     """``report.md`` from the JSON payload (so the two cannot disagree)."""
     base = p["baseline"]
     evals = "evaluation return" if p["last_k"] == 1 else f"mean of the last {p['last_k']} evaluation returns"
     md = [f"# Sweep report: `{p['sweep']}`", "",
           f"Generated {p['generated']}. Baseline `{base}`"
-          + ("" if p["baseline_present"] else " (**absent**: no comparison)")
+          + _baseline_note(p)
           + f". A run's final score is its {evals} at its task's **frame budget**: the largest frame count that "
           "every run of the task has reached, so a still-running sweep is compared fairly. Its area under the "
           "curve (AUC) is the mean of its evaluation returns after step 0 up to that budget. "
