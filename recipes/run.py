@@ -84,6 +84,7 @@ class Run:
         self.evals = 0
         self.last_eval: float | None = None
         self.last_eval_step: int | None = None  # the frame of the last finished evaluation
+        self.owed_updates = 0  # updates frames called for while a stop had cut the pretraining short
         self.pending: dict[str, list[float]] = {}
         self.nonfinite_agent = 0
         self.nonfinite_actions = 0
@@ -205,7 +206,8 @@ class Run:
             "upper": self.upper.state_dict() if isinstance(self.upper, torch.nn.Module) else None,
             "counters": {"step": self.step, "updates": self.updates, "episodes": self.episodes,
                          "next_eval": self.next_eval, "evals": self.evals, "last_eval": self.last_eval,
-                         "last_eval_step": self.last_eval_step, "nonfinite_agent": self.nonfinite_agent},
+                         "last_eval_step": self.last_eval_step, "owed_updates": self.owed_updates,
+                         "nonfinite_agent": self.nonfinite_agent},
             "replay": {"last_file": self.replay.last_file(), "pending": self.replay.pending_episode()},
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "replay": self.replay.rng_state(),
@@ -234,6 +236,7 @@ class Run:
         self.next_eval, self.evals, self.last_eval = c["next_eval"], c["evals"], c["last_eval"]
         # checkpoints from before this counter: their final evaluation counts as done (they never redid it)
         self.last_eval_step = c.get("last_eval_step", self.step)
+        self.owed_updates = c.get("owed_updates", 0)
         self.nonfinite_agent = c["nonfinite_agent"]
         if state["replay"]["pending"] is not None:  # the episode in progress at the checkpoint, cut there
             self.replay.add_episode(state["replay"]["pending"])

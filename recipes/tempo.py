@@ -11,12 +11,13 @@ Re-running with the same `--logdir` resumes; Ctrl-C saves a checkpoint and exits
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,44 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's pre-emption, `kill`) handled like Ctrl-C: checkpoint, then exit."""
 
 
-def _on_signal(signum: int, frame: Any) -> None:
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+class Interrupts:
+    """Ctrl-C and SIGTERM as exceptions, raised at once except inside `held()`: a frame with the update it calls
+    for, or the writing of its record and checkpoint, runs to its end first. So a checkpoint holds whole updates
+    (never the world model's step without the actor-critic's) and a frame counter that matches the replay. Handlers
+    are installed explicitly (a shell's background job ignores SIGINT otherwise), from the main thread only (a Ray
+    Tune trial runs in a worker thread and is stopped by its stop file), and put back on exit."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: KeyboardInterrupt | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if not self.holding:
+            raise stop
+        self.pending = self.pending or stop
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            stop, self.pending = self.pending, None
+            raise stop
 
 
 def run_eval(run: Run, logdir: Path) -> float:
@@ -89,9 +126,13 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     reports them to Ray Tune). `until` ends this sitting at that many frames (with a checkpoint and a metrics
     record) though the run aims at `run.steps`: a later call goes on from there; so does `stop_file`, as soon as that
     file exists (how a sweep's Ctrl-C ends its trials with a checkpoint). Returns the exit code."""
-    if threading.current_thread() is threading.main_thread():  # (a Ray Tune trial runs in a worker thread)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # explicitly: a shell's background job ignores SIGINT otherwise
-            signal.signal(sig, _on_signal)
+    with Interrupts() as stops:
+        return _train(stops, cfg, rundir, loaded, changes, notice, on_log, until, stop_file)
+
+
+def _train(stops: Interrupts, cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None, changes: dict | None,
+           notice: str | None, on_log: Callable[[dict[str, Any]], None] | None, until: int | None,
+           stop_file: Path | None) -> int:
     try:
         run = open_run(cfg, rundir, loaded, changes or {}, notice)
     except KeyboardInterrupt as e:
@@ -105,7 +146,7 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
     obs, state = run.env.reset(), None
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
     ep_ret, last_ckpt = 0.0, run.step
-    pretrained = run.updates > 0
+    pretrained = run.updates >= r.pretrain  # a stop may have cut the pretraining short: it goes on
     try:
         if run.eval_due():  # the untrained agent's score at step 0, or the evaluation a stop interrupted
             run.last_eval = run_eval(run, logdir)
@@ -117,47 +158,52 @@ def train(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None = None, 
                 rundir.save_checkpoint(run.checkpoint())
                 print(f"stopped: {stop_file} exists; checkpoint saved at step {run.step}", file=sys.stderr)
                 break
-            if run.agent_step < r.prefill:
-                action = run.random_action()
-            else:
-                action, state = run.act(obs, state, "explore")
-            obs = run.env.step(action)
-            run.replay.add(obs, action)
-            ep_ret += float(obs["reward"])
-            prev, prev_agent = run.step, run.agent_step
-            run.step += run.repeat
-            if obs["is_last"]:
-                run.episodes += 1
-                run.record({"train_return": ep_ret})
-                obs, state, ep_ret = run.env.reset(), None, 0.0
-                run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
-            if run.agent_step >= r.prefill and len(run.replay) >= cfg.replay.length:
-                if not pretrained:
-                    progress.update(run.step, run.updates, run.last_eval, pretrain=(0, r.pretrain))
-                    for i in range(r.pretrain):
+            with stops.held():  # a frame and the update it calls for: a checkpoint holds both or neither
+                if run.agent_step < r.prefill:
+                    action = run.random_action()
+                else:
+                    action, state = run.act(obs, state, "explore")
+                obs = run.env.step(action)
+                run.replay.add(obs, action)
+                ep_ret += float(obs["reward"])
+                prev, prev_agent = run.step, run.agent_step
+                run.step += run.repeat
+                if obs["is_last"]:
+                    run.episodes += 1
+                    run.record({"train_return": ep_ret})
+                    obs, state, ep_ret = run.env.reset(), None, 0.0
+                    run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
+                if run.agent_step >= r.prefill and len(run.replay) >= cfg.replay.length:
+                    due = int(run.agent_step // r.train_every > prev_agent // r.train_every)
+                    if not pretrained:  # a stop ends the pretraining between two updates (it may be long) ...
+                        run.owed_updates += due  # ... and the frames' own updates wait for its end, resumed or not
+                        while run.updates < r.pretrain and stops.pending is None:
+                            progress.update(run.step, run.updates, run.last_eval, pretrain=(run.updates, r.pretrain))
+                            run.train_once()
+                        progress.update(run.step, run.updates, run.last_eval, pretrain=(run.updates, r.pretrain))
+                        pretrained = run.updates >= r.pretrain
+                        due, run.owed_updates = (run.owed_updates, 0) if pretrained else (0, run.owed_updates)
+                    for _ in range(due):
                         run.train_once()
-                        progress.update(run.step, run.updates, run.last_eval, pretrain=(i + 1, r.pretrain))
-                    pretrained = True
-                if run.agent_step // r.train_every > prev_agent // r.train_every:
-                    run.train_once()
-            evaluated = run.eval_due()
+            evaluated = run.eval_due()  # outside: a stop cuts an evaluation short, the resumed run redoes it
             if evaluated:
                 run.last_eval = run_eval(run, logdir)
-            if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= stop:
-                fps = (run.step - step_start) / max(time.time() - t_start, 1e-9)
-                rec = {"step": run.step, "fps": fps, "updates": run.updates, "episodes": run.episodes,
-                       "replay_steps": len(run.replay), **run.replay.counters()}
-                rec.update({k: float(np.mean(v)) for k, v in run.pending.items()})
-                if evaluated:
-                    rec["eval_return"] = run.last_eval
-                run.pending.clear()
-                log.write(rec)
-                if on_log is not None:
-                    on_log(rec)
-            progress.update(run.step, run.updates, run.last_eval, force=evaluated)
-            if run.step - last_ckpt >= r.checkpoint_every or run.step >= stop:
-                rundir.save_checkpoint(run.checkpoint())
-                last_ckpt = run.step
+            with stops.held():
+                if evaluated or run.step // r.log_every > prev // r.log_every or run.step >= stop:
+                    fps = (run.step - step_start) / max(time.time() - t_start, 1e-9)
+                    rec = {"step": run.step, "fps": fps, "updates": run.updates, "episodes": run.episodes,
+                           "replay_steps": len(run.replay), **run.replay.counters()}
+                    rec.update({k: float(np.mean(v)) for k, v in run.pending.items()})
+                    if evaluated:
+                        rec["eval_return"] = run.last_eval
+                    run.pending.clear()
+                    log.write(rec)
+                    if on_log is not None:
+                        on_log(rec)
+                progress.update(run.step, run.updates, run.last_eval, force=evaluated)
+                if run.step - last_ckpt >= r.checkpoint_every or run.step >= stop:
+                    rundir.save_checkpoint(run.checkpoint())
+                    last_ckpt = run.step
     except KeyboardInterrupt as e:
         rundir.save_checkpoint(run.checkpoint())
         progress.close()

@@ -339,3 +339,37 @@ def test_a_stop_during_an_evaluation_redoes_it_on_resuming(tmp_path, monkeypatch
     assert tempo.main(argv) == 0
     evals = [r["step"] for r in records(logdir) if "eval_return" in r]
     assert evals == [0, 300, 600, 900]
+
+
+def test_ctrl_c_during_an_update_checkpoints_it_whole(tmp_path, monkeypatch):
+    """SIGINT arriving between the world-model step and the actor-critic step of an update: the run finishes that
+    update before it checkpoints, so the checkpoint holds both steps of it or neither (before: the world model's
+    step without the actor-critic's, and a resume redid the world model's). In-process, a real signal."""
+    from agents import ActorCritic
+    from recipes import tempo
+    from recipes.rundir import RunDir
+
+    train_step, sent = ActorCritic.train_step, []
+
+    def signalled(self, *args, **kwargs):
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))  # handled at the next bytecode, in this frame
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActorCritic, "train_step", signalled)
+    before = signal.getsignal(signal.SIGINT)
+    logdir = tmp_path / "run"
+    assert tempo.main([*ARGS, "--run.video_every", "0", "--logdir", str(logdir)]) == 130
+    assert signal.getsignal(signal.SIGINT) is before  # the run's handlers are put back
+    state, _ = RunDir(logdir).load_checkpoint()
+    updates = state["counters"]["updates"]
+    assert updates >= 1 and state["trainer"]["step_count"] == updates
+    agent = state["agent"]["_extra_state"]
+    assert agent["updates"] == updates
+    assert {int(s["step"]) for s in agent["actor_opt"]["state"].values()} == {updates}
+    # the signal came in the pretraining (2 updates in `debug`): the resumed run finishes it, as a run never stopped
+    monkeypatch.setattr(ActorCritic, "train_step", train_step)
+    assert updates < 2 and tempo.main([*ARGS, "--run.video_every", "0", "--logdir", str(logdir)]) == 0
+    assert tempo.main([*ARGS, "--run.video_every", "0", "--logdir", str(tmp_path / "whole")]) == 0
+    finals = [RunDir(d).load_checkpoint()[0]["counters"]["updates"] for d in (logdir, tmp_path / "whole")]
+    assert finals[0] == finals[1]
