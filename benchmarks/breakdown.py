@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import SIZES, TEMPO, Bench, build, machine, set_flush_denormal
+from benchmarks.common import CONFIGS, SIZES, TEMPO, Bench, build, machine, set_flush_denormal
 from bilevel.trainer import PHASE_METRICS as PHASES
 
 
@@ -52,8 +52,9 @@ def parts_of_one_update(bench: Bench) -> dict[str, float]:
             "run_update_rest": total - seen["trainer"] - seen["actor_critic"], "total": total}
 
 
-def measure(size: str, tempo: str, rounds: int) -> dict[str, Any]:
-    benches = {"dreamerv2": build(size, "none"), "tempo": build(size, tempo)}
+def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`also`: more TEMPO configs, timed in the same rounds (each its own arm, named by its config)."""
+    benches = {"dreamerv2": build(size, "none"), "tempo": build(size, tempo), **{c: build(size, c) for c in also}}
     for bench in benches.values():
         bench.train_step()  # warm-up
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in benches}
@@ -63,30 +64,43 @@ def measure(size: str, tempo: str, rounds: int) -> dict[str, Any]:
     for bench in benches.values():
         bench.close()
     median = {m: {k: statistics.median(s[k] for s in rows) for k in rows[0]} for m, rows in samples.items()}
-    ratios = [t["total"] / d["total"] for t, d in zip(samples["tempo"], samples["dreamerv2"], strict=True)]
+    def paired(a: str, b: str) -> list[float]:  # per-round ratios of the two arms' totals
+        return [x["total"] / y["total"] for x, y in zip(samples[a], samples[b], strict=True)]
+
+    ratios = paired("tempo", "dreamerv2")
     return {"median_s": median, "tempo_minus_dreamerv2_s": {k: median["tempo"][k] - median["dreamerv2"][k]
                                                             for k in median["tempo"]},
-            "tempo_over_dreamerv2": statistics.median(ratios), "ratios": ratios, "samples_s": samples}
+            "tempo_over_dreamerv2": statistics.median(ratios), "ratios": ratios, "samples_s": samples,
+            "also": {c: {"over_dreamerv2": statistics.median(paired(c, "dreamerv2")),
+                         "over_tempo": statistics.median(paired(c, "tempo")), "ratios_over_tempo": paired(c, "tempo")}
+                     for c in also}}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.breakdown", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="dmc_small", choices=sorted(SIZES))
     ap.add_argument("--tempo", default=TEMPO, help=f"the TEMPO strategy config (default {TEMPO})")
+    ap.add_argument("--also", default="", help="more TEMPO configs, comma-separated, timed in the same rounds")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
         ap.error(f"--threads and --rounds must be >= 1, got {args.threads} and {args.rounds}")
+    also = tuple(c for c in args.also.split(",") if c)
+    unknown = [c for c in (args.tempo, *also) if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config(s) {unknown}; accepted: {list(CONFIGS)}")
     torch.set_num_threads(args.threads)
     set_flush_denormal(True)
     result = {"size": args.size, "tempo": args.tempo, "rounds": args.rounds, "machine": machine("cpu"),
-              **measure(args.size, args.tempo, args.rounds)}
+              **measure(args.size, args.tempo, args.rounds, also)}
     for method, parts in result["median_s"].items():
         print(method, " ".join(f"{k}={v * 1e3:.0f}ms" for k, v in parts.items()))
     print("tempo - dreamerv2", " ".join(f"{k}={v * 1e3:+.0f}ms" for k, v in result["tempo_minus_dreamerv2_s"].items()))
     print(f"tempo / dreamerv2 = {result['tempo_over_dreamerv2']:.3f}")
+    for c, r in result["also"].items():
+        print(f"{c}: / dreamerv2 = {r['over_dreamerv2']:.3f}, / tempo = {r['over_tempo']:.3f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -156,6 +156,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     **{f"approx-{c}": {"strategy": "approx", "contraction": c} for c in CONTRACTIONS},
     "approx-terms_fd-every2": {"strategy": "approx", "contraction": "terms_fd", "meta_every": 2},
     "approx-terms_fd-every4": {"strategy": "approx", "contraction": "terms_fd", "meta_every": 4},
+    # ∇θ L_up beside the lower backward (`concurrent_upper`), forced either way whatever `auto` would pick
+    "approx-terms_fd-serial": {"strategy": "approx", "contraction": "terms_fd", "concurrent_upper": "off"},
+    "approx-terms_fd-concurrent": {"strategy": "approx", "contraction": "terms_fd", "concurrent_upper": "on"},
     "unroll1-native": {"strategy": "unroll", "unroll_steps": 1, "engine": "native"},
     "unroll3-native": {"strategy": "unroll", "unroll_steps": 3, "engine": "native"},
     "unroll1-higher": {"strategy": "unroll", "unroll_steps": 1, "engine": "higher"},

@@ -60,6 +60,9 @@ class BilevelConfig(Strict):
         1e-4, gt=0, description="terms_fd's one-sided step ε = radius / ||v||; the default is the most accurate "
         "in float32 at DMC and Atari sizes (README)")
     meta_every: int = Field(1, ge=1, description="update α only every k steps")
+    concurrent_upper: Literal["auto", "on", "off"] = Field(
+        "auto", description="take ∇θ L_up in a second thread while the lower backward runs, one core each (the same "
+        "numbers; the pass's graph is kept until both end); 'auto': on a CPU in float32 with ≥ 2 intra-op threads")
     naive_momentum: float = Field(0.99, ge=0, lt=1, description="moving mean/var of the naive baseline")
     weighter: WeighterConfig = WeighterConfig()
 

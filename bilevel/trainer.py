@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,9 +163,48 @@ class BilevelTrainer:
         free_graph = not meta or (s.frees_forward_graph and not needs_graph)
         with self.precision.pinned():  # L_up, when a float32 trainer is called under autocast
             if meta and free_graph and s.uses_weighter:
+                if self.concurrent_upper():
+                    lap()  # the upper grad's time is counted in the lower grad's, which it overlaps
+                    return [g.detach() for g in self.both_grads(sc, needs_graph)]
                 sc.upper_grad()  # upper grad
             lap()
             return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
+
+    def concurrent_upper(self) -> bool:
+        """Whether `lower_grad` overlaps the upper and lower backwards (`BilevelConfig.concurrent_upper`)."""
+        mode = self.cfg.concurrent_upper
+        if mode == "auto":
+            p = self.precision
+            return p.device.type == "cpu" and not p.reduced and torch.get_num_threads() >= 2
+        return mode == "on"
+
+    def both_grads(self, sc: StepContext, needs_graph: bool) -> list[Tensor]:
+        """∇θ L_up in a second thread while this one takes ∇θ L_low. Both backwards are chains of small sequential
+        ops through the same 50-step recurrence, which a second intra-op thread barely speeds up; run side by side
+        with one intra-op thread each, they take the time of about one. The values are the sequential order's. The
+        pass's graph must outlive both (the upper backward reads it while the lower one runs), unless L_up is a
+        float32 pass of its own (after a reduced-precision pass)."""
+        threads, failed = torch.get_num_threads(), []
+
+        def upper() -> None:
+            torch.set_num_threads(1)
+            try:
+                with self.precision.pinned():  # autocast state is per thread
+                    sc.upper_grad()
+            except BaseException as e:  # re-raised in the caller's thread
+                failed.append(e)
+
+        torch.set_num_threads(1)
+        worker = threading.Thread(target=upper, name="upper-grad")
+        worker.start()
+        try:
+            lower = sc.lower_grad(create_graph=needs_graph, retain_graph=not self.precision.reduced)
+        finally:
+            worker.join()
+            torch.set_num_threads(threads)
+        if failed:
+            raise failed[0]
+        return lower
 
     def alpha_grad(self, sc: StepContext) -> list[Tensor]:
         """The hypergrad phase: the strategy's α-gradient from the primitives its engine computes, in float32 whatever

@@ -311,12 +311,23 @@ def test_count_flops_is_twice_the_multiply_adds():
     assert gemm_gflops(n=64, repeats=1) > 0
 
 
+def med_upper(res: dict, arm: str) -> float:
+    return res["median_s"][arm]["time_upper_grad"]
+
+
 def test_breakdown_parts_sum_to_the_update_and_name_tempos_extra(tmp_path):
     from benchmarks import breakdown
 
     out = tmp_path / "b.json"
-    assert breakdown.main(["--size", "tiny", "--rounds", "2", "--threads", "1", "--out", str(out)]) == 0
+    assert breakdown.main(["--size", "tiny", "--rounds", "2", "--threads", "1", "--out", str(out),
+                           "--also", "approx-terms_fd-concurrent"]) == 0
     res = json.loads(out.read_text())
+    also = res["also"]["approx-terms_fd-concurrent"]
+    assert also["over_tempo"] == pytest.approx(sorted(also["ratios_over_tempo"])[0] / 2
+                                               + sorted(also["ratios_over_tempo"])[1] / 2)
+    assert res["median_s"]["approx-terms_fd-concurrent"]["time_upper_grad"] < med_upper(res, "tempo")
+    with pytest.raises(SystemExit):
+        breakdown.main(["--also", "nope"])
     assert res["machine"]["cpu_count"] >= 1 and len(res["ratios"]) == 2
     for rows in res["samples_s"].values():
         for parts in rows:
