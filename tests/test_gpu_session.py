@@ -19,8 +19,9 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
                     "--task gym:Pendulum-v1 --preset debug --steps 1000000 --weighting none --run.video_every 0 "
                     "--run.checkpoint_every 60 --logdir a/dreamerv2/0\n")
     out = tmp_path / "out"
+    runs = tmp_path / "machine_runs"  # kept between two calls on a warm machine
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BUDGET": "45", "PARALLEL": "2", "BENCH": "300",
-           "BENCH_SIZE": "tiny"}
+           "BENCH_SIZE": "tiny", "RUNS": str(runs)}
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -39,3 +40,19 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps == sorted(set(steps)) and steps[-1] > 0
     assert "checkpoint saved" in (tmp_path / "runs" / "a/dreamerv2/0.log").read_text()
+
+    # the second call on the warm machine: no device tests, from the second job on, the stopped run resumed
+    out2 = tmp_path / "out2"
+    p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, capture_output=True, text=True,
+                       env={**env, "OUT": str(out2), "BUDGET": "25", "BENCH": "", "TESTS": "0", "FROM": "2"},
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not (out2 / "tests.log").exists() and not (out2 / "bench.json").exists()
+    assert [line.split()[0] for line in (out2 / "jobs.log").read_text().splitlines()] == ["a/dreamerv2/0"]
+    with tarfile.open(out2 / "runs.tgz") as tar:
+        tar.extractall(tmp_path / "runs2", filter="data")
+    log = (tmp_path / "runs2" / "a/dreamerv2/0.log").read_text()
+    assert log.count("checkpoint saved") == 2 and "resuming" in log  # both calls' output, in one log
+    steps2 = [json.loads(line)["step"] for line in (tmp_path / "runs2/a/dreamerv2/0/metrics.jsonl").read_text()
+              .splitlines()]
+    assert steps2[:len(steps)] == steps and steps2[-1] > steps[-1]  # steps: the loop's last run, this one

@@ -7,11 +7,14 @@
 # with SIGINT (a checkpoint, then exit) when BUDGET seconds are spent; 4. the runs' config.json and metrics.jsonl
 # packed into $OUT/runs.tgz for `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu). A sweep's trials as JOBS lines:
 # `python -m recipes.sweep DIR ... --commands` with a relative DIR (each line's --logdir is then relative too).
+# A second call on the still-warm machine resumes the stopped runs: give both the same RUNS (a folder there), and
+# TESTS=0 to skip the device tests. FROM=N starts at the N-th job line (1-based, comments and blanks not counted).
 set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
-BENCH=${BENCH:-} BENCH_SIZE=${BENCH_SIZE:-dmc_small}
-mkdir -p "$OUT" && RUNS=$(mktemp -d)
+BENCH=${BENCH:-} BENCH_SIZE=${BENCH_SIZE:-dmc_small} BENCH_COMPILE=${BENCH_COMPILE:-off,on}
+TESTS=${TESTS:-1} FROM=${FROM:-1} RUNS=${RUNS:-$(mktemp -d)}
+mkdir -p "$OUT" "$RUNS"
 if [ -d .whl ] && [ "$DEVICE" != cpu ]; then  # the device image's missing packages (wheels.sh)
   python3 -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl \
@@ -29,14 +32,16 @@ fi
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 { python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; nvidia-smi -L; } \
   2>&1 | tee "$OUT/machine.txt"
-timeout 150 python3 -m pytest tests/test_device.py --device "$DEVICE" -o addopts= -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+[ "$TESTS" = 0 ] || timeout 150 python3 -m pytest tests/test_device.py --device "$DEVICE" -o addopts= -q \
+  -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 if [ -n "$BENCH" ]; then  # one process alone: its step times against the jobs' (contended) ones
   timeout -k 10 "$BENCH" python3 -m pytest benchmarks/test_train_step.py -k precisions -o addopts= -q \
     -p no:cacheprovider --benchmark-enable --bench-device "$DEVICE" --bench-size "$BENCH_SIZE" --bench-rounds 5 \
-    --bench-precision 32,bf16 --bench-compile off,on --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+    --bench-precision 32,bf16 --bench-compile "$BENCH_COMPILE" --benchmark-json "$OUT/bench.json" \
+    2>&1 | tee "$OUT/bench.log"
 fi
 start=$(date +%s)
-grep -v '^\s*\(#\|$\)' "$JOBS" | while read -r line; do echo "$line"; done > "$RUNS/jobs"
+grep -v '^\s*\(#\|$\)' "$JOBS" | tail -n "+$FROM" > "$RUNS/jobs"
 # each job: recipes.tempo with its own logdir under $RUNS, on $DEVICE, SIGINT at the budget's end (it checkpoints)
 xargs -P "$PARALLEL" -L 1 -a "$RUNS/jobs" bash -c '
   logdir=$(printf "%s\n" "$@" | grep -A1 -x -- --logdir | tail -1)
@@ -44,7 +49,7 @@ xargs -P "$PARALLEL" -L 1 -a "$RUNS/jobs" bash -c '
   [ "$left" -gt 10 ] || exit 0
   mkdir -p "'"$RUNS"'/$logdir"
   timeout -s INT -k 60 "$left" python3 -m recipes.tempo "$@" --device '"$DEVICE"' \
-    --logdir "'"$RUNS"'/$logdir" > "'"$RUNS"'/$logdir.log" 2>&1
+    --logdir "'"$RUNS"'/$logdir" >> "'"$RUNS"'/$logdir.log" 2>&1  # >>: a resumed run keeps its log
   echo "$logdir exit $? $(tail -c 300 "'"$RUNS"'/$logdir.log" | tail -1)"
 ' _ | tee "$OUT/jobs.log"
 (cd "$RUNS" && find . \( -name config.json -o -name metrics.jsonl -o -name '*.log' \) -print0 \
