@@ -17,11 +17,12 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
     jobs.write_text("# a comment, then a blank line\n\n"
                     "--task cartpole_swingup --preset debug --steps 300 --run.video_every 0 --logdir a/tempo/0\n"
                     "--task gym:Pendulum-v1 --preset debug --steps 1000000 --weighting none --run.video_every 0 "
-                    "--run.checkpoint_every 60 --logdir a/dreamerv2/0\n")
+                    "--run.checkpoint_every 60 --logdir a/dreamerv2/0\n"
+                    "--task gym:Pendulum-v1 --preset debug --steps 300 --logdir a/dreamerv2/1\n")  # never: COUNT
     out = tmp_path / "out"
     runs = tmp_path / "machine_runs"  # kept between two calls on a warm machine
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BUDGET": "45", "PARALLEL": "2", "BENCH": "300",
-           "BENCH_SIZE": "tiny", "RUNS": str(runs)}
+           "BENCH_SIZE": "tiny", "RUNS": str(runs), "COUNT": "2"}
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -44,7 +45,8 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
     # the second call on the warm machine: no device tests, from the second job on, the stopped run resumed
     out2 = tmp_path / "out2"
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, capture_output=True, text=True,
-                       env={**env, "OUT": str(out2), "BUDGET": "25", "BENCH": "", "TESTS": "0", "FROM": "2"},
+                       env={**env, "OUT": str(out2), "BUDGET": "25", "BENCH": "", "TESTS": "0", "FROM": "2",
+                            "COUNT": "1"},
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert not (out2 / "tests.log").exists() and not (out2 / "bench.json").exists()

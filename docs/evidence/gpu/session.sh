@@ -8,12 +8,13 @@
 # packed into $OUT/runs.tgz for `recipes.report`. Tested on the CPU by tests/test_gpu_session.py (DEVICE=cpu). A sweep's trials as JOBS lines:
 # `python -m recipes.sweep DIR ... --commands` with a relative DIR (each line's --logdir is then relative too).
 # A second call on the still-warm machine resumes the stopped runs: give both the same RUNS (a folder there), and
-# TESTS=0 to skip the device tests. FROM=N starts at the N-th job line (1-based, comments and blanks not counted).
+# TESTS=0 to skip the device tests. FROM=N starts at the N-th job line (1-based, comments and blanks not counted),
+# COUNT=K runs K lines from there (a finished run's slot then stays free for the others, not a run too late to matter).
 set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
 BENCH=${BENCH:-} BENCH_SIZE=${BENCH_SIZE:-dmc_small} BENCH_COMPILE=${BENCH_COMPILE:-off,on}
-TESTS=${TESTS:-1} FROM=${FROM:-1} RUNS=${RUNS:-$(mktemp -d)}
+TESTS=${TESTS:-1} FROM=${FROM:-1} COUNT=${COUNT:-1000000} RUNS=${RUNS:-$(mktemp -d)}
 mkdir -p "$OUT" "$RUNS"
 if [ -d .whl ] && [ "$DEVICE" != cpu ]; then  # the device image's missing packages (wheels.sh)
   python3 -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade \
@@ -41,7 +42,7 @@ if [ -n "$BENCH" ]; then  # one process alone: its step times against the jobs' 
     2>&1 | tee "$OUT/bench.log"
 fi
 start=$(date +%s)
-grep -v '^\s*\(#\|$\)' "$JOBS" | tail -n "+$FROM" > "$RUNS/jobs"
+grep -v '^\s*\(#\|$\)' "$JOBS" | tail -n "+$FROM" | head -n "$COUNT" > "$RUNS/jobs"
 # each job: recipes.tempo with its own logdir under $RUNS, on $DEVICE, SIGINT at the budget's end (it checkpoints)
 xargs -P "$PARALLEL" -L 1 -a "$RUNS/jobs" bash -c '
   logdir=$(printf "%s\n" "$@" | grep -A1 -x -- --logdir | tail -1)
