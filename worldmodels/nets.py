@@ -77,14 +77,22 @@ class MLP(nn.Sequential):
 
     def forward(self, x: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., inp] -> [..., out_dim]
         """`onehot`, if given, says that x's last block is exactly one-hot (`worldmodels.onehot`): the first
-        layer then gathers weight columns instead of multiplying zeros. Same values, up to summation order."""
+        layer then gathers weight columns instead of multiplying zeros. Same values, up to summation order.
+
+        The layers run on x flattened to [N, inp]. Why: `F.linear` returns a view of its matmul for an input of
+        more than two dims, and the in-place ELU on a view costs autograd a copy of the whole layer's gradient in
+        the backward (`CopySlices`); on [N, inp] each layer's output is a fresh tensor. Same values."""
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])  # [N, inp]
         if onehot is None:
-            return super().forward(x)
-        first = self[0]
-        x = onehot_linear(x, onehot, first.weight, first.bias)
-        for layer in list(self)[1:]:
-            x = layer(x)
-        return x
+            y = super().forward(x)
+        else:
+            first = self[0]
+            y = onehot_linear(x, OneHot(onehot.start, onehot.idx.reshape(-1, onehot.idx.shape[-1])), first.weight,
+                              first.bias)
+            for layer in list(self)[1:]:
+                y = layer(y)
+        return y.reshape(*lead, y.shape[-1])  # [..., out_dim]
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):  # Sequential would rebuild a slice as type(self)(OrderedDict), not an MLP call
