@@ -146,7 +146,6 @@ def _train(stops: Interrupts, cfg: Config, rundir: RunDir, loaded: tuple[dict, P
     obs, state = run.env.reset(), None
     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
     ep_ret, last_ckpt = 0.0, run.step
-    pretrained = run.updates >= r.pretrain  # a stop may have cut the pretraining short: it goes on
     try:
         if run.eval_due():  # the untrained agent's score at step 0, or the evaluation a stop interrupted
             run.last_eval = run_eval(run, logdir)
@@ -175,14 +174,14 @@ def _train(stops: Interrupts, cfg: Config, rundir: RunDir, loaded: tuple[dict, P
                     run.replay.add(obs, np.zeros(run.env.action_dim, np.float32))
                 if run.agent_step >= r.prefill and len(run.replay) >= cfg.replay.length:
                     due = int(run.agent_step // r.train_every > prev_agent // r.train_every)
-                    if not pretrained:  # a stop ends the pretraining between two updates (it may be long) ...
-                        run.owed_updates += due  # ... and the frames' own updates wait for its end, resumed or not
+                    if run.updates < r.pretrain:  # a stop ends the pretraining between two updates (it may be long),
+                        run.owed_updates += due  # the resumed run goes on with it; the frames' own updates wait
                         while run.updates < r.pretrain and stops.pending is None:
                             progress.update(run.step, run.updates, run.last_eval, pretrain=(run.updates, r.pretrain))
                             run.train_once()
                         progress.update(run.step, run.updates, run.last_eval, pretrain=(run.updates, r.pretrain))
-                        pretrained = run.updates >= r.pretrain
-                        due, run.owed_updates = (run.owed_updates, 0) if pretrained else (0, run.owed_updates)
+                        done = run.updates >= r.pretrain
+                        due, run.owed_updates = (run.owed_updates, 0) if done else (0, run.owed_updates)
                     for _ in range(due):
                         run.train_once()
             evaluated = run.eval_due()  # outside: a stop cuts an evaluation short, the resumed run redoes it
