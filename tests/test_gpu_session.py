@@ -22,7 +22,7 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
     out = tmp_path / "out"
     runs = tmp_path / "machine_runs"  # kept between two calls on a warm machine
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "BUDGET": "45", "PARALLEL": "2", "BENCH": "300",
-           "BENCH_SIZE": "tiny", "RUNS": str(runs), "COUNT": "2"}
+           "BENCH_SIZE": "tiny", "RUNS": str(runs), "COUNT": "2", "CPU_BENCH": "300", "CPU_BENCH_SIZES": "tiny"}
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -31,6 +31,9 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
     assert {(r["precision"], r["compile"]) for r in rows} == {("32", False), ("32", True), ("bf16", False),
                                                               ("bf16", True)}
     assert all(r["none_ms"] > 0 and r["tempo_ms"] > 0 for r in rows)
+    cpu = json.loads((out / "cpu_bench_tiny.json").read_text())["benchmarks"][0]["extra_info"]
+    assert cpu["device"] == "cpu" and cpu["machine"]["torch_threads"] == 2
+    assert {r["precision"] for r in cpu["rows"]} == {"32", "bf16"} and all(r["tempo_ms"] > 0 for r in cpu["rows"])
     done = {line.split()[0]: line.split()[2] for line in (out / "jobs.log").read_text().splitlines()}
     assert done == {"a/tempo/0": "0", "a/dreamerv2/0": "124"}  # finished; stopped at the budget (SIGINT -> 124)
     with tarfile.open(out / "runs.tgz") as tar:
@@ -45,11 +48,11 @@ def test_the_gpu_session_script_runs_its_jobs_and_packs_them(tmp_path):
     # the second call on the warm machine: no device tests, from the second job on, the stopped run resumed
     out2 = tmp_path / "out2"
     p = subprocess.run(["bash", "docs/evidence/gpu/session.sh", str(jobs)], cwd=ROOT, capture_output=True, text=True,
-                       env={**env, "OUT": str(out2), "BUDGET": "25", "BENCH": "", "TESTS": "0", "FROM": "2",
-                            "COUNT": "1"},
+                       env={**env, "OUT": str(out2), "BUDGET": "25", "BENCH": "", "CPU_BENCH": "", "TESTS": "0",
+                            "FROM": "2", "COUNT": "1"},
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert not (out2 / "tests.log").exists() and not (out2 / "bench.json").exists()
+    assert not any((out2 / f).exists() for f in ("tests.log", "bench.json", "cpu_bench_tiny.json"))
     assert [line.split()[0] for line in (out2 / "jobs.log").read_text().splitlines()] == ["a/dreamerv2/0"]
     with tarfile.open(out2 / "runs.tgz") as tar:
         tar.extractall(tmp_path / "runs2", filter="data")

@@ -10,11 +10,15 @@
 # A second call on the still-warm machine resumes the stopped runs: give both the same RUNS (a folder there), and
 # TESTS=0 to skip the device tests. FROM=N starts at the N-th job line (1-based, comments and blanks not counted),
 # COUNT=K runs K lines from there (a finished run's slot then stays free for the others, not a run too late to matter).
+# CPU_BENCH (seconds): the device machine's own CPU (a Xeon with avx512_bf16/AMX: a bf16 CPU, issue 20) runs the
+# precision benchmark on 2 cores, 2 threads, float32 and bf16, for each size in CPU_BENCH_SIZES, into
+# $OUT/cpu_bench_<size>.json, after the GPU benchmark and before the jobs (which take every core).
 set -uo pipefail
 JOBS=${1:?usage: session.sh JOBS_FILE}
 DEVICE=${DEVICE:-cuda} BUDGET=${BUDGET:-400} PARALLEL=${PARALLEL:-14} OUT=${OUT:-/tmp/gpu_out}
 BENCH=${BENCH:-} BENCH_SIZE=${BENCH_SIZE:-dmc_small} BENCH_COMPILE=${BENCH_COMPILE:-off,on}
 TESTS=${TESTS:-1} FROM=${FROM:-1} COUNT=${COUNT:-1000000} RUNS=${RUNS:-$(mktemp -d)}
+CPU_BENCH=${CPU_BENCH:-} CPU_BENCH_SIZES=${CPU_BENCH_SIZES:-dmc_small dmc_state}
 mkdir -p "$OUT" "$RUNS"
 if [ -d .whl ] && [ "$DEVICE" != cpu ]; then  # the device image's missing packages (wheels.sh)
   python3 -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade \
@@ -40,6 +44,18 @@ if [ -n "$BENCH" ]; then  # one process alone: its step times against the jobs' 
     -p no:cacheprovider --benchmark-enable --bench-device "$DEVICE" --bench-size "$BENCH_SIZE" --bench-rounds 5 \
     --bench-precision 32,bf16 --bench-compile "$BENCH_COMPILE" --benchmark-json "$OUT/bench.json" \
     2>&1 | tee "$OUT/bench.log"
+fi
+if [ -n "$CPU_BENCH" ]; then  # two cores of the device machine's CPU, as the 2-core CPU machines of issue 20
+  pin=$(command -v taskset >/dev/null && echo "taskset -c 0,1")
+  cpu_start=$(date +%s)
+  for size in $CPU_BENCH_SIZES; do
+    left=$(( CPU_BENCH - ($(date +%s) - cpu_start) ))
+    [ "$left" -gt 10 ] || break
+    timeout -k 10 "$left" $pin python3 -m pytest benchmarks/test_train_step.py -k precisions -o addopts= -q \
+      -p no:cacheprovider --benchmark-enable --bench-device cpu --bench-threads 2 --bench-size "$size" \
+      --bench-rounds 3 --bench-precision 32,bf16 --bench-compile off --benchmark-json "$OUT/cpu_bench_$size.json" \
+      2>&1 | tee -a "$OUT/cpu_bench.log"
+  done
 fi
 start=$(date +%s)
 grep -v '^\s*\(#\|$\)' "$JOBS" | tail -n "+$FROM" | head -n "$COUNT" > "$RUNS/jobs"
