@@ -398,10 +398,11 @@ def test_iqm_per_frame_is_rliables_iqm_per_frame():
     np.testing.assert_allclose(aggregates.iqm_per_frame(scores), expected, rtol=0, atol=1e-12)
 
 
-def _leaf(leaf: Path, task: str, method: str, seed: int, evals: dict[int, float], target: int) -> None:
+def _leaf(leaf: Path, task: str, method: str, seed: int, evals: dict[int, float], target: int,
+          eval_every: int | None = None) -> None:
     leaf.mkdir(parents=True)
-    (leaf / "config.json").write_text(json.dumps({"task": task, "method": method, "seed": seed,
-                                                  "run": {"steps": target}}))
+    run = {"steps": target} | ({"eval_every": eval_every} if eval_every else {})
+    (leaf / "config.json").write_text(json.dumps({"task": task, "method": method, "seed": seed, "run": run}))
     (leaf / "metrics.jsonl").write_text("".join(json.dumps({"step": st, "eval_return": r}) + "\n"
                                                 for st, r in evals.items()))
 
@@ -606,3 +607,27 @@ def test_no_weighted_run_says_so(tmp_path):
     assert (tmp_path / "out" / "diagnostics.png").is_file()
     md = (tmp_path / "out" / "report.md").read_text()
     assert sum("No weighted run" in line for line in md.splitlines()) == 1
+
+
+def test_a_late_evaluation_counts_where_it_was_due(tmp_path):
+    """A run resumed by older code evaluated a step late (3 001 for 3 000): it counts at 3 000, so the frame
+    budget that another run reached on time keeps it. An evaluation far from its due point (a final one at 2 500)
+    and one whose due point has its own stay where they are."""
+    root = tmp_path / "grid"
+    evals = {("dreamerv2", 0): {0: -1200.0, 1000: -900.0, 2000: -700.0, 3000: -300.0},
+             ("dreamerv2", 1): {0: -1100.0, 1000: -800.0, 2000: -600.0, 3000: -400.0, 4000: -100.0},
+             ("tempo", 0): {0: -1200.0, 1000: -950.0, 2000: -650.0, 3001: -250.0},  # late
+             ("tempo", 1): {0: -1100.0, 1000: -850.0, 2000: -550.0, 3000: -350.0, 3002: -340.0}}  # 3000 has its own
+    for (method, seed), ev in evals.items():
+        _leaf(root / "Pendulum-v1" / method / str(seed), "gym:Pendulum-v1", method, seed, ev, 5000, eval_every=1000)
+    payload = build.build_report(root, tmp_path / "out", reps=20)
+    task = payload["tasks"]["gym:Pendulum-v1"]
+    assert task["frame_budget"] == 3000
+    assert task["methods"]["tempo"]["final"] == [-250.0, -350.0]  # without the rule: -650 (3 001 > budget)
+    assert task["methods"]["tempo"]["auc"] == [pytest.approx((-950 - 650 - 250) / 3),
+                                               pytest.approx((-850 - 550 - 350) / 3)]
+    run = runs.load_run(root / "Pendulum-v1" / "tempo" / "1")
+    assert run.steps.tolist() == [0, 1000, 2000, 3000, 3002]
+    other = tmp_path / "other"
+    _leaf(other, "gym:Pendulum-v1", "tempo", 0, {0: 1.0, 1000: 2.0, 2000: 3.0, 2500: 4.0}, 2500, eval_every=1000)
+    assert runs.load_run(other).steps.tolist() == [0, 1000, 2000, 2500]

@@ -216,7 +216,8 @@ def render_markdown(p: dict) -> str:
           + _baseline_note(p)
           + f". A run's final score is its {evals} at its task's **frame budget**: the largest frame count that "
           "every run of the task has reached, so a still-running sweep is compared fairly. Its area under the "
-          "curve (AUC) is the mean of its evaluation returns after step 0 up to that budget. "
+          "curve (AUC) is the mean of its evaluation returns after step 0 up to that budget. An evaluation up to 1% of "
+          "`run.eval_every` late (a run resumed by code before 2e4e862) counts at the frame it was due. "
           f"Bootstrap: {p['reps']} replications, seed {p['seed']}.", ""]
     md += _md_runs(p) + [""] + _md_per_task(p) + [""] + _md_aggregates(p)
     md += ["", "## Welch t-test per task (paper protocol)", "",

@@ -151,9 +151,25 @@ def _target_frames(cfg: dict) -> int | None:
     return int(target) if isinstance(target, int | float) else None
 
 
+def _on_schedule(evals: dict[int, float], every: object) -> dict[int, float]:
+    """Each evaluation at the frame its schedule had it due. Why: a run resumed by code before 2e4e862 evaluated an
+    agent step late (e.g. at 3 001 frames for 3 000), which put it past a frame budget of 3 000 that the other runs
+    reached on time, so the final score and AUC dropped it. An evaluation up to 1% of `run.eval_every` after a due
+    point that has no evaluation of its own counts at that point; any other (a final one at `run.steps`) stays."""
+    if not isinstance(every, int) or every <= 0:
+        return evals
+    out: dict[int, float] = {}
+    for step in sorted(evals):
+        due = step - step % every
+        late = 0 < step - due <= every // 100 and due not in evals and due not in out
+        out[due if late else step] = evals[step]
+    return out
+
+
 def _from_files(path: Path, cfg: dict, rel: str) -> Run:
     evals, series = _read_metrics(path / "metrics.jsonl")
-    steps, returns = _sorted_arrays(evals)
+    run_cfg = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
+    steps, returns = _sorted_arrays(_on_schedule(evals, run_cfg.get("eval_every")))
     return Run(path=str(path), task=str(cfg["task"]), method=str(cfg["method"]), seed=cfg.get("seed"), steps=steps,
                returns=returns, series={k: _sorted_arrays(v) for k, v in series.items()},
                target_frames=_target_frames(cfg), config_method=str(cfg["method"]), rel=rel)
