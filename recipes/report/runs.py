@@ -146,8 +146,13 @@ def _read_metrics(met_path: Path) -> tuple[dict[int, float], dict[str, dict[int,
     return evals, series
 
 
+def _run_section(cfg: dict) -> dict:
+    """The config's `run` section ({} when a config lacks it)."""
+    return cfg["run"] if isinstance(cfg.get("run"), dict) else {}
+
+
 def _target_frames(cfg: dict) -> int | None:
-    target = cfg["run"].get("steps") if isinstance(cfg.get("run"), dict) else None
+    target = _run_section(cfg).get("steps")
     return int(target) if isinstance(target, int | float) else None
 
 
@@ -168,8 +173,7 @@ def _on_schedule(evals: dict[int, float], every: object) -> dict[int, float]:
 
 def _from_files(path: Path, cfg: dict, rel: str) -> Run:
     evals, series = _read_metrics(path / "metrics.jsonl")
-    run_cfg = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
-    steps, returns = _sorted_arrays(_on_schedule(evals, run_cfg.get("eval_every")))
+    steps, returns = _sorted_arrays(_on_schedule(evals, _run_section(cfg).get("eval_every")))
     return Run(path=str(path), task=str(cfg["task"]), method=str(cfg["method"]), seed=cfg.get("seed"), steps=steps,
                returns=returns, series={k: _sorted_arrays(v) for k, v in series.items()},
                target_frames=_target_frames(cfg), config_method=str(cfg["method"]), rel=rel)
