@@ -52,9 +52,12 @@ def parts_of_one_update(bench: Bench) -> dict[str, float]:
             "run_update_rest": total - seen["trainer"] - seen["actor_critic"], "total": total}
 
 
-def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = ()) -> dict[str, Any]:
-    """`also`: more TEMPO configs, timed in the same rounds (each its own arm, named by its config)."""
-    benches = {"dreamerv2": build(size, "none"), "tempo": build(size, tempo), **{c: build(size, c) for c in also}}
+def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), precision: str = "32") -> dict[str, Any]:
+    """`also`: more TEMPO configs, timed in the same rounds (each its own arm, named by its config). Every arm runs
+    in `precision` ('32', 'bf16', '16', 'auto': `bilevel.precision`)."""
+    arms = {"dreamerv2": "none", "tempo": tempo, **{c: c for c in also}}
+    benches = {m: build(size, c, precision=precision) for m, c in arms.items()}
+    precisions = {m: bench.precision.mode for m, bench in benches.items()}  # as resolved ('auto' -> 32 or bf16)
     for bench in benches.values():
         bench.train_step()  # warm-up
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in benches}
@@ -68,7 +71,7 @@ def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = ()) -> d
         return [x["total"] / y["total"] for x, y in zip(samples[a], samples[b], strict=True)]
 
     ratios = paired("tempo", "dreamerv2")
-    return {"median_s": median, "tempo_minus_dreamerv2_s": {k: median["tempo"][k] - median["dreamerv2"][k]
+    return {"precisions": precisions, "median_s": median, "tempo_minus_dreamerv2_s": {k: median["tempo"][k] - median["dreamerv2"][k]
                                                             for k in median["tempo"]},
             "tempo_over_dreamerv2": statistics.median(ratios), "ratios": ratios, "samples_s": samples,
             "also": {c: {"over_dreamerv2": statistics.median(paired(c, "dreamerv2")),
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also", default="", help="more TEMPO configs, comma-separated, timed in the same rounds")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--precision", default="32", choices=["32", "bf16", "16", "auto"],
+                    help="every arm's run.precision (default 32)")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
@@ -93,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown config(s) {unknown}; accepted: {list(CONFIGS)}")
     torch.set_num_threads(args.threads)
     set_flush_denormal(True)
-    result = {"size": args.size, "tempo": args.tempo, "rounds": args.rounds, "machine": machine("cpu"),
-              **measure(args.size, args.tempo, args.rounds, also)}
+    result = {"size": args.size, "tempo": args.tempo, "rounds": args.rounds, "precision": args.precision,
+              "machine": machine("cpu"), **measure(args.size, args.tempo, args.rounds, also, args.precision)}
     for method, parts in result["median_s"].items():
         print(method, " ".join(f"{k}={v * 1e3:.0f}ms" for k, v in parts.items()))
     print("tempo - dreamerv2", " ".join(f"{k}={v * 1e3:+.0f}ms" for k, v in result["tempo_minus_dreamerv2_s"].items()))

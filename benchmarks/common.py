@@ -159,6 +159,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # ∇θ L_up beside the lower backward (`concurrent_upper`), forced either way whatever `auto` would pick
     "approx-terms_fd-serial": {"strategy": "approx", "contraction": "terms_fd", "concurrent_upper": "off"},
     "approx-terms_fd-concurrent": {"strategy": "approx", "contraction": "terms_fd", "concurrent_upper": "on"},
+    # after a bf16 pass: ∇θ L_up from the pass's own graph (`hypergrad_precision`), serial and beside the lower one
+    "approx-terms_fd-step": {"strategy": "approx", "contraction": "terms_fd", "hypergrad_precision": "step",
+                             "concurrent_upper": "off"},
+    "approx-terms_fd-step-concurrent": {"strategy": "approx", "contraction": "terms_fd",
+                                        "hypergrad_precision": "step", "concurrent_upper": "on"},
     "unroll1-native": {"strategy": "unroll", "unroll_steps": 1, "engine": "native"},
     "unroll3-native": {"strategy": "unroll", "unroll_steps": 3, "engine": "native"},
     "unroll1-higher": {"strategy": "unroll", "unroll_steps": 1, "engine": "higher"},

@@ -62,7 +62,12 @@ class BilevelConfig(Strict):
     meta_every: int = Field(1, ge=1, description="update α only every k steps")
     concurrent_upper: Literal["auto", "on", "off"] = Field(
         "auto", description="take ∇θ L_up in a second thread while the lower backward runs, one core each (the same "
-        "numbers; the pass's graph is kept until both end); 'auto': on a CPU in float32 with ≥ 2 intra-op threads")
+        "numbers; the pass's graph is kept until both end), then terms_fd's shifted pass; 'auto': on a CPU with ≥ 2 "
+        "intra-op threads in float32, or in bf16 with hypergrad_precision 'step'")
+    hypergrad_precision: Literal["32", "step"] = Field(
+        "32", description="after a reduced-precision (bf16) pass: '32' takes ∇θ L_up from a float32 pass of its own "
+        "(same noise and stop-gradient values); 'step' from the pass's own graph, as in float32 (cheaper, less "
+        "exact: README). terms_fd differences and the weighter's α-backward are float32 either way")
     naive_momentum: float = Field(0.99, ge=0, lt=1, description="moving mean/var of the naive baseline")
     weighter: WeighterConfig = WeighterConfig()
 

@@ -74,6 +74,9 @@ class PassCache:
     lower_grad: list[Tensor] | None = None
     lower_grad_graph: bool = False
     upper: Tensor | None = None
+    upper_ctx: Any = None  # the float32 pass's context L_up came from, when it had a pass of its own
+    upper_ctx_sg: int = 0  # where that pass's replay of the stop-gradient tape stopped
+    prepared: Any = None  # what the contraction did ahead, beside the lower backward (`Contraction.prepare`)
     upper_grad: list[Tensor] | None = None
     graph_freed: bool = False
 
@@ -107,6 +110,12 @@ class StepContext:
         return [p for _, p in self.problem.model.named_parameters()]
 
     @property
+    def upper_own_pass(self) -> bool:
+        """L_up comes from a float32 pass of its own: the forward pass ran in reduced precision and the config keeps
+        the hypergradient's inputs in float32 (`BilevelConfig.hypergrad_precision`)."""
+        return self.reduced and self.cfg.hypergrad_precision == "32"
+
+    @property
     def alpha(self) -> list[Tensor]:
         assert self.weighter is not None
         return list(self.weighter.parameters())
@@ -127,15 +136,17 @@ class StepContext:
         return c.lower_grad
 
     def upper(self) -> Tensor:
-        """L_up at θ: on the pass's own context, or after a reduced-precision pass from a float32 pass with the
-        pass's noise and stop-gradient values (∇θ L_up through a bfloat16 graph is visibly off). Cached."""
+        """L_up at θ: on the pass's own context, or (`upper_own_pass`) from a float32 pass with the pass's noise and
+        stop-gradient values, whose context is kept for `terms_fd` (∇θ L_up through a bfloat16 graph is visibly
+        off). Cached."""
         c = self.cache
         if c.upper is None:
-            if self.reduced:
+            if self.upper_own_pass:
                 sg = replay(self.sg_tape, partial=True) if self.sg_tape is not None else contextlib.nullcontext()
                 with float32(self.lower.device), self.rng.replay(), sg:
-                    ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
-                    c.upper = self.problem.upper_objective(self.batch, ctx)
+                    c.upper_ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
+                    c.upper_ctx_sg = self.sg_tape.i if self.sg_tape is not None else 0
+                    c.upper = self.problem.upper_objective(self.batch, c.upper_ctx)
             else:
                 c.upper = self.problem.upper_objective(self.batch, self.lower_ctx)
         return c.upper
@@ -148,9 +159,9 @@ class StepContext:
             return float(self.problem.upper_objective(self.batch, self.lower_ctx))
 
     def upper_grad(self) -> list[Tensor]:
-        """∇θ L_up at θ from the SAME pass (θ'≈θ), zero outside the problem's upper params (cached). After a
-        reduced-precision pass L_up is a float32 pass of its own, so it needs no loss scaling and no graph of the
-        pass; otherwise it must be taken before a lower backward frees that graph."""
+        """∇θ L_up at θ from the SAME pass (θ'≈θ), zero outside the problem's upper params (cached). When L_up is a
+        float32 pass of its own (`upper_own_pass`) it needs no loss scaling and no graph of the pass; otherwise it
+        must be taken before a lower backward frees that graph."""
         c = self.cache
         if c.upper_grad is None:
             try:

@@ -13,7 +13,8 @@
   The pass replays the stop-gradient values recorded at θ (`bilevel.stopgrad`), so it estimates the JVP
   autograd would take (KL balancing, straight-through samples), with the step's noise. It needs no graph
   through the model at all: the cheapest contraction in time and memory; first-order accurate in ε. After a
-  reduced-precision forward pass (autocast) both sides of the difference are float32 passes.
+  reduced-precision forward pass (autocast) both sides of the difference are float32 passes (the base one read
+  from the upper loss's float32 pass where the problem can: `BilevelProblem.loss_deltas_from`).
 * finite_difference: (∇α L_low(θ+εv) - ∇α L_low(θ-εv)) / 2ε with ε = r/||v|| (DARTS), same noise in
   both evaluations, and θ restored bit-exactly by copying the saved values back (never by add/sub).
 
@@ -24,6 +25,7 @@ contractions it accepts (`Engine.primitives`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +33,8 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel.context import StepContext, grads_or_zeros, norm
+from bilevel.precision import float32
+from bilevel.problem import BilevelProblem
 from bilevel.registry import CONTRACTIONS
 from bilevel.stopgrad import replay
 
@@ -51,6 +55,11 @@ class Contraction:
 
     def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError
+
+    def prepare(self, sc: StepContext, v: list[Tensor]) -> None:
+        """Do ahead what `__call__(sc, v)` needs neither the lower backward nor the pass's graph for, keeping it in
+        `sc.cache.prepared`: the trainer calls this in the upper-grad thread while the lower backward runs
+        (`BilevelConfig.concurrent_upper`). Default: nothing."""
 
 
 @CONTRACTIONS.register
@@ -102,6 +111,25 @@ class TermsJvp(Contraction):
         return contract_terms(sc, tree_flatten(u)[0])
 
 
+@dataclass(frozen=True)
+class ShiftedPass:
+    """`terms_fd`'s pass at θ + εv, made for one v: the problem's `upper_context` there (float32, no graph, the
+    forward's noise and stop-gradient values replayed; None when the problem reads no loss changes from it) and
+    where its replay of the stop-gradient values stopped."""
+
+    v: list[Tensor]
+    eps: float
+    params: dict[str, Tensor]
+    shifted: set[str]
+    ctx: Any
+    sg_end: int
+
+
+def reads_deltas_from_passes(problem: BilevelProblem) -> bool:
+    """Whether the problem reads its loss changes from an `upper_context` pass (`loss_deltas_from`)."""
+    return type(problem).loss_deltas_from is not BilevelProblem.loss_deltas_from
+
+
 @CONTRACTIONS.register
 class TermsFd(Contraction):
     name = "terms_fd"
@@ -111,25 +139,53 @@ class TermsFd(Contraction):
         if sc.sg_tape is None:
             raise RuntimeError("terms_fd needs the stop-gradient values of the forward pass: build the "
                                "StepContext with BilevelTrainer (it records them for this contraction)")
+        c = sc.cache
+        shift = c.prepared if isinstance(c.prepared, ShiftedPass) and c.prepared.v is v else self._shift(sc, v)
+        if shift is None:
+            return [torch.zeros_like(a) for a in sc.alpha]
+        deltas = self._deltas(sc, shift.params, shift.shifted, shift.ctx, shift.sg_end)
+        if sc.reduced:
+            # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
+            # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel):
+            # the upper loss's float32 pass where the problem reads loss changes from it, else a pass of its own.
+            theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+            base = self._deltas(sc, theta, shift.shifted, c.upper_ctx, c.upper_ctx_sg)
+            deltas = [d - b for d, b in zip(deltas, base, strict=True)]
+        return contract_terms(sc, [d / shift.eps for d in deltas])
+
+    def prepare(self, sc: StepContext, v: list[Tensor]) -> None:
+        """The shifted pass, which needs only v: run beside the lower backward, it leaves `__call__` the cheap
+        part (reading the loss changes needs the heads' gradients that backward captures)."""
+        sc.cache.prepared = self._shift(sc, v)
+
+    @staticmethod
+    def _shift(sc: StepContext, v: list[Tensor]) -> ShiftedPass | None:
         vnorm = float(norm(v))
         if vnorm == 0.0:
-            return [torch.zeros_like(a) for a in sc.alpha]
+            return None
         eps = sc.cfg.terms_fd_radius / vnorm
         nonzero = torch.stack([vi.any() for vi in v]).tolist()
         named = list(sc.problem.model.named_parameters())
         params = {n: p.detach() + eps * vi if nz else p.detach()
                   for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
         shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
-        deltas = self._deltas(sc, params, shifted)
-        if sc.reduced:
-            # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
-            # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel).
-            base = self._deltas(sc, {n: p.detach() for n, p in named}, shifted)
-            deltas = [d - b for d, b in zip(deltas, base, strict=True)]
-        return contract_terms(sc, [d / eps for d in deltas])
+        ctx, sg_end = None, 0
+        if reads_deltas_from_passes(sc.problem):
+            with (torch.no_grad(), float32(sc.lower.device), sc.rng.replay(),
+                  replay(sc.sg_tape, partial=True) as tape):
+                ctx = sc.problem.upper_context(sc.batch, params)
+            sg_end = tape.i
+        return ShiftedPass(v, eps, params, shifted, ctx, sg_end)
 
     @staticmethod
-    def _deltas(sc: StepContext, params: dict[str, Tensor], shifted: set[str]) -> list[Tensor]:
+    def _deltas(sc: StepContext, params: dict[str, Tensor], shifted: set[str], ctx: Any, sg_end: int) -> list[Tensor]:
+        """losses(params) − the forward pass's, read from `ctx` (an `upper_context` pass at params whose replay of
+        the stop-gradient values stopped at `sg_end`) where the problem can, else its `loss_deltas`."""
+        if ctx is not None:
+            with torch.no_grad(), replay(sc.sg_tape, partial=True, start=sg_end):  # the sg values it did not reach
+                deltas = sc.problem.loss_deltas_from(sc.batch, ctx, params, sc.lower_ctx, sc.losses, shifted)
+            if deltas is not None:
+                return tree_flatten(deltas)[0]
         with torch.no_grad(), sc.rng.replay(), replay(sc.sg_tape):
             return tree_flatten(sc.problem.loss_deltas(sc.batch, params, sc.lower_ctx, sc.losses, shifted))[0]
 

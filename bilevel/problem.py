@@ -70,6 +70,16 @@ class BilevelProblem(ABC):
             return new - losses.detach()
         return {k: v - losses[k].detach() for k, v in new.items()}
 
+    def loss_deltas_from(self, batch: Any, base: Any, params: Params, ctx: Any,
+                         losses: Tensor | Mapping[str, Tensor], shifted: set[str]) -> Any:
+        """`loss_deltas` at `params` read from `base`, the `upper_context` of a float32 pass at `params` (no graph;
+        the forward's noise and stop-gradient values replayed), or None where it cannot be (the default: `terms_fd`
+        then calls `loss_deltas`). A problem whose `loss_deltas` re-runs just the upper context's pass overrides
+        this: `terms_fd` can then run its shifted pass beside the lower backward (`Contraction.prepare`), and after
+        a reduced-precision forward read its float32 baseline at θ from the upper loss's own float32 pass. Called
+        under no_grad, with the stop-gradient values replayed from where `base`'s pass stopped."""
+        return None
+
     def upper_context(self, batch: Any, params: Params) -> Any:
         """The context `upper_objective` needs, from a pass at `params` (the default: the whole `lower_losses`).
 

@@ -75,10 +75,13 @@ def record(tape: Tape) -> Iterator[Tape]:
 
 
 @contextmanager
-def replay(tape: Tape, partial: bool = False) -> Iterator[Tape]:
+def replay(tape: Tape, partial: bool = False, start: int = 0) -> Iterator[Tape]:
     """Return the recorded values from `sg`, in order; the pass must call sg exactly as often as recorded (or,
-    with `partial`, at most as often: a pass that stops early, e.g. before the heads)."""
-    tape.replaying, tape.i = True, 0
+    with `partial`, at most as often: a pass that stops early, e.g. before the heads). `start`: resume where an
+    earlier partial replay of the same pass stopped (`tape.i` after it), e.g. to finish that pass's losses."""
+    if not 0 <= start <= len(tape.values):
+        raise ValueError(f"stop-gradient replay start {start} is outside the tape's 0..{len(tape.values)} values")
+    tape.replaying, tape.i = True, start
     with _use(tape):
         yield tape
     if tape.i != len(tape.values) and not partial:

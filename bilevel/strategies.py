@@ -71,6 +71,10 @@ class Strategy(nn.Module):
         """The α-gradient of the step, from the primitives `engine` computes."""
         raise ValueError(f"strategy {self.name!r} has no weighter, so there is no α-gradient")
 
+    def prepare(self, sc: StepContext, engine: Engine) -> None:
+        """Do ahead what `alpha_grad` needs only ∇θ L_up for (the trainer calls this beside the lower backward,
+        after ∇θ L_up: `BilevelConfig.concurrent_upper`). Default: nothing."""
+
 
 @STRATEGIES.register
 class NoWeights(Strategy):
@@ -122,6 +126,9 @@ class Approx(Strategy):
     def alpha_grad(self, sc: StepContext, engine: Engine) -> list[Tensor]:
         coef = approx_coef(sc.cfg, sc.lr)
         return [coef * m for m in engine.mixed(sc, sc.upper_grad())]
+
+    def prepare(self, sc: StepContext, engine: Engine) -> None:
+        engine.prepare_mixed(sc, sc.upper_grad())
 
 
 @STRATEGIES.register

@@ -108,6 +108,9 @@ class BilevelTrainer:
             raise ValueError(f"precision '16' supports strategies {strategies} with contractions {first_order} on "
                              f"engines {engines}; got {cfg.strategy!r} / {cfg.contraction!r} / {cfg.engine!r} "
                              "(use precision 'bf16' or '32')")
+        if self.fp16 and cfg.uses_weighter and cfg.hypergrad_precision != "32":
+            raise ValueError(f"precision '16' takes ∇θ L_up from a float32 pass (an unscaled float16 backward would "
+                             f"underflow): hypergrad_precision must be '32', got {cfg.hypergrad_precision!r}")
         self.updater = Updater(parts, loss_scaler(self.precision), max_nonfinite, what="bilevel steps")
         self.step_count = 0
 
@@ -171,19 +174,25 @@ class BilevelTrainer:
             return [g.detach() for g in sc.lower_grad(create_graph=needs_graph, retain_graph=not free_graph)]
 
     def concurrent_upper(self) -> bool:
-        """Whether `lower_grad` overlaps the upper and lower backwards (`BilevelConfig.concurrent_upper`)."""
+        """Whether `lower_grad` overlaps the upper and lower backwards (`BilevelConfig.concurrent_upper`). 'auto' is
+        where it measured faster (benchmarks/README.md): a CPU with ≥ 2 intra-op threads, when ∇θ L_up is read from
+        the pass's graph (float32, or bf16 with `hypergrad_precision` 'step'); not for a float32 upper pass of its
+        own after bf16, which a single intra-op thread slows more than the overlap gains at `dmc_state`."""
         mode = self.cfg.concurrent_upper
         if mode == "auto":
             p = self.precision
-            return p.device.type == "cpu" and not p.reduced and torch.get_num_threads() >= 2
+            own_pass = p.reduced and self.cfg.hypergrad_precision == "32"
+            return p.device.type == "cpu" and not own_pass and torch.get_num_threads() >= 2
         return mode == "on"
 
     def both_grads(self, sc: StepContext, needs_graph: bool) -> list[Tensor]:
         """∇θ L_up in a second thread while this one takes ∇θ L_low. Both backwards are chains of small sequential
         ops through the same 50-step recurrence, which a second intra-op thread barely speeds up; run side by side
-        with one intra-op thread each, they take the time of about one. The values are the sequential order's. The
-        pass's graph must outlive both (the upper backward reads it while the lower one runs), unless L_up is a
-        float32 pass of its own (after a reduced-precision pass)."""
+        with one intra-op thread each, they take the time of about one. After ∇θ L_up the second thread does what
+        the α-gradient needs only that for (`Strategy.prepare`: terms_fd's shifted pass); it may replay the step's
+        noise through the global RNG because this thread draws none meanwhile. The values are the sequential
+        order's. The pass's graph must outlive both (the upper backward reads it while the lower one runs), unless
+        L_up is a float32 pass of its own (`StepContext.upper_own_pass`)."""
         threads, failed = torch.get_num_threads(), []
 
         def upper() -> None:
@@ -191,6 +200,7 @@ class BilevelTrainer:
             try:
                 with self.precision.pinned():  # autocast state is per thread
                     sc.upper_grad()
+                    self.strategy.prepare(sc, self.engine)
             except BaseException as e:  # re-raised in the caller's thread
                 failed.append(e)
 
@@ -198,7 +208,7 @@ class BilevelTrainer:
         worker = threading.Thread(target=upper, name="upper-grad")
         worker.start()
         try:
-            lower = sc.lower_grad(create_graph=needs_graph, retain_graph=not self.precision.reduced)
+            lower = sc.lower_grad(create_graph=needs_graph, retain_graph=not sc.upper_own_pass)
         finally:
             worker.join()
             torch.set_num_threads(threads)

@@ -328,6 +328,7 @@ def test_breakdown_parts_sum_to_the_update_and_name_tempos_extra(tmp_path):
     assert res["median_s"]["approx-terms_fd-concurrent"]["time_upper_grad"] < med_upper(res, "tempo")
     with pytest.raises(SystemExit):
         breakdown.main(["--also", "nope"])
+    assert res["precision"] == "32" and set(res["precisions"].values()) == {"32"}
     assert res["machine"]["cpu_count"] >= 1 and len(res["ratios"]) == 2
     for rows in res["samples_s"].values():
         for parts in rows:
@@ -352,3 +353,15 @@ def test_malloc_benchmark_pairs_fresh_processes(tmp_path):
     assert all(row[arm]["s_per_update"] > 0 and row[arm]["faults_per_update"] >= 0 for arm in ("default", "kept"))
     with pytest.raises(SystemExit):
         malloc.main(["--configs", "nope"])
+
+
+def test_breakdown_runs_every_arm_in_the_asked_precision(tmp_path):
+    from benchmarks import breakdown
+
+    out = tmp_path / "b.json"
+    assert breakdown.main(["--size", "tiny", "--rounds", "1", "--threads", "1", "--precision", "bf16", "--out",
+                           str(out), "--also", "approx-terms_fd-step"]) == 0
+    res = json.loads(out.read_text())
+    assert res["precisions"] == {"dreamerv2": "bf16", "tempo": "bf16", "approx-terms_fd-step": "bf16"}
+    with pytest.raises(SystemExit):
+        breakdown.main(["--precision", "fp8"])

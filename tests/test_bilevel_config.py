@@ -14,6 +14,7 @@ from bilevel import BilevelConfig, BilevelTrainer, MetaWeighter
     ("engine", "jax", "'higher'"),
     ("contraction", "hessian", "'jvp'"),
     ("sign", "plus", "'official'"),
+    ("hypergrad_precision", "bf16", "'step'"),
 ])
 def test_unknown_names(field, value, accepted):
     with pytest.raises(ValidationError) as e:

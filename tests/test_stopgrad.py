@@ -61,3 +61,18 @@ def test_tapes_nest_and_restore():
     assert [t.shape[0] for t in inner.values] == [2]
     x = torch.ones(2, requires_grad=True)
     assert not sg(x).requires_grad  # no tape active again
+
+
+def test_replay_resumes_where_a_partial_replay_stopped():
+    """A pass that stops early (the upper context: no heads) leaves `tape.i` where the rest of it resumes."""
+    tape = Tape()
+    with stopgrad.record(tape):
+        values = [sg(torch.full((1,), float(i))) for i in range(3)]
+    with stopgrad.replay(tape, partial=True) as t:
+        sg(torch.zeros(1))
+    with stopgrad.replay(tape, start=t.i):
+        rest = [sg(torch.zeros(1)), sg(torch.zeros(1))]
+    assert rest[0] is values[1] and rest[1] is values[2]
+    with pytest.raises(ValueError, match="replay start 4 is outside the tape's 0..3 values"):
+        with stopgrad.replay(tape, start=4):
+            pass

@@ -77,14 +77,33 @@ class TempoProblem(BilevelProblem):
         Δℓ_k = ⟨∂ℓ_k/∂feat, feat' - feat⟩ per sample, from the gradients the lower backward left in
         `ctx.capture` - instead of re-running the decoder (≈75% of a DMC forward pass). The result is exact
         to first order in the shift, which is all a finite difference keeps."""
-        cap = ctx.capture or {}
-        heads = [k for k in losses if k not in KL_KEYS]
-        upper = set(self.upper_parameter_names())
-        ready = all(f"dfeat/{k}" in cap and f"dterm/{k}" in cap for k in heads)
-        if not ready or not shifted <= upper or any(bool((cap[f"dterm/{k}"] == 0).any()) for k in heads):
+        if not self._first_order_heads(ctx, losses, shifted):
             return super().loss_deltas(batch, params, ctx, losses, shifted)  # re-run everything
         out = self.call(params, batch, heads=False)
-        post, prior = out.post, out.prior
+        return self._deltas(out.post, out.prior, ctx, losses)
+
+    def loss_deltas_from(self, batch: Mapping[str, Tensor], base: TempoContext, params: Params, ctx: TempoContext,
+                         losses: Mapping[str, Tensor], shifted: set[str]) -> dict[str, Tensor] | None:
+        """`loss_deltas` at θ from the upper loss's float32 pass: it is the pass `loss_deltas` re-runs (encoder +
+        RSSM, same noise and stop-gradient values), so the same numbers without running it again."""
+        if not self._first_order_heads(ctx, losses, shifted):
+            return None
+        return self._deltas(base.post, base.prior, ctx, losses)
+
+    def _first_order_heads(self, ctx: TempoContext, losses: Mapping[str, Tensor], shifted: set[str]) -> bool:
+        """Whether the heads' change can be taken to first order: their gradients were captured (and are usable)
+        and only encoder + RSSM parameters move."""
+        cap = ctx.capture or {}
+        heads = [k for k in losses if k not in KL_KEYS]
+        ready = all(f"dfeat/{k}" in cap and f"dterm/{k}" in cap for k in heads)
+        return (ready and shifted <= set(self.upper_parameter_names())
+                and not any(bool((cap[f"dterm/{k}"] == 0).any()) for k in heads))
+
+    def _deltas(self, post: State, prior: State, ctx: TempoContext, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Δterms of the pass with states (post, prior) [T, B, ...] against the forward pass."""
+        cap = ctx.capture or {}
+        heads = [k for k in losses if k not in KL_KEYS]
+        post, prior = ({k: v.detach() for k, v in st.items()} for st in (post, prior))
         delta = self.model.rssm.feat(post) - cap["feat"]  # [T, B, F]
         out = {k: ((cap[f"dfeat/{k}"] / cap[f"dterm/{k}"].unsqueeze(-1)) * delta).sum(-1) for k in heads}
         kl = dict(zip(KL_KEYS, kl_balance_terms(post, prior, self.model.rssm), strict=True))

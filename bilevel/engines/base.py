@@ -44,6 +44,10 @@ class Engine:
     def mixed(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError(f"engine {self.name!r} does not compute mixed(v)")
 
+    def prepare_mixed(self, sc: StepContext, v: list[Tensor]) -> None:
+        """Do ahead what `mixed(sc, v)` needs neither the lower backward nor the pass's graph for (the trainer calls
+        this beside the lower backward). Default: nothing."""
+
     def mixed_inverse(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         raise NotImplementedError(f"engine {self.name!r} does not compute mixed(H⁻¹v)")
 

@@ -38,6 +38,9 @@ class Native(Engine):
     def mixed(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         return self.contraction(sc, v)
 
+    def prepare_mixed(self, sc: StepContext, v: list[Tensor]) -> None:
+        self.contraction.prepare(sc, v)
+
     def mixed_inverse(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         cfg = sc.cfg
         hvp = hvp_fn(sc)
