@@ -71,8 +71,8 @@ def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), prec
         return [x["total"] / y["total"] for x, y in zip(samples[a], samples[b], strict=True)]
 
     ratios = paired("tempo", "dreamerv2")
-    return {"precisions": precisions, "median_s": median, "tempo_minus_dreamerv2_s": {k: median["tempo"][k] - median["dreamerv2"][k]
-                                                            for k in median["tempo"]},
+    return {"precisions": precisions, "median_s": median,
+            "tempo_minus_dreamerv2_s": {k: median["tempo"][k] - median["dreamerv2"][k] for k in median["tempo"]},
             "tempo_over_dreamerv2": statistics.median(ratios), "ratios": ratios, "samples_s": samples,
             "also": {c: {"over_dreamerv2": statistics.median(paired(c, "dreamerv2")),
                          "over_tempo": statistics.median(paired(c, "tempo")), "ratios_over_tempo": paired(c, "tempo")}

@@ -56,17 +56,19 @@ if isinstance(args, dict):
         if scales:
             wm["loss_scales"] = scales
 size = Size(**args) if isinstance(args, dict) else args
-bench = build(size, {config!r})
+bench = build(size, {config!r}, **({{"precision": {precision!r}}} if {precision!r} != "32" else {{}}))
 bench.train_step()
 ts = []
 for _ in range({steps}):
     t = time.perf_counter(); bench.train_step(); ts.append(time.perf_counter() - t)
-print(json.dumps({{"median_s": statistics.median(ts), "times_s": ts}}))
+mode = getattr(getattr(bench, "precision", None), "mode", "32")  # as the checkout resolved it
+print(json.dumps({{"median_s": statistics.median(ts), "times_s": ts, "precision": mode}}))
 """
 
 
-def run_in(tree: str, size: str, config: str, steps: int, threads: int) -> dict:
-    code = CHILD.format(size=SIZE_ARGS.get(size, size), config=config, steps=steps, threads=threads)
+def run_in(tree: str, size: str, config: str, steps: int, threads: int, precision: str = "32") -> dict:
+    code = CHILD.format(size=SIZE_ARGS.get(size, size), config=config, steps=steps, threads=threads,
+                        precision=precision)
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
     res = subprocess.run([sys.executable, "-c", code], cwd=os.path.abspath(tree), env=env, capture_output=True,
                          text=True, timeout=3600)
@@ -89,16 +91,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "16", "auto"],
+                   help="run.precision of both arms (a checkout from before run.precision knows only 32)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     ta, tb = [], []
     for _ in range(a.rounds):
-        ta.append(run_in(a.tree_a, a.size, a.config, a.steps, a.threads)["median_s"])
-        tb.append(run_in(a.tree_b, a.size, a.config, a.steps, a.threads)["median_s"])
+        ta.append(run_in(a.tree_a, a.size, a.config, a.steps, a.threads, a.precision)["median_s"])
+        tb.append(run_in(a.tree_b, a.size, a.config, a.steps, a.threads, a.precision)["median_s"])
     commit = lambda t: subprocess.run(["git", "-C", t, "rev-parse", "--short", "HEAD"], capture_output=True,  # noqa: E731
                                       text=True).stdout.strip() or t
     out = {"a": commit(a.tree_a), "b": commit(a.tree_b) + (" + uncommitted" if _dirty(a.tree_b) else ""),
-           "size": a.size, "config": a.config, "rounds": a.rounds,
+           "size": a.size, "config": a.config, "precision": a.precision, "rounds": a.rounds,
            "steps_per_round": a.steps, "threads": a.threads, "times_a_s": ta, "times_b_s": tb,
            "speedup_b_over_a": statistics.median(x / y for x, y in zip(ta, tb, strict=True)),
            "machine": machine("cpu")}

@@ -237,7 +237,9 @@ def test_sizes_by_value_of_compare_commits_build_the_same_runs(tmp_path, monkeyp
     small = {**compare_commits.SIZE_ARGS["dmc_state"], "T": 3, "B": 2}  # the real child code, a small batch
     monkeypatch.setitem(compare_commits.SIZE_ARGS, "dmc_state", small)
     out = compare_commits.run_in(REPO_ROOT, "dmc_state", "none", steps=1, threads=1)
-    assert len(out["times_s"]) == 1 and out["median_s"] > 0
+    assert len(out["times_s"]) == 1 and out["median_s"] > 0 and out["precision"] == "32"
+    assert compare_commits.run_in(REPO_ROOT, "dmc_state", "none", steps=1, threads=1,
+                                  precision="bf16")["precision"] == "bf16"
 
 
 def test_fidelity_of_exact_and_approximate_hypergradients():
