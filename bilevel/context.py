@@ -74,8 +74,9 @@ class PassCache:
     lower_grad: list[Tensor] | None = None
     lower_grad_graph: bool = False
     upper: Tensor | None = None
-    upper_ctx: Any = None  # the float32 pass's context L_up came from, when it had a pass of its own
+    upper_ctx: Any = None  # `StepContext.float32_context`: a float32 upper-context pass at θ (L_up's own, or not)
     upper_ctx_sg: int = 0  # where that pass's replay of the stop-gradient tape stopped
+    upper_ctx_graph: bool = False  # that pass kept its graph
     prepared: Any = None  # what the contraction did ahead, beside the lower backward (`Contraction.prepare`)
     upper_grad: list[Tensor] | None = None
     graph_freed: bool = False
@@ -142,14 +143,24 @@ class StepContext:
         c = self.cache
         if c.upper is None:
             if self.upper_own_pass:
-                sg = replay(self.sg_tape, partial=True) if self.sg_tape is not None else contextlib.nullcontext()
-                with float32(self.lower.device), self.rng.replay(), sg:
-                    c.upper_ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
-                    c.upper_ctx_sg = self.sg_tape.i if self.sg_tape is not None else 0
-                    c.upper = self.problem.upper_objective(self.batch, c.upper_ctx)
+                ctx, _ = self.float32_context(graph=True)
+                with float32(self.lower.device):
+                    c.upper = self.problem.upper_objective(self.batch, ctx)
             else:
                 c.upper = self.problem.upper_objective(self.batch, self.lower_ctx)
         return c.upper
+
+    def float32_context(self, graph: bool = False) -> tuple[Any, int]:
+        """The problem's `upper_context` at θ from a float32 pass with this pass's noise and stop-gradient values
+        (with a graph when asked; cached), and where its replay of the stop-gradient tape stopped."""
+        c = self.cache
+        if c.upper_ctx is None or (graph and not c.upper_ctx_graph):
+            tape = replay(self.sg_tape, partial=True) if self.sg_tape is not None else contextlib.nullcontext()
+            with (float32(self.lower.device), torch.set_grad_enabled(graph), self.rng.replay(), tape as cur):
+                c.upper_ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
+            c.upper_ctx_sg, c.upper_ctx_graph = (cur.i if cur is not None else 0), graph
+        return c.upper_ctx, c.upper_ctx_sg
+
 
     def upper_value(self) -> float:
         """L_up for the metrics: the value the hypergradient used, else one evaluation without a graph."""

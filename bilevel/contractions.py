@@ -34,7 +34,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bilevel.context import StepContext, grads_or_zeros, norm
 from bilevel.precision import float32
-from bilevel.problem import BilevelProblem
 from bilevel.registry import CONTRACTIONS
 from bilevel.stopgrad import replay
 
@@ -125,11 +124,6 @@ class ShiftedPass:
     sg_end: int
 
 
-def reads_deltas_from_passes(problem: BilevelProblem) -> bool:
-    """Whether the problem reads its loss changes from an `upper_context` pass (`loss_deltas_from`)."""
-    return type(problem).loss_deltas_from is not BilevelProblem.loss_deltas_from
-
-
 @CONTRACTIONS.register
 class TermsFd(Contraction):
     name = "terms_fd"
@@ -147,16 +141,21 @@ class TermsFd(Contraction):
         if sc.reduced:
             # The forward pass's losses are reduced-precision values: against them a float32 shift measures the
             # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel):
-            # the upper loss's float32 pass where the problem reads loss changes from it, else a pass of its own.
+            # the step's float32 upper-context pass (L_up's own, or one of its own, perhaps taken beside the lower
+            # backward by `prepare`) where the problem reads loss changes from it, else its `loss_deltas` at θ.
             theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
-            base = self._deltas(sc, theta, shift.shifted, c.upper_ctx, c.upper_ctx_sg)
+            ctx, sg_end = sc.float32_context() if sc.problem.reads_deltas_from_passes else (None, 0)
+            base = self._deltas(sc, theta, shift.shifted, ctx, sg_end)
             deltas = [d - b for d, b in zip(deltas, base, strict=True)]
         return contract_terms(sc, [d / shift.eps for d in deltas])
 
     def prepare(self, sc: StepContext, v: list[Tensor]) -> None:
-        """The shifted pass, which needs only v: run beside the lower backward, it leaves `__call__` the cheap
-        part (reading the loss changes needs the heads' gradients that backward captures)."""
+        """The shifted pass, which needs only v, and after a reduced-precision pass the float32 baseline at θ,
+        which needs nothing: run beside the lower backward, they leave `__call__` the cheap part (reading the loss
+        changes needs the heads' gradients that backward captures)."""
         sc.cache.prepared = self._shift(sc, v)
+        if sc.reduced and sc.problem.reads_deltas_from_passes:
+            sc.float32_context()  # L_up's own float32 pass already, or one pass at θ (hypergrad_precision 'step')
 
     @staticmethod
     def _shift(sc: StepContext, v: list[Tensor]) -> ShiftedPass | None:
@@ -170,11 +169,11 @@ class TermsFd(Contraction):
                   for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
         shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
         ctx, sg_end = None, 0
-        if reads_deltas_from_passes(sc.problem):
+        if sc.problem.reads_deltas_from_passes:
             with (torch.no_grad(), float32(sc.lower.device), sc.rng.replay(),
-                  replay(sc.sg_tape, partial=True) as tape):
+                  replay(sc.sg_tape, partial=True) as cur):
                 ctx = sc.problem.upper_context(sc.batch, params)
-            sg_end = tape.i
+            sg_end = cur.i
         return ShiftedPass(v, eps, params, shifted, ctx, sg_end)
 
     @staticmethod

@@ -80,6 +80,11 @@ class BilevelProblem(ABC):
         under no_grad, with the stop-gradient values replayed from where `base`'s pass stopped."""
         return None
 
+    @property
+    def reads_deltas_from_passes(self) -> bool:
+        """Whether this problem reads its loss changes from an `upper_context` pass (`loss_deltas_from`)."""
+        return type(self).loss_deltas_from is not BilevelProblem.loss_deltas_from
+
     def upper_context(self, batch: Any, params: Params) -> Any:
         """The context `upper_objective` needs, from a pass at `params` (the default: the whole `lower_losses`).
 

@@ -189,10 +189,12 @@ class BilevelTrainer:
         """∇θ L_up in a second thread while this one takes ∇θ L_low. Both backwards are chains of small sequential
         ops through the same 50-step recurrence, which a second intra-op thread barely speeds up; run side by side
         with one intra-op thread each, they take the time of about one. After ∇θ L_up the second thread does what
-        the α-gradient needs only that for (`Strategy.prepare`: terms_fd's shifted pass); it may replay the step's
-        noise through the global RNG because this thread draws none meanwhile. The values are the sequential
-        order's. The pass's graph must outlive both (the upper backward reads it while the lower one runs), unless
-        L_up is a float32 pass of its own (`StepContext.upper_own_pass`)."""
+        the α-gradient needs only that for (`Strategy.prepare`: terms_fd's float32 passes). Its passes may replay
+        the step's noise through the global RNG state and re-parametrise the model (`torch.func.functional_call`)
+        because this thread only runs a backward meanwhile. The values are the sequential order's (up to the
+        rounding of a matmul's thread count: the second thread's passes run on one intra-op thread). The pass's
+        graph must outlive both (the upper backward reads it while the lower one runs), unless L_up is a float32
+        pass of its own (`StepContext.upper_own_pass`)."""
         threads, failed = torch.get_num_threads(), []
 
         def upper() -> None:
