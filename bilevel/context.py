@@ -101,14 +101,20 @@ class StepContext:
     sg_tape: Tape | None = None  # stop-gradient values of the pass (kept when a contraction replays them)
     reduced: bool = False  # the pass ran in reduced precision (the trainer's `precision`)
     cache: PassCache = field(default_factory=PassCache, repr=False, compare=False)
+    # θ's (name, parameter) pairs, read once when the step starts: a re-evaluation in the upper-grad thread
+    # re-parametrises the module (`functional_call`) while this thread takes ∇θ L_low of these very tensors.
+    named_theta: tuple[tuple[str, Tensor], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "named_theta", tuple(self.problem.model.named_parameters()))
 
     @property
     def names(self) -> list[str]:
-        return [n for n, _ in self.problem.model.named_parameters()]
+        return [n for n, _ in self.named_theta]
 
     @property
     def theta(self) -> list[Tensor]:
-        return [p for _, p in self.problem.model.named_parameters()]
+        return [p for _, p in self.named_theta]
 
     @property
     def upper_own_pass(self) -> bool:
@@ -157,7 +163,7 @@ class StepContext:
         if c.upper_ctx is None or (graph and not c.upper_ctx_graph):
             tape = replay(self.sg_tape, partial=True) if self.sg_tape is not None else contextlib.nullcontext()
             with (float32(self.lower.device), torch.set_grad_enabled(graph), self.rng.replay(), tape as cur):
-                c.upper_ctx = self.problem.upper_context(self.batch, dict(self.problem.model.named_parameters()))
+                c.upper_ctx = self.problem.upper_context(self.batch, dict(self.named_theta))
             c.upper_ctx_sg, c.upper_ctx_graph = (cur.i if cur is not None else 0), graph
         return c.upper_ctx, c.upper_ctx_sg
 

@@ -83,7 +83,7 @@ class Jvp(Contraction):
 
     def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
         assert sc.weighter is not None
-        theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+        theta = {n: p.detach() for n, p in sc.named_theta}
         alpha = {n: p.detach() for n, p in sc.weighter.named_parameters()}
         tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
 
@@ -99,7 +99,7 @@ class TermsJvp(Contraction):
     name = "terms_jvp"
 
     def __call__(self, sc: StepContext, v: list[Tensor]) -> list[Tensor]:
-        theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+        theta = {n: p.detach() for n, p in sc.named_theta}
         tangent = {n: t.detach() for n, t in zip(theta, v, strict=True)}
 
         def losses_at(th: dict[str, Tensor]) -> Any:
@@ -143,7 +143,7 @@ class TermsFd(Contraction):
             # rounding, not the shift. Subtract the same float32 pass at θ instead (the forward's values cancel):
             # the step's float32 upper-context pass (L_up's own, or one of its own, perhaps taken beside the lower
             # backward by `prepare`) where the problem reads loss changes from it, else its `loss_deltas` at θ.
-            theta = {n: p.detach() for n, p in sc.problem.model.named_parameters()}
+            theta = {n: p.detach() for n, p in sc.named_theta}
             ctx, sg_end = sc.float32_context() if sc.problem.reads_deltas_from_passes else (None, 0)
             base = self._deltas(sc, theta, shift.shifted, ctx, sg_end)
             deltas = [d - b for d, b in zip(deltas, base, strict=True)]
@@ -164,7 +164,7 @@ class TermsFd(Contraction):
             return None
         eps = sc.cfg.terms_fd_radius / vnorm
         nonzero = torch.stack([vi.any() for vi in v]).tolist()
-        named = list(sc.problem.model.named_parameters())
+        named = list(sc.named_theta)
         params = {n: p.detach() + eps * vi if nz else p.detach()
                   for (n, p), vi, nz in zip(named, v, nonzero, strict=True)}
         shifted = {n for (n, _), nz in zip(named, nonzero, strict=True) if nz}
@@ -201,7 +201,7 @@ class FiniteDifference(Contraction):
             return [torch.zeros_like(a) for a in sc.alpha]
         eps = sc.cfg.fd_radius / vnorm
         saved = [p.detach().clone() for p in theta]
-        params = dict(sc.problem.model.named_parameters())
+        params = dict(sc.named_theta)
         try:
             grads = []
             for sgn in (1.0, -1.0):

@@ -83,3 +83,43 @@ def test_a_failure_in_the_upper_thread_reaches_the_caller(monkeypatch):
     with pytest.raises(RuntimeError, match="upper failed"):
         bench.train_step()
     assert torch.get_num_threads() == threads
+
+
+def test_the_lower_gradient_is_taken_of_the_steps_own_parameters_while_the_other_thread_reparametrises(monkeypatch):
+    """The upper-grad thread's re-evaluations swap the module's parameters (`torch.func.functional_call`) for the
+    duration of a pass; the lower gradient taken meanwhile must still be of θ as the step began (it once read the
+    module's attributes mid-swap: 'One of the differentiated Tensors does not require grad')."""
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    from bilevel.context import StepContext
+
+    bench = build("tiny", "approx-terms_fd")
+    bench.run.trainer.cfg.concurrent_upper = "on"
+    entered, lower_done = threading.Event(), threading.Event()
+    upper_grad, lower_grad = StepContext.upper_grad, StepContext.lower_grad
+
+    def upper_while_swapped(sc):
+        model = sc.problem.model
+        shifted = {n: p.detach() + 1.0 for n, p in model.named_parameters()}
+        with _reparametrize_module(model, shifted):
+            entered.set()
+            assert lower_done.wait(30)
+        return upper_grad(sc)
+
+    def lower_meanwhile(sc, *a, **k):
+        assert entered.wait(30)
+        try:
+            return lower_grad(sc, *a, **k)
+        finally:
+            lower_done.set()
+
+    monkeypatch.setattr(StepContext, "upper_grad", upper_while_swapped)
+    monkeypatch.setattr(StepContext, "lower_grad", lower_meanwhile)
+    torch.manual_seed(0)
+    got = bench.train_step()
+    monkeypatch.undo()
+    ref = build("tiny", "approx-terms_fd")
+    ref.run.trainer.cfg.concurrent_upper = "off"
+    torch.manual_seed(0)
+    want = ref.train_step()
+    assert got["wm/grad_norm"] == want["wm/grad_norm"] and got["wm/hypergrad_norm"] == want["wm/hypergrad_norm"]
