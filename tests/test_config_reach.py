@@ -44,7 +44,8 @@ COMMON = {
 VARIANTS = {
     "approx": {"tempo": {"bilevel": {"contraction": "jvp", "sign": "official", "approx_scale": "lr",
                                      "fd_radius": 2e-2, "terms_fd_radius": 2e-4, "meta_every": 3,
-                                     "naive_momentum": 0.9, "concurrent_upper": "on"}}},
+                                     "naive_momentum": 0.9, "concurrent_upper": "on",
+                                     "hypergrad_precision": "step"}}},
     "implicit": {"tempo": {"bilevel": {"strategy": "implicit", "engine": "betty", "contraction": "double_backward",
                                        "unroll_steps": 2, "implicit": "cg", "implicit_iters": 3,
                                        "neumann_alpha": 0.01, "cg_damping": 0.5}}},
@@ -152,7 +153,7 @@ REACH: dict[str, Getter] = {
 # The trainer reads its strategy fields from its own BilevelConfig at every step: reaching it is reaching them.
 for _name in ("strategy", "contraction", "engine", "sign", "approx_scale", "unroll_steps", "implicit",
               "implicit_iters", "neumann_alpha", "cg_damping", "fd_radius", "terms_fd_radius", "meta_every",
-              "naive_momentum", "concurrent_upper"):
+              "naive_momentum", "concurrent_upper", "hypergrad_precision"):
     REACH[f"tempo.bilevel.{_name}"] = lambda r, n=_name: getattr(r.trainer.cfg, n)
 # Fields the recipe itself uses, with where; each is checked by the named test.
 RECIPE_LEVEL = {

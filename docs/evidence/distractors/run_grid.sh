@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 19 §4: the designed test of TEMPO's mechanism. gym Pendulum-v1 at dmc_small's sizes, 5 000 frames,
 # {none, intermittent, constant} distractors x {dreamerv2, tempo-official, tempo} x 5 seeds, from the worktree at its
-# fixed commit (f117c12 since 2026-12-04: git worktree add /work/campaign/code_grid2 f117c12); single-thread trials
+# fixed commit (66d7c8a since 2026-12-04 21:40 UTC, the DMC campaign's worktree: git worktree add
+# /work/campaign/code5 66d7c8a; before, f117c12, whose runs were lost with the machine's /work/campaign); single-thread trials
 # at nice 10, MAXC at once (default 1: it shares 2 cores with the DMC campaign). Re-running resumes (the sweep
 # refuses other code).
 # DIMS and SCALE: the calibrated distractor size (docs/evidence/distractors/README.md).
-cd /work/campaign/code_grid2
-export PYTHONPATH=/work/campaign/code_grid2 MUJOCO_GL=egl OMP_NUM_THREADS=1
+cd /work/campaign/code5
+export PYTHONPATH=/work/campaign/code5 MUJOCO_GL=egl OMP_NUM_THREADS=1
 exec nice -n 10 python -m recipes.sweep /work/campaign/distractor_grid \
   --tasks gym:Pendulum-v1 --methods dreamerv2,tempo-official,tempo --seeds 5 \
   --preset dmc_small --steps 5000 --grid env.distractors.mode=none,intermittent,constant \
