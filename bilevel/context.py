@@ -167,7 +167,6 @@ class StepContext:
             c.upper_ctx_sg, c.upper_ctx_graph = (cur.i if cur is not None else 0), graph
         return c.upper_ctx, c.upper_ctx_sg
 
-
     def upper_value(self) -> float:
         """L_up for the metrics: the value the hypergradient used, else one evaluation without a graph."""
         if self.cache.upper is not None:
