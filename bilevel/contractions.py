@@ -144,8 +144,7 @@ class TermsFd(Contraction):
             # the step's float32 upper-context pass (L_up's own, or one of its own, perhaps taken beside the lower
             # backward by `prepare`) where the problem reads loss changes from it, else its `loss_deltas` at θ.
             theta = {n: p.detach() for n, p in sc.named_theta}
-            ctx, sg_end = sc.float32_context() if sc.problem.reads_deltas_from_passes else (None, 0)
-            base = self._deltas(sc, theta, shift.shifted, ctx, sg_end)
+            base = self._deltas(sc, theta, shift.shifted, *self._base_context(sc))
             deltas = [d - b for d, b in zip(deltas, base, strict=True)]
         return contract_terms(sc, [d / shift.eps for d in deltas])
 
@@ -154,8 +153,14 @@ class TermsFd(Contraction):
         which needs nothing: run beside the lower backward, they leave `__call__` the cheap part (reading the loss
         changes needs the heads' gradients that backward captures)."""
         sc.cache.prepared = self._shift(sc, v)
-        if sc.reduced and sc.problem.reads_deltas_from_passes:
-            sc.float32_context()  # L_up's own float32 pass already, or one pass at θ (hypergrad_precision 'step')
+        if sc.reduced:
+            self._base_context(sc)  # L_up's own float32 pass already, or one pass at θ (hypergrad_precision 'step')
+
+    @staticmethod
+    def _base_context(sc: StepContext) -> tuple[Any, int]:
+        """The float32 upper-context pass at θ the baseline is read from (`StepContext.float32_context`), or
+        (None, 0) when the problem reads no loss changes from such a pass (its `loss_deltas` then runs)."""
+        return sc.float32_context() if sc.problem.reads_deltas_from_passes else (None, 0)
 
     @staticmethod
     def _shift(sc: StepContext, v: list[Tensor]) -> ShiftedPass | None:

@@ -79,16 +79,13 @@ class TempoProblem(BilevelProblem):
         to first order in the shift, which is all a finite difference keeps."""
         if not self._first_order_heads(ctx, losses, shifted):
             return super().loss_deltas(batch, params, ctx, losses, shifted)  # re-run everything
-        out = self.call(params, batch, heads=False)
-        return self._deltas(out.post, out.prior, ctx, losses)
+        return self._deltas(self.upper_context(batch, params), ctx, losses)
 
     def loss_deltas_from(self, batch: Mapping[str, Tensor], base: TempoContext, params: Params, ctx: TempoContext,
                          losses: Mapping[str, Tensor], shifted: set[str]) -> dict[str, Tensor] | None:
-        """`loss_deltas` at θ from the upper loss's float32 pass: it is the pass `loss_deltas` re-runs (encoder +
+        """`loss_deltas` read from `base`: the upper context's pass is the pass `loss_deltas` re-runs (encoder +
         RSSM, same noise and stop-gradient values), so the same numbers without running it again."""
-        if not self._first_order_heads(ctx, losses, shifted):
-            return None
-        return self._deltas(base.post, base.prior, ctx, losses)
+        return self._deltas(base, ctx, losses) if self._first_order_heads(ctx, losses, shifted) else None
 
     def _first_order_heads(self, ctx: TempoContext, losses: Mapping[str, Tensor], shifted: set[str]) -> bool:
         """Whether the heads' change can be taken to first order: their gradients were captured (and are usable)
@@ -99,11 +96,11 @@ class TempoProblem(BilevelProblem):
         return (ready and shifted <= set(self.upper_parameter_names())
                 and not any(bool((cap[f"dterm/{k}"] == 0).any()) for k in heads))
 
-    def _deltas(self, post: State, prior: State, ctx: TempoContext, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Δterms of the pass with states (post, prior) [T, B, ...] against the forward pass."""
+    def _deltas(self, shifted: TempoContext, ctx: TempoContext, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Δterms of the pass that left the states of `shifted` [T, B, ...] against the forward pass `ctx`."""
         cap = ctx.capture or {}
         heads = [k for k in losses if k not in KL_KEYS]
-        post, prior = ({k: v.detach() for k, v in st.items()} for st in (post, prior))
+        post, prior = ({k: v.detach() for k, v in st.items()} for st in (shifted.post, shifted.prior))
         delta = self.model.rssm.feat(post) - cap["feat"]  # [T, B, F]
         out = {k: ((cap[f"dfeat/{k}"] / cap[f"dterm/{k}"].unsqueeze(-1)) * delta).sum(-1) for k in heads}
         kl = dict(zip(KL_KEYS, kl_balance_terms(post, prior, self.model.rssm), strict=True))
