@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import CONFIGS, SIZES, TEMPO, Bench, build, machine, set_flush_denormal
+from benchmarks.common import CONFIGS, SIZES, TEMPO, Bench, build, machine, precision_fields, set_flush_denormal
 from bilevel.trainer import PHASE_METRICS as PHASES
 
 
@@ -52,12 +52,16 @@ def parts_of_one_update(bench: Bench) -> dict[str, float]:
             "run_update_rest": total - seen["trainer"] - seen["actor_critic"], "total": total}
 
 
-def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), precision: str = "32") -> dict[str, Any]:
+def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), precision: str = "32",
+            more_precisions: tuple[str, ...] = ()) -> dict[str, Any]:
     """`also`: more TEMPO configs, timed in the same rounds (each its own arm, named by its config). Every arm runs
-    in `precision` ('32', 'bf16', '16', 'auto': `bilevel.precision`)."""
-    arms = {"dreamerv2": "none", "tempo": tempo, **{c: c for c in also}}
-    benches = {m: build(size, c, precision=precision) for m, c in arms.items()}
-    precisions = {m: bench.precision.mode for m, bench in benches.items()}  # as resolved ('auto' -> 32 or bf16)
+    in `precision` (a setting of `precision_fields`: '32', 'bf16', '16', 'auto', 'bf16/32', ...); each of
+    `more_precisions` adds the same arms in that setting, named `<arm>@<setting>`, to the same rounds."""
+    methods = {"dreamerv2": "none", "tempo": tempo, **{c: c for c in also}}
+    suffix = {p: "" if i == 0 else f"@{p}" for i, p in enumerate((precision, *more_precisions))}
+    arms = {m + sfx: (c, p) for p, sfx in suffix.items() for m, c in methods.items()}
+    benches = {m: build(size, c, precision=p) for m, (c, p) in arms.items()}
+    precisions = {m: bench.setting for m, bench in benches.items()}  # as resolved ('auto' -> 32 or bf16)
     for bench in benches.values():
         bench.train_step()  # warm-up
     samples: dict[str, list[dict[str, float]]] = {m: [] for m in benches}
@@ -67,6 +71,7 @@ def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), prec
     for bench in benches.values():
         bench.close()
     median = {m: {k: statistics.median(s[k] for s in rows) for k in rows[0]} for m, rows in samples.items()}
+
     def paired(a: str, b: str) -> list[float]:  # per-round ratios of the two arms' totals
         return [x["total"] / y["total"] for x, y in zip(samples[a], samples[b], strict=True)]
 
@@ -76,7 +81,10 @@ def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), prec
             "tempo_over_dreamerv2": statistics.median(ratios), "ratios": ratios, "samples_s": samples,
             "also": {c: {"over_dreamerv2": statistics.median(paired(c, "dreamerv2")),
                          "over_tempo": statistics.median(paired(c, "tempo")), "ratios_over_tempo": paired(c, "tempo")}
-                     for c in also}}
+                     for c in also},
+            "settings": {p: {"tempo_over_dreamerv2": statistics.median(paired("tempo" + sfx, "dreamerv2" + sfx)),
+                             **{f"{m}_over_first": statistics.median(paired(m + sfx, m)) for m in methods}}
+                         for p, sfx in suffix.items() if sfx}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--also", default="", help="more TEMPO configs, comma-separated, timed in the same rounds")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--precision", default="32", choices=["32", "bf16", "16", "auto"],
-                    help="every arm's run.precision (default 32)")
+    ap.add_argument("--precision", default="32",
+                    help="every arm's precision setting (32, bf16, 16, auto, or P/W: the actor-critic at P, the world "
+                         "model at W; default 32); comma-separated settings time every arm in each, interleaved")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
@@ -96,16 +105,27 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c for c in (args.tempo, *also) if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown config(s) {unknown}; accepted: {list(CONFIGS)}")
+    settings = [p for p in args.precision.split(",") if p]
+    try:
+        for p in settings:
+            precision_fields(p)
+    except ValueError as e:
+        ap.error(str(e))
+    if not settings:
+        ap.error("--precision names no setting")
     torch.set_num_threads(args.threads)
     set_flush_denormal(True)
     result = {"size": args.size, "tempo": args.tempo, "rounds": args.rounds, "precision": args.precision,
-              "machine": machine("cpu"), **measure(args.size, args.tempo, args.rounds, also, args.precision)}
+              "machine": machine("cpu"),
+              **measure(args.size, args.tempo, args.rounds, also, settings[0], tuple(settings[1:]))}
     for method, parts in result["median_s"].items():
         print(method, " ".join(f"{k}={v * 1e3:.0f}ms" for k, v in parts.items()))
     print("tempo - dreamerv2", " ".join(f"{k}={v * 1e3:+.0f}ms" for k, v in result["tempo_minus_dreamerv2_s"].items()))
     print(f"tempo / dreamerv2 = {result['tempo_over_dreamerv2']:.3f}")
     for c, r in result["also"].items():
         print(f"{c}: / dreamerv2 = {r['over_dreamerv2']:.3f}, / tempo = {r['over_tempo']:.3f}")
+    for p, r in result["settings"].items():
+        print(f"@{p}: " + ", ".join(f"{k} = {v:.3f}" for k, v in r.items()))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -56,7 +56,7 @@ from torch import nn
 
 from bilevel import BilevelConfig, BilevelTrainer
 from bilevel.contractions import CONTRACTIONS
-from bilevel.precision import Precision, cpu_flags, cpu_model, native_bf16
+from bilevel.precision import MODES, Precision, cpu_flags, cpu_model, native_bf16, resolve
 from recipes.config import HYPERGRADIENTS, Config, deep_update
 from recipes.config import build as build_config
 from recipes.run import Run
@@ -195,7 +195,8 @@ def config_for(size: str | BenchSize | Size, config: str = TEMPO, device: str | 
     """The recipe's config of one benchmark run: `size`'s preset, task and overrides, strategy `config`
     (`tempo_overrides`), and run.device / run.seed / run.precision / run.compile."""
     sz = _bench_size(size)
-    run_fields = {"device": torch.device(device).type, "seed": seed, "precision": precision, "compile": compile}
+    run_fields = {"device": torch.device(device).type, "seed": seed, **precision_fields(precision),
+                  "compile": compile}
     overrides = deep_update(sz.overrides, {"env": {"task": sz.task}, "tempo": tempo_overrides(config),
                                            "run": run_fields})
     return build_config(sz.preset, overrides)
@@ -204,6 +205,22 @@ def config_for(size: str | BenchSize | Size, config: str = TEMPO, device: str | 
 def bilevel_config(name: str, size: str | BenchSize | Size) -> BilevelConfig:
     """The `BilevelConfig` the run of config `name` at `size` trains with (`recipes.run.bilevel_config`)."""
     return run_bilevel_config(config_for(size, name))
+
+
+def precision_fields(setting: str) -> dict[str, str]:
+    """The `run` fields of a precision setting: 'P' runs everything at P, 'P/W' the actor-critic at P and the world
+    model's step at W (`run.world_model_precision`); each one of 32, bf16, 16, auto (`bilevel.precision`)."""
+    parts = setting.split("/")
+    if len(parts) > 2 or any(p not in MODES for p in parts):
+        raise ValueError(f"precision setting {setting!r} is not P or P/W with P, W in {list(MODES)}")
+    return {"precision": parts[0], **({"world_model_precision": parts[1]} if len(parts) == 2 else {})}
+
+
+def resolve_setting(setting: str, device: str | torch.device) -> str:
+    """`setting` as `device` resolves it ('auto' -> 'bf16' or '32'; 'bf16/bf16' -> 'bf16')."""
+    f = precision_fields(setting)
+    a, w = resolve(f["precision"], device), resolve(f.get("world_model_precision", f["precision"]), device)
+    return a if a == w else f"{a}/{w}"
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -252,7 +269,7 @@ def sgd_trainer(run: Run, cfg: BilevelConfig) -> BilevelTrainer:
     m = run.cfg.world_model
     trainer = BilevelTrainer(run.wm, run.problem.input_dim, cfg, lower_opt=torch.optim.SGD(run.wm.parameters(),
                              lr=m.lr), lower_clip=m.clip, max_nonfinite=run.cfg.run.max_nonfinite,
-                             precision=run.precision)
+                             precision=run.wm_precision)
     if trainer.weighter is not None and run.trainer.weighter is not None:
         trainer.weighter.load_state_dict(run.trainer.weighter.state_dict())
     return trainer
@@ -287,7 +304,14 @@ class Bench:
 
     @property
     def precision(self) -> Precision:
+        """The actor-critic's precision (the world model's is `run.wm_precision`)."""
         return self.run.precision
+
+    @property
+    def setting(self) -> str:
+        """The run's precision setting as resolved here, in `precision_fields`' notation ('bf16', 'bf16/32')."""
+        a, w = self.run.precision.mode, self.run.wm_precision.mode
+        return a if a == w else f"{a}/{w}"
 
     @property
     def wm(self) -> nn.Module:
@@ -322,7 +346,7 @@ class Bench:
     def step(self) -> dict[str, float]:
         """One bilevel world-model step (weights -> θ -> α): `run.trainer.step`, in the run's precision as
         `Run.update` runs it. Returns the trainer's metrics."""
-        with self.precision.autocast():
+        with self.run.wm_precision.autocast():
             return self.trainer.step(self.problem, self.batch).metrics
 
     def train_step(self) -> dict[str, float]:
@@ -346,9 +370,10 @@ class Bench:
 def build(size: str | BenchSize | Size, config: str = TEMPO, device: str | torch.device = "cpu", seed: int = 0,
           lower_opt: str = "adam", precision: str = "32", compile: bool = False) -> Bench:
     """The recipe's `Run` of `config_for(size, config, device, seed, precision, compile)` in a temporary logdir, and its
-    synthetic batch (`make_batch`, seed + 1): same seed -> same θ, α, batch. The steps run in `precision` ('32',
-    'bf16', '16' or 'auto', `bilevel.precision`) as the recipe runs them. `lower_opt='sgd'` replaces the run's
-    trainer by `sgd_trainer` (same config and α). `device` 'cuda:N' makes N the current CUDA device."""
+    synthetic batch (`make_batch`, seed + 1): same seed -> same θ, α, batch. The steps run in `precision` (a setting
+    of `precision_fields`: '32', 'bf16', '16', 'auto', or 'P/W' for a world model at W) as the recipe runs them.
+    `lower_opt='sgd'` replaces the run's trainer by `sgd_trainer` (same config and α). `device` 'cuda:N' makes N
+    the current CUDA device."""
     if lower_opt not in ("adam", "sgd"):
         raise ValueError(f"lower_opt must be 'adam' or 'sgd', got {lower_opt!r}")
     sz = _bench_size(size)

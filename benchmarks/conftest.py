@@ -9,7 +9,8 @@
     python -m benchmarks.report benchmarks/results/dmc_cuda.json       # markdown table + PNG
 
 Options: --bench-size tiny|dmc_state|dmc_small|dmc|atari (default tiny), --bench-device cpu|cuda (default cpu),
---bench-precision 32,bf16,16,auto (the precisions of test_train_step_precisions; default 32,auto),
+--bench-precision 32,bf16,16,auto,bf16/32 (the precision settings of test_train_step_precisions, P/W: the
+actor-critic at P, the world model at W; default 32,auto),
 --bench-compile off,on (the `run.compile` settings of test_train_step_precisions; default off),
 --bench-rounds N (interleaved A/B rounds of test_train_step.py; default 10 tiny, 3 otherwise),
 --bench-mem-steps N (steps per fresh memory process; default 3 tiny, 2 otherwise),
@@ -52,7 +53,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="torch CPU threads (default: 1 for tiny, whose ops are too small to parallelise; "
                      "else torch's default)")
     g.addoption("--bench-precision", default="32,auto",
-                help="comma-separated precisions of test_train_step_precisions (32, bf16, 16, auto; default 32,auto)")
+                help="comma-separated precision settings of test_train_step_precisions (32, bf16, 16, auto, or P/W: "
+                     "the actor-critic at P, the world model at W; default 32,auto)")
     g.addoption("--bench-compile", default="off",
                 help="comma-separated run.compile settings of test_train_step_precisions (off, on; default off)")
     g.addoption("--bench-keep-denormals", action="store_true",

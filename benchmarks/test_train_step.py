@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks.common import BASELINE, REFERENCE, build, count_flops, gemm_gflops, machine
+from benchmarks.common import BASELINE, REFERENCE, build, count_flops, gemm_gflops, machine, resolve_setting
 from benchmarks.memory import measure_subprocess
 
 GOAL_TIME = 1.15
@@ -214,11 +214,9 @@ def test_train_step_precisions(benchmark, bench_opts, capsys):
     `auto` picks here) and `--bench-compile` setting (default off), all arms interleaved round by round.
     Reported per (precision, compile): median ms per step, the speedup over float32 without compile (median of
     per-round ratios), and TEMPO/none in that setting. Compilation happens in the warm-up, untimed."""
-    from bilevel.precision import resolve
-
     o = bench_opts
     dev = torch.device(o.device)
-    precisions = list(dict.fromkeys(resolve(p, dev) for p in o.precisions))
+    precisions = list(dict.fromkeys(resolve_setting(p, dev) for p in o.precisions))
     settings = [(p, c) for p in precisions for c in o.compiles]
     arms = {(cfg, p, c): build(o.size, cfg, dev, precision=p, compile=c)
             for p, c in settings for cfg in (BASELINE, o.tempo)}

@@ -212,7 +212,8 @@ def resolve(argv: list[str]) -> Resolved:
 # Settings a resumed run may change (recorded in config.json's history); anything else must stay as it was.
 SAFE_ON_RESUME = ("run.steps", "run.eval_every", "run.eval_episodes", "run.log_every", "run.checkpoint_every",
                   "run.progress_every", "run.video_every", "run.max_nonfinite", "run.device", "run.compile",
-                  "run.threads", "run.precision",  # precision: only while it resolves as before (check_precision)
+                  "run.threads", "run.precision", "run.world_model_precision",  # only while they resolve as before
+                  # (check_precision)
                   "world_model.lr", "agent.actor_lr", "agent.critic_lr", "tempo.bilevel.weighter.lr")
 
 
@@ -250,16 +251,22 @@ def resume_config(saved: dict[str, Any], explicit: dict[str, Any], preset: str |
 
 def check_precision(saved: dict[str, Any], cfg: Config) -> None:
     """A resume must not change the precision the run trains at: `auto` is bf16 on CPUs with native bf16 and
-    float32 elsewhere, so the same command resumed on another machine could switch it mid-run (one line)."""
+    float32 elsewhere, so the same command resumed on another machine could switch it mid-run (one line). Runs
+    made before run.world_model_precision existed trained their world model at `precision_resolved`."""
     from bilevel.precision import resolve as resolve_precision
 
-    before = saved.get("precision_resolved")
-    now = resolve_precision(cfg.run.precision, cfg.run.device)
-    if before is not None and before != now:
-        raise UsageError(f"--logdir {cfg.run.logdir!r} trained at precision {before!r}; here run.precision "
-                         f"{cfg.run.precision!r} resolves to {now!r}, which would change it mid-run: resume on a "
-                         f"machine where it resolves to {before!r} (--run.precision {before} forces it) or use "
-                         "another --logdir")
+    modes = cfg.run.precisions
+    parts = [("precision", "precision_resolved", modes["agent"]),
+             ("world_model_precision", "world_model_precision_resolved", modes["world_model"])]
+    for name, key, mode in parts:
+        before = saved.get(key, saved.get("precision_resolved"))
+        now = resolve_precision(mode, cfg.run.device)
+        if before is not None and before != now:
+            what = "at precision" if name == "precision" else "its world model at precision"
+            raise UsageError(f"--logdir {cfg.run.logdir!r} trained {what} {before!r}; here run.{name} "
+                             f"{mode!r} resolves to {now!r}, which would change it mid-run: resume on a machine "
+                             f"where it resolves to {before!r} (--run.{name} {before} forces it) or use another "
+                             "--logdir")
 
 
 def episode_steps(cfg: Config) -> int | None:

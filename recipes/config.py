@@ -160,16 +160,24 @@ class RunConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = every core torch sees")
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto", description="matmuls in bf16/fp16 with float32 islands; auto = bf16 where native, else 32")
+    world_model_precision: Literal["auto", "32", "bf16", "16"] | None = Field(
+        None, description="the world model's step (TEMPO's bilevel step with it) in this precision instead of "
+                          "run.precision, which then sets the actor-critic's; None = run.precision")
     compile: bool = Field(False, description="torch.compile the imagination step (RSSM prior and its sample) of "
                                              "the actor-critic update; the first update compiles it")
     logdir: str = Field("runs/default", description="the run directory (re-use it to resume); the command line's "
                                                       "default is runs/<task>/<method>/<seed>")
     max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")
 
-    @field_validator("precision", mode="before")
+    @field_validator("precision", "world_model_precision", mode="before")
     @classmethod
     def _precision(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # --run.precision 16 parses as int
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """The configured precision of each part: 'agent' (the actor-critic's update) and 'world_model'."""
+        return {"agent": self.precision, "world_model": self.world_model_precision or self.precision}
 
 
 class Config(Strict):

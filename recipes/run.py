@@ -37,7 +37,9 @@ class Run:
 
         self.cfg, self.logdir = cfg, logdir
         self.device = torch.device(cfg.run.device)
-        self.precision = Precision(self.device, cfg.run.precision)
+        # The actor-critic's precision, and the world model's step's (the same unless run.world_model_precision)
+        self.precision = Precision(self.device, cfg.run.precisions["agent"])
+        self.wm_precision = Precision(self.device, cfg.run.precisions["world_model"])
         if cfg.run.threads is not None:
             torch.set_num_threads(cfg.run.threads)
         if self.device.type == "cpu":  # tiny values in second-order graphs hit slow denormal paths
@@ -76,7 +78,7 @@ class Run:
         opt = make_optimizer(self.wm.parameters(), "adam", **m.model_dump(include={"lr", "eps", "weight_decay"}))
         self.trainer = BilevelTrainer(self.wm, self.problem.input_dim, bilevel_config(cfg), lower_opt=opt,
                                       lower_clip=m.clip, max_nonfinite=cfg.run.max_nonfinite,
-                                      precision=self.precision)
+                                      precision=self.wm_precision)
         self.step = 0  # env frames (agent steps × action repeat)
         self.updates = 0
         self.episodes = 0
@@ -154,7 +156,7 @@ class Run:
     def update(self, batch: dict[str, torch.Tensor]) -> None:
         """One world-model update through the bilevel trainer, then one actor-critic update from its posterior
         states (`batch`: time-major [T, B, ...] tensors, as `to_torch` makes them). Metrics go to `pending`."""
-        with self.precision.autocast():  # reduced-precision matmuls, float32 islands inside the models
+        with self.wm_precision.autocast():  # reduced-precision matmuls, float32 islands inside the models
             result = self.trainer.step(self.problem, batch)  # its graph is freed before imagination
         metrics, start = result.metrics, result.outputs  # posterior states [T, B, ...] of that pass
         self.record({f"wm/{k}": v for k, v in metrics.items()})

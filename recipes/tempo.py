@@ -114,7 +114,8 @@ def open_run(cfg: Config, rundir: RunDir, loaded: tuple[dict, Path] | None, chan
                         "changed": {k: list(v) for k, v in changes.items()}})
         print("changed on resume: " + ", ".join(f"{k} {o} -> {n}" for k, (o, n) in changes.items()), file=sys.stderr)
     rundir.write_config({"task": cfg.env.task, "method": cfg.method, "seed": cfg.run.seed,
-                         "precision_resolved": run.precision.mode, **cfg.model_dump(mode="json"),
+                         "precision_resolved": run.precision.mode,
+                         "world_model_precision_resolved": run.wm_precision.mode, **cfg.model_dump(mode="json"),
                          "history": history})
     return run
 
@@ -220,7 +221,8 @@ def _train(stops: Interrupts, cfg: Config, rundir: RunDir, loaded: tuple[dict, P
     log.close()
     summary = {"logdir": str(logdir), "step": run.step, "updates": run.updates, "episodes": run.episodes,
                "eval_return": run.last_eval, "seconds": round(time.time() - t_start, 1), "method": cfg.method,
-               "precision": run.precision.mode, **({"paused_until": until} if run.step < r.steps else {})}
+               "precision": run.precision.mode, "world_model_precision": run.wm_precision.mode,
+               **({"paused_until": until} if run.step < r.steps else {})}
     print(json.dumps(summary))
     return 0
 

@@ -367,3 +367,39 @@ def test_breakdown_runs_every_arm_in_the_asked_precision(tmp_path):
     assert res["precisions"] == {"dreamerv2": "bf16", "tempo": "bf16", "approx-terms_fd-step": "bf16"}
     with pytest.raises(SystemExit):
         breakdown.main(["--precision", "fp8"])
+    with pytest.raises(SystemExit):
+        breakdown.main(["--precision", "bf16/32/16"])
+
+
+def test_breakdown_times_every_precision_setting_in_the_same_rounds(tmp_path):
+    from benchmarks import breakdown
+
+    out = tmp_path / "b.json"
+    assert breakdown.main(["--size", "tiny", "--rounds", "2", "--threads", "1", "--precision", "32,bf16/32,32/bf16",
+                           "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["precisions"] == {"dreamerv2": "32", "tempo": "32", "dreamerv2@bf16/32": "bf16/32",
+                                 "tempo@bf16/32": "bf16/32", "dreamerv2@32/bf16": "32/bf16", "tempo@32/bf16": "32/bf16"}
+    samples = res["samples_s"]
+    assert all(len(rows) == 2 for rows in samples.values())
+    for setting, sfx in (("bf16/32", "@bf16/32"), ("32/bf16", "@32/bf16")):
+        r = res["settings"][setting]
+        def ratios(a: str, b: str) -> list[float]:
+            return [x["total"] / y["total"] for x, y in zip(samples[a], samples[b], strict=True)]
+
+        assert r["tempo_over_dreamerv2"] == pytest.approx(sum(ratios("tempo" + sfx, "dreamerv2" + sfx)) / 2)
+        assert r["dreamerv2_over_first"] == pytest.approx(sum(ratios("dreamerv2" + sfx, "dreamerv2")) / 2)
+
+
+def test_precision_settings_name_each_parts_precision():
+    from benchmarks.common import build, precision_fields, resolve_setting
+
+    assert precision_fields("bf16") == {"precision": "bf16"}
+    assert precision_fields("bf16/32") == {"precision": "bf16", "world_model_precision": "32"}
+    assert resolve_setting("32/32", "cpu") == "32" and resolve_setting("16/32", "cpu") == "16/32"
+    for bad in ("fp8", "bf16/", "32/bf16/16", ""):
+        with pytest.raises(ValueError, match=f"precision setting {bad!r} is not P or P/W"):
+            precision_fields(bad)
+    with build("tiny", "none", precision="bf16/32") as bench:
+        assert (bench.precision.mode, bench.run.wm_precision.mode, bench.trainer.precision.mode) == ("bf16", "32", "32")
+        assert bench.setting == "bf16/32"

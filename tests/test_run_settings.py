@@ -104,3 +104,61 @@ def test_every_distractor_field_reaches_both_environments(tmp_path):
     for env, seed in [(run.env, 7), (run.eval_env, 7 + 10_000)]:
         assert isinstance(env, Distractors)
         assert (env.mode, env.dims, env.scale, env.switch_prob, env.seed) == (*d.values(), seed)
+
+
+def test_world_model_precision_sets_the_world_models_step_and_precision_the_actor_critics():
+    from benchmarks.common import TEMPO
+    from benchmarks.common import build as bench
+
+    def after_one_update(setting: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        with bench("tiny", TEMPO, precision=setting) as b:  # same seed: same θ, α, φ and batch
+            b.train_step()  # the world model's (bilevel) step, then the actor-critic's from its states
+            return ([p.detach().clone() for p in b.wm.parameters()],
+                    [p.detach().clone() for p in b.agent.parameters()])
+
+    def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    wm32, ac32 = after_one_update("32")
+    wm16, ac16 = after_one_update("bf16")
+    wm_a, ac_a = after_one_update("bf16/32")  # actor-critic bf16, world model float32
+    wm_b, ac_b = after_one_update("32/bf16")
+    assert not same(wm32, wm16) and not same(ac32, ac16)  # bf16 changes both steps at this size
+    assert same(wm_a, wm32) and not same(ac_a, ac32)  # the world model's step bit for bit float32's
+    assert same(wm_b, wm16) and not same(ac_b, ac16)
+
+
+def test_a_resume_that_would_change_the_world_models_precision_is_refused(tmp_path):
+    from bilevel.precision import resolve
+
+    here = resolve("auto", "cpu")
+    other = "bf16" if here == "32" else "32"
+    logdir = tmp_path / "run"
+    args = ["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir), "--run.video_every", "0"]
+    p = run_cli([*args, "--until", "150"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
+    path = logdir / "config.json"
+    config = json.loads(path.read_text())
+    assert (config["precision_resolved"], config["world_model_precision_resolved"]) == (here, here)
+
+    def refused(cli_args: list[str], trained: str, now: str) -> None:
+        before = {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()}
+        p = run_cli(cli_args)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert f"trained its world model at precision {trained!r}" in p.stderr, p.stderr
+        assert f"resolves to {now!r}" in p.stderr, p.stderr
+        assert {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()} == before  # nothing written
+
+    # asked for on resume: the world model would change precision mid-run
+    refused([*args, "--run.world_model_precision", other], trained=here, now=other)
+    # made where `auto` resolved otherwise for the world model
+    path.write_text(json.dumps({**config, "world_model_precision_resolved": other}))
+    refused(args, trained=other, now=here)
+    # a run from before the field existed trained its world model at its one precision, and resumes as it was
+    old = {k: v for k, v in config.items() if k != "world_model_precision_resolved"}
+    old["run"] = {k: v for k, v in config["run"].items() if k != "world_model_precision"}
+    path.write_text(json.dumps(old))
+    p = run_cli([*args, "--until", "300"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
