@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -49,13 +50,19 @@ class LatentModel(Protocol):
     """What the agent needs from a world model (implemented by `worldmodels.WorldModel`)."""
 
     def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: dict[str, Tensor],
-                horizon: int) -> dict[str, Any]:
+                horizon: int, detach_policy_input: bool = True,
+                noise: Sequence[Tensor] | None = None) -> dict[str, Any]:
         """Roll the prior from `start` ([N, ...]); {'feat': [H+1, N, F], 'action': [H, N, A]}, and optionally
         'onehot': a `OneHot` [H+1, N, G] when feat's last block is exactly one-hot (categorical latents).
 
         Index 0 is the start state and action[i] is the action taken at feat[i] (none at the last state).
-        policy(feat [N, F], onehot [N, G] | None) -> action [N, A].
+        policy(feat [N, F], onehot [N, G] | None) -> action [N, A]. `noise[i]`: step i's random numbers (`noise`),
+        drawn beforehand; None draws them during the rollout.
         """
+        ...
+
+    def noise(self, like: Tensor) -> Tensor:
+        """The random numbers one imagination step from the states `like` ([N, ...]) draws, drawn as it would."""
         ...
 
     def reward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:  # [..., F] -> [...] mean reward
@@ -80,6 +87,13 @@ def frozen(model: Any) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+@functools.cache
+def _compiled_losses() -> Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]:
+    """`ActorCritic.losses` through torch.compile, made once per process (dynamo guards on the modules it is called
+    with; a new shape or dtype recompiles)."""
+    return torch.compile(ActorCritic.losses, dynamic=False)
 
 
 def cut(onehot: OneHot | None, stop: int) -> OneHot | None:
@@ -138,8 +152,9 @@ class TruncNormal:
     def mode(self) -> Tensor:
         return self.mean.clamp(self.low, self.high)
 
-    def rsample(self) -> Tensor:
-        u = torch.rand_like(self.mean)
+    def rsample(self, u: Tensor | None = None) -> Tensor:
+        """A reparameterised sample from uniforms `u` [..., A] (drawn here by default, as `torch.rand_like(mean)`)."""
+        u = torch.rand_like(self.mean) if u is None else u
         u = (self.cdf_low + u * (self.cdf_high - self.cdf_low)).clamp(1e-6, 1 - 1e-6)
         x = self.mean + self.std * torch.special.ndtri(u)
         clipped = x.clamp(self.low + self.clip, self.high - self.clip)
@@ -264,6 +279,7 @@ class ActorCritic(nn.Module):
             "critic": Part(make_optimizer(self.critic.parameters(), "adam", critic_lr, eps, weight_decay), clip),
         }, loss_scaler(precision), what="actor-critic updates")
         self.updates = 0  # train_step calls so far; drives the slow-target schedule
+        self.compile_losses = False  # `losses` through torch.compile (continuous actions; set from run.compile)
 
     @property
     def actor_opt(self) -> torch.optim.Optimizer:
@@ -323,20 +339,66 @@ class ActorCritic(nn.Module):
         counter the schedules (`actor_ent`, `actor_grad_mix`) are evaluated at. Only the agent's
         parameters receive gradients (via torch.autograd.grad restricted to them): the world model's .grad
         is never touched, although with actor_grad='dynamics' the actor's gradient flows through it.
+        With `compile_losses` (`run.compile`) and continuous actions, `losses` runs through torch.compile on
+        random numbers drawn beforehand in the rollout's order, so it computes what the eager one does.
         """
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in start.items()}  # [N, ...]
+        ent_scale = schedules.value(self.actor_ent, step)
+        mix = schedules.value(self.actor_grad_mix, step) if self.actor_grad == "both" else None
+        # The world model's weights get no gradient here: leave them out of the graph (a custom layer such as
+        # `onehot_linear` cannot see that autograd.grad below asks for the agent's parameters only).
+        with frozen(model):
+            if self.compile_losses and not self.discrete:
+                # schedule values as tensors: a changing Python float would recompile at every step
+                actor_loss, critic_loss, stats = _compiled_losses()(
+                    self, model, start, is_terminal, torch.tensor(ent_scale), None if mix is None else
+                    torch.tensor(mix), self.draw_noise(model, start))
+            else:
+                actor_loss, critic_loss, stats = self.losses(model, start, is_terminal, ent_scale, mix)
+        # Only the agent's parameters are differentiated: the world model's .grad is never written.
+        update = self.updater.step(self.updater.gradients_of({
+            "actor": (list(self.actor.parameters()), actor_loss),
+            "critic": (list(self.critic.parameters()), critic_loss)}))
+        if update.finite:
+            self._update_slow_target()
+        values = {"actor_loss": actor_loss, "critic_loss": critic_loss, **stats}
+        return {
+            **{k: v.item() for k, v in values.items()},
+            "actor_grad_norm": update.norms["actor"], "critic_grad_norm": update.norms["critic"],
+            "actor_ent_scale": ent_scale, "skipped_nonfinite": float(not update.finite),
+            **({"actor_grad_mix": mix} if mix is not None else {}),
+            **({"loss_scale": update.loss_scale} if update.loss_scale is not None else {}),
+        }
+
+    def draw_noise(self, model: LatentModel, start: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The random numbers an imagination from `start` [N, ...] draws, drawn beforehand in its order: per step
+        the action sample's uniforms [N, A] (continuous actions), then the prior's noise (`model.noise`)."""
+        like = start["h"]
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32  # the distributions' float32 island
+        uniforms, prior = [], []
+        for _ in range(self.horizon):
+            uniforms.append(torch.rand(like.shape[0], self.action_dim, dtype=dtype, device=like.device))
+            prior.append(model.noise(like))
+        return uniforms, prior
+
+    def losses(self, model: LatentModel, start: dict[str, Tensor], is_terminal: Tensor | None,
+               ent_scale: float | Tensor, mix: float | Tensor | None,
+               noise: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None) -> tuple[Tensor, Tensor, dict]:
+        """The actor's and the critic's loss from H-step imaginations from every state of `start` [N, ...], and
+        the statistics `train_step` reports (0-d tensors). `noise`: `draw_noise`'s numbers, or None to draw them
+        during the rollout; with them the function is pure, as torch.compile needs it (inductor would draw its own
+        random numbers)."""
         # REINFORCE needs no gradient through the rollout: skip building that graph.
         track = self.actor_grad in ("dynamics", "both")
         outs: list[Tensor] = []  # the actor's raw outputs at z_0..z_{H-1}, reused by the actor loss
 
         def act(feat: Tensor, onehot: OneHot | None) -> Tensor:  # [N, F] -> [N, A]; sample keeps the actor path
             outs.append(self.actor.net(feat.detach(), onehot))
-            return self.actor.dist(outs[-1]).rsample()
+            pi = self.actor.dist(outs[-1])
+            return pi.rsample() if noise is None else pi.rsample(noise[0][len(outs) - 1])
 
-        # The world model's weights get no gradient here: leave them out of the graph (a custom layer such as
-        # `onehot_linear` cannot see that autograd.grad below asks for the agent's parameters only).
-        with torch.set_grad_enabled(track), frozen(model):
-            seq = model.imagine(act, start, self.horizon)
+        with torch.set_grad_enabled(track):
+            seq = model.imagine(act, start, self.horizon, noise=None if noise is None else noise[1])
             feat, hot = seq["feat"], seq.get("onehot")  # [H+1, N, F], OneHot [H+1, N, G] or None
             reward = model.reward(feat, hot)  # [H+1, N]
             disc = self._discount(model, feat, is_terminal, hot)  # [H+1, N]
@@ -348,7 +410,6 @@ class ActorCritic(nn.Module):
         # Actor: decisions at z_0..z_{H-2}, scored by R_1..R_{H-1}, under the distributions the rollout sampled
         # them from (same inputs, same parameters: no second actor pass), unless it ran without a graph.
         pi = self.actor.dist(torch.stack(outs[:-1])) if track else self.actor(feat[:-2].detach(), cut(hot, -2))
-        mix = schedules.value(self.actor_grad_mix, step) if self.actor_grad == "both" else None
         if self.actor_grad == "dynamics":
             objective = target[1:]  # [H-1, N]
         else:
@@ -358,33 +419,16 @@ class ActorCritic(nn.Module):
             if mix is not None:
                 objective = mix * target[1:] + (1 - mix) * objective
         ent = pi.entropy()  # [H-1, N]
-        ent_scale = schedules.value(self.actor_ent, step)
         actor_loss = -(weight[:-2] * (objective + ent_scale * ent)).mean()
 
         # Critic: v(z_0..z_{H-1}) -> R_0..R_{H-1} on detached states.
         v = self.critic(feat[:-1].detach(), cut(hot, -1))  # [H, N]
         critic_loss = -(Normal(v, 1.0, validate_args=False).log_prob(target.detach()) * weight[:-1]).mean()
-
-        # Only the agent's parameters are differentiated: the world model's .grad is never written.
-        grads = {name: (params, self.updater.gradients(name, params, loss))
-                 for name, params, loss in (("actor", list(self.actor.parameters()), actor_loss),
-                                            ("critic", list(self.critic.parameters()), critic_loss))}
-        update = self.updater.step(grads)
-        if update.finite:
-            self._update_slow_target()
-
         with torch.no_grad():
-            imag_return = (weight[1:] * reward[1:]).sum(0).mean()  # discounted reward the policy collects
-        return {
-            "actor_loss": actor_loss.item(), "critic_loss": critic_loss.item(),
-            "actor_grad_norm": update.norms["actor"], "critic_grad_norm": update.norms["critic"],
-            "actor_ent": ent.mean().item(), "actor_ent_scale": ent_scale, "imag_return": imag_return.item(),
-            "imag_reward": reward.mean().item(), "critic_target": target.mean().item(),
-            "critic_value": v.mean().item(), "critic_slow": value.mean().item(),
-            "discount": disc.mean().item(), "skipped_nonfinite": float(not update.finite),
-            **({"actor_grad_mix": mix} if mix is not None else {}),
-            **({"loss_scale": update.loss_scale} if update.loss_scale is not None else {}),
-        }
+            stats = {"actor_ent": ent.mean(), "imag_return": (weight[1:] * reward[1:]).sum(0).mean(),
+                     "imag_reward": reward.mean(), "critic_target": target.mean(), "critic_value": v.mean(),
+                     "critic_slow": value.mean(), "discount": disc.mean()}
+        return actor_loss, critic_loss, stats
 
     def _discount(self, model: LatentModel, feat: Tensor, is_terminal: Tensor | None,
                   onehot: OneHot | None = None) -> Tensor:

@@ -142,9 +142,13 @@ class _Dense(torch.nn.Module):
         super().__init__()
         self.wm = wm
 
-    def imagine(self, policy: Any, start: dict[str, torch.Tensor], horizon: int) -> dict[str, Any]:
-        seq = self.wm.imagine(lambda feat, onehot: policy(feat, None), start, horizon)
+    def imagine(self, policy: Any, start: dict[str, torch.Tensor], horizon: int, detach_policy_input: bool = True,
+                noise: Any = None) -> dict[str, Any]:
+        seq = self.wm.imagine(lambda feat, onehot: policy(feat, None), start, horizon, detach_policy_input, noise)
         return {k: v for k, v in seq.items() if k != "onehot"}
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        return self.wm.noise(like)
 
     def reward(self, feat: torch.Tensor, onehot: Any = None) -> torch.Tensor:
         return self.wm.reward(feat)

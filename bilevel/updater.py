@@ -3,8 +3,8 @@
 An `Updater` steps a few named parts (each an optimizer and the global-norm clip of its parameters' gradient)
 together, from their gradients, in four phases:
 
-    gradients  of a loss (`gradients`: scaled under float16, then unscaled), or taken elsewhere (`unscale` them
-               when they are of the scaled loss)
+    gradients  of each part's loss (`gradients_of`, one backward pass: scaled under float16, then unscaled), or
+               taken elsewhere (`unscale` them when they are of the scaled loss)
     check      the global norm of each part's gradient and any given values (the loss), in ONE host sync: all
                finite, or the whole update is skipped, never applied, and counted; more than `max_nonfinite`
                skips in a row stop training
@@ -129,12 +129,22 @@ class Updater:
         """The loss a float16 backward takes (scaled), else the loss itself."""
         return self.scaler.scale(loss) if self.float16 else loss
 
-    def gradients(self, name: str, params: list[Tensor], loss: Tensor) -> list[Tensor]:
-        """d loss / d params (zeros where unused), unscaled. Only this update's parameters are differentiated, so
-        no other module's .grad is written (and none at all outside float16, whose unscaling works on .grad)."""
-        grads = torch.autograd.grad(self.scale(loss) if self._scaling(name) else loss, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
-        return self.unscale(name, params, grads)
+    def gradients_of(self, losses: Mapping[str, tuple[list[Tensor], Tensor]]) -> dict[str, tuple[list[Tensor],
+                                                                                          list[Tensor]]]:
+        """{part: (params, d loss / d params)} for {part: (params, loss)}, unscaled, from one backward pass over
+        every loss: for parts whose losses reach no other part's parameters (as the actor's and the critic's), where
+        it equals each loss's own gradient. One pass, since a compiled graph's backward can run only once."""
+        names = list(losses)
+        outputs = [self.scale(loss) if self._scaling(n) else loss for n, (_, loss) in losses.items()]
+        flat = [p for n in names for p in losses[n][0]]
+        grads = list(torch.autograd.grad(outputs, flat, allow_unused=True))
+        out: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+        for n in names:
+            params = losses[n][0]
+            gs = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[:len(params)], params, strict=True)]
+            out[n] = (params, self.unscale(n, params, gs))
+            grads = grads[len(params):]
+        return out
 
     def unscale(self, name: str, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """Gradients of the scaled loss, unscaled in place (the GradScaler also records whether they overflowed);

@@ -163,8 +163,9 @@ class RunConfig(Strict):
     world_model_precision: Literal["auto", "32", "bf16", "16"] | None = Field(
         None, description="the world model's step (TEMPO's bilevel step with it) in this precision instead of "
                           "run.precision, which then sets the actor-critic's; None = run.precision")
-    compile: bool = Field(False, description="torch.compile the imagination step (RSSM prior and its sample) of "
-                                             "the actor-critic update; the first update compiles it")
+    compile: bool = Field(False, description="torch.compile the actor-critic's losses (imagination, heads, "
+                                             "λ-returns; the imagination step alone for discrete actions); "
+                                             "the first update compiles them")
     logdir: str = Field("runs/default", description="the run directory (re-use it to resume); the command line's "
                                                       "default is runs/<task>/<method>/<seed>")
     max_nonfinite: int = Field(20, ge=1, description="consecutive non-finite updates before stopping")

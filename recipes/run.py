@@ -66,6 +66,7 @@ class Run:
             use_discount_head=m.discount_head,
             precision=self.precision,  # float16: the agent's updater scales its losses
         ).to(self.device)
+        self.agent.compile_losses = cfg.run.compile
         # Every UpperLoss normalises its values (the weighter's V inputs) with tempo.value_norm; a plain
         # user callable has no value normalisation to configure (TempoProblem wraps it as a FunctionLoss).
         cls = upper_loss_class(cfg.tempo.upper_loss)

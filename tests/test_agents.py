@@ -8,7 +8,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -37,9 +37,9 @@ class PointModel(nn.Module):
         move = action @ STEPS[:, None] if self.discrete else action
         return x + 0.1 * move * (1 + self.dummy)
 
-    def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor],
-                horizon: int) -> dict[str, Tensor]:
-        feats, actions = [self.feat(start)], []
+    def imagine(self, policy: Callable[[Tensor], Tensor], start: dict[str, Tensor], horizon: int,
+                detach_policy_input: bool = True, noise: Sequence[Tensor] | None = None) -> dict[str, Tensor]:
+        feats, actions = [self.feat(start)], []  # deterministic dynamics: no noise to draw or use
         for _ in range(horizon):
             actions.append(policy(feats[-1].detach(), None))
             feats.append(self.step(feats[-1], actions[-1]))
@@ -53,6 +53,9 @@ class PointModel(nn.Module):
 
     def feat(self, state: dict[str, Tensor]) -> Tensor:
         return state["x"]
+
+    def noise(self, like: Tensor) -> Tensor:
+        return like.new_empty(like.shape[0], 0)  # the dynamics draw nothing
 
 
 

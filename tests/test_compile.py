@@ -40,17 +40,44 @@ def test_compiled_categorical_imagination_equals_eager():
 
 
 def test_run_compile_trains_like_eager():
-    """The recipe's whole update with `run.compile` (the flag reaches the RSSM) equals the eager update."""
+    """The recipe's whole update with `run.compile` (the flag reaches the RSSM and the actor-critic, whose losses
+    then run as compiled graphs) equals the eager update."""
+    from torch._dynamo.utils import counters
+
     eager, comp = build("tiny", "none"), build("tiny", "none", compile=True)
     assert comp.wm.rssm.compile_imagination and not eager.wm.rssm.compile_imagination
+    assert comp.agent.compile_losses and not eager.agent.compile_losses
     torch.manual_seed(3)
     m_eager = eager.train_step()
+    counters.clear()
     torch.manual_seed(3)
     m_comp = comp.train_step()
-    for k in ("agent/actor_loss", "agent/critic_loss"):
+    assert counters["stats"]["unique_graphs"] >= 1  # the losses were compiled, not run eagerly
+    for k in ("agent/actor_loss", "agent/critic_loss", "agent/imag_return", "agent/critic_target"):
         assert math.isfinite(m_eager[k]) and m_comp[k] == pytest.approx(m_eager[k], rel=1e-4, abs=1e-6), k
     for p, q in zip(eager.agent.parameters(), comp.agent.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_noise_drawn_beforehand_is_what_the_rollout_draws():
+    """`ActorCritic.draw_noise` draws, in order, the numbers the eager rollout draws step by step (the action
+    sample's uniforms, then the prior's noise): the actor-critic's losses from them equal the eager ones bit for
+    bit, for Gaussian and categorical latents; another stream's numbers give other losses."""
+    def losses(b, start: dict[str, torch.Tensor], seed: int, drawn: bool) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        noise = b.agent.draw_noise(b.wm, start) if drawn else None
+        a, c, stats = b.agent.losses(b.wm, start, b.batch["is_terminal"], 1e-4, None, noise)
+        return [a, c, *stats.values()]
+
+    for size in ("tiny", "dmc_state"):
+        with build(size, "none") as b:
+            res = b.trainer.step(b.problem, b.batch)
+            start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in res.outputs.items()}
+            b.agent.horizon = 3  # a short rollout keeps dmc_state's (categorical) case quick
+            here, before, other = (losses(b, start, 5, False), losses(b, start, 5, True),
+                                   losses(b, start, 6, True))
+            assert all(torch.equal(x, y) for x, y in zip(here, before, strict=True)), size
+            assert not torch.equal(here[0], other[0]), size
 
 
 def test_imagination_noise_is_what_the_eager_step_drew():

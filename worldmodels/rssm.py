@@ -14,7 +14,7 @@ differentiably - the task loss V(s_post) - V(s_prior) is differentiated through 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -147,7 +147,7 @@ class RSSM(nn.Module):
         return stack_states(posts), stack_states(priors)
 
     def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: State, horizon: int,
-                detach_policy_input: bool = True) -> dict[str, Any]:
+                detach_policy_input: bool = True, noise: Sequence[Tensor] | None = None) -> dict[str, Any]:
         """Roll the prior `horizon` steps from `start` ([N, ...]) under `policy(feat [N, F], onehot) -> [N, A]`.
 
         Returns {'feat': [H+1, N, F], 'action': [H, N, A]}: feat[0] is the start state and action[i] the
@@ -159,18 +159,22 @@ class RSSM(nn.Module):
         With categorical latents s is exactly one-hot (a straight-through sample; `start` must hold such samples,
         as a posterior does), and the result also has 'onehot': a `OneHot` [H+1, N, G] over feat, which the
         policy receives per step too, so heads can skip the zeros of their first layer (`worldmodels.onehot`).
+
+        `noise`: each step's random numbers (`self.noise`), drawn beforehand; by default drawn here, step by step.
         """
         def hot(st: State) -> OneHot | None:
             return OneHot.of(st["s"], self.deter, self.discrete) if self.discrete else None
 
         # The step's noise is drawn here, in the order img_step would draw it, so that a compiled step is a
         # pure function (inductor would draw its own random numbers) and both give the same rollout.
-        step = _compiled(type(self).img_step) if self.compile_imagination else type(self).img_step
+        # Within a compiled caller (the actor-critic's compiled losses) the step is traced with it.
+        compiled = self.compile_imagination and not torch.compiler.is_compiling()
+        step = _compiled(type(self).img_step) if compiled else type(self).img_step
         state = {k: start[k] for k in self.state_keys}
         feats, actions, hots = [self.feat(state)], [], [hot(state)]
-        for _ in range(horizon):
+        for i in range(horizon):
             actions.append(policy(feats[-1].detach() if detach_policy_input else feats[-1], hots[-1]))
-            state = step(self, state, actions[-1], self.noise(state["h"]))
+            state = step(self, state, actions[-1], self.noise(state["h"]) if noise is None else noise[i])
             feats.append(self.feat(state))
             hots.append(hot(state))
         seq: dict[str, Any] = {"feat": torch.stack(feats, 0), "action": torch.stack(actions, 0)}

@@ -9,7 +9,7 @@ The float dtype of 'action' sets the compute dtype (float32, or float64 for fini
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -169,9 +169,13 @@ class WorldModel(nn.Module):
         return self.rssm.feat(state)
 
     def imagine(self, policy: Callable[[Tensor, OneHot | None], Tensor], start: State, horizon: int,
-                detach_policy_input: bool = True) -> dict[str, Any]:
+                detach_policy_input: bool = True, noise: Sequence[Tensor] | None = None) -> dict[str, Any]:
         """See RSSM.imagine: {'feat': [H+1, N, F], 'action': [H, N, A]} (+ 'onehot' for categorical latents)."""
-        return self.rssm.imagine(policy, start, horizon, detach_policy_input)
+        return self.rssm.imagine(policy, start, horizon, detach_policy_input, noise)
+
+    def noise(self, like: Tensor) -> Tensor:
+        """The random numbers one imagination step from the states `like` ([N, ...], e.g. their h) draws."""
+        return self.rssm.noise(like)
 
     def reward(self, feat: Tensor, onehot: OneHot | None = None) -> Tensor:
         """Mean predicted reward [...] from feat [..., F] (float32)."""
