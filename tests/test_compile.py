@@ -59,6 +59,25 @@ def test_run_compile_trains_like_eager():
         assert torch.allclose(p, q, atol=1e-5)
 
 
+def test_compiled_losses_with_categorical_latents_equal_eager():
+    """`run.compile` with categorical latents (the one-hot features' `OneHot` descriptions go through the compiled
+    losses too): the same losses, statistics and agent parameters as eager, float32."""
+    from benchmarks.common import BenchSize
+
+    size = BenchSize("tiny_categorical", "debug", "finger_spin", {"world_model": {"stoch": 4, "discrete": 6}})
+    eager, comp = build(size, "none"), build(size, "none", compile=True)
+    assert comp.wm.rssm.discrete == 6 and comp.agent.compile_losses
+    torch.manual_seed(4)
+    m_eager = eager.train_step()
+    torch.manual_seed(4)
+    m_comp = comp.train_step()
+    for k in ("agent/actor_loss", "agent/critic_loss", "agent/imag_return", "agent/critic_target", "agent/actor_ent"):
+        assert math.isfinite(m_eager[k]) and m_comp[k] == pytest.approx(m_eager[k], rel=1e-4, abs=1e-6), k
+    for p, q in zip(eager.agent.parameters(), comp.agent.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+    eager.close(), comp.close()
+
+
 def test_noise_drawn_beforehand_is_what_the_rollout_draws():
     """`ActorCritic.draw_noise` draws, in order, the numbers the eager rollout draws step by step (the action
     sample's uniforms, then the prior's noise): the actor-critic's losses from them equal the eager ones bit for
