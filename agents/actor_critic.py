@@ -350,9 +350,10 @@ class ActorCritic(nn.Module):
         with frozen(model):
             if self.compile_losses and not self.discrete:
                 # schedule values as tensors: a changing Python float would recompile at every step
+                dev = start["h"].device
                 actor_loss, critic_loss, stats = _compiled_losses()(
-                    self, model, start, is_terminal, torch.tensor(ent_scale), None if mix is None else
-                    torch.tensor(mix), self.draw_noise(model, start))
+                    self, model, start, is_terminal, torch.tensor(ent_scale, device=dev),
+                    None if mix is None else torch.tensor(mix, device=dev), self.draw_noise(model, start))
             else:
                 actor_loss, critic_loss, stats = self.losses(model, start, is_terminal, ent_scale, mix)
         # Only the agent's parameters are differentiated: the world model's .grad is never written.

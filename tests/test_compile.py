@@ -59,6 +59,25 @@ def test_run_compile_trains_like_eager():
         assert torch.allclose(p, q, atol=1e-5)
 
 
+def test_a_schedule_changing_between_steps_does_not_recompile_the_losses():
+    """The schedules' values (`actor_ent`, `actor_grad_mix`) enter the compiled losses as tensors, so a linear
+    schedule moving at every step reuses the graph."""
+    from torch._dynamo.utils import counters
+
+    with build("tiny", "none", compile=True) as b:
+        ag = b.agent
+        ag.actor_ent, ag.actor_grad, ag.actor_grad_mix = "linear(1e-2,1e-4,100)", "both", "linear(0.9,0.1,100)"
+        res = b.trainer.step(b.problem, b.batch)
+        counters.clear()
+        seen = []
+        for step in (0, 30, 60):
+            m = ag.train_step(b.wm, res.outputs, b.batch["is_terminal"], step=step)
+            seen.append((m["actor_ent_scale"], m["actor_grad_mix"]))
+            assert math.isfinite(m["actor_loss"])
+        assert len(set(seen)) == 3  # the schedules moved
+        assert counters["stats"]["unique_graphs"] == 1  # compiled once, reused at the later steps
+
+
 def test_compiled_losses_with_categorical_latents_equal_eager():
     """`run.compile` with categorical latents (the one-hot features' `OneHot` descriptions go through the compiled
     losses too): the same losses, statistics and agent parameters as eager, float32."""
