@@ -350,7 +350,7 @@ class ActorCritic(nn.Module):
         with frozen(model):
             if self.compile_losses and not self.discrete:
                 # schedule values as tensors: a changing Python float would recompile at every step
-                dev = start["h"].device
+                dev = next(iter(start.values())).device
                 actor_loss, critic_loss, stats = _compiled_losses()(
                     self, model, start, is_terminal, torch.tensor(ent_scale, device=dev),
                     None if mix is None else torch.tensor(mix, device=dev), self.draw_noise(model, start))
@@ -373,8 +373,12 @@ class ActorCritic(nn.Module):
 
     def draw_noise(self, model: LatentModel, start: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """The random numbers an imagination from `start` [N, ...] draws, drawn beforehand in its order: per step
-        the action sample's uniforms [N, A] (continuous actions), then the prior's noise (`model.noise`)."""
-        like = start["h"]
+        the action sample's uniforms [N, A], then the prior's noise (`model.noise`). Continuous actions only: the
+        straight-through one-hot sample of discrete ones draws its own numbers."""
+        if self.discrete:
+            raise ValueError("draw_noise needs continuous actions: a discrete actor's one-hot sample draws its own "
+                             "random numbers")
+        like = next(iter(start.values()))  # [N, ...]: any state entry gives N, the device and float64 models
         dtype = torch.float64 if like.dtype == torch.float64 else torch.float32  # the distributions' float32 island
         uniforms, prior = [], []
         for _ in range(self.horizon):

@@ -116,6 +116,10 @@ def test_noise_drawn_beforehand_is_what_the_rollout_draws():
                                    losses(b, start, 6, True))
             assert all(torch.equal(x, y) for x, y in zip(here, before, strict=True)), size
             assert not torch.equal(here[0], other[0]), size
+    from agents import ActorCritic
+
+    with pytest.raises(ValueError, match="draw_noise needs continuous actions"):
+        ActorCritic(8, 3, True, layers=1, units=8).draw_noise(None, {"h": torch.zeros(2, 4)})
 
 
 def test_imagination_noise_is_what_the_eager_step_drew():
