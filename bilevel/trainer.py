@@ -54,6 +54,26 @@ class StepResult:
     outputs: Any
 
 
+def check_float16(cfg: BilevelConfig) -> None:
+    """A one-line ValueError where `cfg`'s step cannot run at precision '16'. float16 needs loss scaling; its
+    second-order graphs (double backward, unroll, implicit) would underflow or overflow unscaled, so float16 takes the
+    α-gradient only from float32 re-evaluations, and ∇θ L_up from a float32 pass."""
+    if not cfg.uses_weighter:
+        return
+    strategy = STRATEGIES[cfg.strategy]
+    engine = ENGINES[cfg.engine](CONTRACTIONS[cfg.contraction](), None)  # needs_graph reads the contraction only
+    if not (strategy.float16 and engine.float16 and not engine.needs_graph(strategy.asks)):
+        first_order = [c for c in CONTRACTIONS if not CONTRACTIONS[c].needs_graph]
+        strategies = [s for s in STRATEGIES if STRATEGIES[s].uses_weighter and STRATEGIES[s].float16]
+        engines = [e for e in ENGINES if ENGINES[e].float16]
+        raise ValueError(f"precision '16' supports strategies {strategies} with contractions {first_order} on "
+                         f"engines {engines}; got {cfg.strategy!r} / {cfg.contraction!r} / {cfg.engine!r} "
+                         "(use precision 'bf16' or '32')")
+    if cfg.hypergrad_precision != "32":
+        raise ValueError(f"precision '16' takes ∇θ L_up from a float32 pass (an unscaled float16 backward would "
+                         f"underflow): hypergrad_precision must be '32', got {cfg.hypergrad_precision!r}")
+
+
 class BilevelTrainer:
     """Trains θ with weighted lower losses and α with the configured hypergradient.
 
@@ -97,20 +117,9 @@ class BilevelTrainer:
         self.engine = ENGINES[cfg.engine](CONTRACTIONS[cfg.contraction](), parts["lower"])
         if self.strategy.differentiates_optimizer:
             DiffOptimizer(lower_opt, list(model.parameters()))  # an unsupported optimizer fails now
-        # float16 needs loss scaling; its second-order graphs (double backward, unroll, implicit) would underflow
-        # or overflow unscaled, so float16 takes the α-gradient only from float32 re-evaluations.
         self.fp16 = self.precision.mode == "16"
-        if self.fp16 and cfg.uses_weighter and not (self.strategy.float16 and self.engine.float16
-                                                    and not self.engine.needs_graph(self.strategy.asks)):
-            first_order = [c for c in CONTRACTIONS if not CONTRACTIONS[c].needs_graph]
-            strategies = [s for s in STRATEGIES if STRATEGIES[s].uses_weighter and STRATEGIES[s].float16]
-            engines = [e for e in ENGINES if ENGINES[e].float16]
-            raise ValueError(f"precision '16' supports strategies {strategies} with contractions {first_order} on "
-                             f"engines {engines}; got {cfg.strategy!r} / {cfg.contraction!r} / {cfg.engine!r} "
-                             "(use precision 'bf16' or '32')")
-        if self.fp16 and cfg.uses_weighter and cfg.hypergrad_precision != "32":
-            raise ValueError(f"precision '16' takes ∇θ L_up from a float32 pass (an unscaled float16 backward would "
-                             f"underflow): hypergrad_precision must be '32', got {cfg.hypergrad_precision!r}")
+        if self.fp16:
+            check_float16(cfg)
         self.updater = Updater(parts, loss_scaler(self.precision), max_nonfinite, what="bilevel steps")
         self.step_count = 0
 

@@ -310,6 +310,17 @@ def preflight(cfg: Config) -> None:
                          f"{limit + 1}")
     if cfg.run.device == "cuda" and not cuda_available():
         raise UsageError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    from bilevel.precision import resolve as resolve_precision
+    from bilevel.trainer import check_float16
+    from recipes.run import bilevel_config
+
+    wm_mode = cfg.run.precisions["world_model"]
+    if resolve_precision(wm_mode, cfg.run.device) == "16":
+        try:
+            check_float16(bilevel_config(cfg))
+        except ValueError as e:
+            which = "run.world_model_precision" if cfg.run.world_model_precision else "run.precision"
+            raise UsageError(f"--{which} {wm_mode}: {e}") from None
     if cfg.run.compile and cfg.run.device == "cpu" and cxx_compiler() is None:
         raise UsageError("--run.compile true needs a C++ compiler on CPU (torch.compile builds its kernels with "
                          "$CXX, g++, clang++ or c++) and none is on the PATH; install one or use --run.compile false")
