@@ -53,14 +53,15 @@ def parts_of_one_update(bench: Bench) -> dict[str, float]:
 
 
 def measure(size: str, tempo: str, rounds: int, also: tuple[str, ...] = (), precision: str = "32",
-            more_precisions: tuple[str, ...] = ()) -> dict[str, Any]:
+            more_precisions: tuple[str, ...] = (), compile: bool = False) -> dict[str, Any]:
     """`also`: more TEMPO configs, timed in the same rounds (each its own arm, named by its config). Every arm runs
     in `precision` (a setting of `precision_fields`: '32', 'bf16', '16', 'auto', 'bf16/32', ...); each of
-    `more_precisions` adds the same arms in that setting, named `<arm>@<setting>`, to the same rounds."""
+    `more_precisions` adds the same arms in that setting, named `<arm>@<setting>`, to the same rounds. `compile`:
+    every arm with `run.compile` (compiled in the untimed warm-up)."""
     methods = {"dreamerv2": "none", "tempo": tempo, **{c: c for c in also}}
     suffix = {p: "" if i == 0 else f"@{p}" for i, p in enumerate((precision, *more_precisions))}
     arms = {m + sfx: (c, p) for p, sfx in suffix.items() for m, c in methods.items()}
-    benches = {m: build(size, c, precision=p) for m, (c, p) in arms.items()}
+    benches = {m: build(size, c, precision=p, compile=compile) for m, (c, p) in arms.items()}
     precisions = {m: bench.setting for m, bench in benches.items()}  # as resolved ('auto' -> 32 or bf16)
     for bench in benches.values():
         bench.train_step()  # warm-up
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="32",
                     help="every arm's precision setting (32, bf16, 16, auto, or P/W: the actor-critic at P, the world "
                          "model at W; default 32); comma-separated settings time every arm in each, interleaved")
+    ap.add_argument("--compile", action="store_true", help="every arm with run.compile (compiled in the warm-up)")
     ap.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1:
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     set_flush_denormal(True)
     result = {"size": args.size, "tempo": args.tempo, "rounds": args.rounds, "precision": args.precision,
-              "machine": machine("cpu"),
-              **measure(args.size, args.tempo, args.rounds, also, settings[0], tuple(settings[1:]))}
+              "compile": args.compile, "machine": machine("cpu"),
+              **measure(args.size, args.tempo, args.rounds, also, settings[0], tuple(settings[1:]), args.compile)}
     for method, parts in result["median_s"].items():
         print(method, " ".join(f"{k}={v * 1e3:.0f}ms" for k, v in parts.items()))
     print("tempo - dreamerv2", " ".join(f"{k}={v * 1e3:+.0f}ms" for k, v in result["tempo_minus_dreamerv2_s"].items()))

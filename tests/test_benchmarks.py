@@ -372,12 +372,16 @@ def test_breakdown_runs_every_arm_in_the_asked_precision(tmp_path):
 
 
 def test_breakdown_times_every_precision_setting_in_the_same_rounds(tmp_path):
+    from torch._dynamo.utils import counters
+
     from benchmarks import breakdown
 
     out = tmp_path / "b.json"
+    counters.clear()
     assert breakdown.main(["--size", "tiny", "--rounds", "2", "--threads", "1", "--precision", "32,bf16/32,32/bf16",
-                           "--out", str(out)]) == 0
+                           "--out", str(out), "--compile"]) == 0
     res = json.loads(out.read_text())
+    assert res["compile"] is True and counters["stats"]["unique_graphs"] >= 2  # the float32 and bf16 losses
     assert res["precisions"] == {"dreamerv2": "32", "tempo": "32", "dreamerv2@bf16/32": "bf16/32",
                                  "tempo@bf16/32": "bf16/32", "dreamerv2@32/bf16": "32/bf16", "tempo@32/bf16": "32/bf16"}
     samples = res["samples_s"]
