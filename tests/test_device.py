@@ -75,11 +75,12 @@ def test_an_update_on_the_device_is_the_cpu_update(device, monkeypatch):
 
 def test_compiled_imagination_on_the_device_is_the_eager_one(device):
     """`run.compile` where it may pay most, a GPU (fewer kernel launches): the whole update with the compiled
-    imagination step equals the eager one on the same device. The CPU's case is tests/test_compile.py."""
+    actor-critic losses equals the eager one on the same device. The CPU's case is tests/test_compile.py."""
     if device == "cpu":
         pytest.skip("tests/test_compile.py covers the CPU")
     eager, comp = build_bench("tiny", "none", device), build_bench("tiny", "none", device, compile=True)
     assert comp.wm.rssm.compile_imagination and not eager.wm.rssm.compile_imagination
+    assert comp.agent.compile_losses and not eager.agent.compile_losses
     metrics = []
     for arm in (eager, comp):
         torch.manual_seed(3)
