@@ -49,6 +49,7 @@ def test_run_compile_trains_like_eager():
     assert comp.agent.compile_losses and not eager.agent.compile_losses
     torch.manual_seed(3)
     m_eager = eager.train_step()
+    torch._dynamo.reset()  # an earlier test's compiled graphs would be reused, not counted
     counters.clear()
     torch.manual_seed(3)
     m_comp = comp.train_step()
@@ -68,6 +69,7 @@ def test_a_schedule_changing_between_steps_does_not_recompile_the_losses():
         ag = b.agent
         ag.actor_ent, ag.actor_grad, ag.actor_grad_mix = "linear(1e-2,1e-4,100)", "both", "linear(0.9,0.1,100)"
         res = b.trainer.step(b.problem, b.batch)
+        torch._dynamo.reset()  # an earlier test's compiled graphs would be reused, not counted
         counters.clear()
         seen = []
         for step in (0, 30, 60):
