@@ -216,11 +216,15 @@ def precision_fields(setting: str) -> dict[str, str]:
     return {"precision": parts[0], **({"world_model_precision": parts[1]} if len(parts) == 2 else {})}
 
 
+def setting_of(agent: str, world_model: str) -> str:
+    """The precision setting of an actor-critic at `agent` and a world model at `world_model` ('bf16', 'bf16/32')."""
+    return agent if agent == world_model else f"{agent}/{world_model}"
+
+
 def resolve_setting(setting: str, device: str | torch.device) -> str:
     """`setting` as `device` resolves it ('auto' -> 'bf16' or '32'; 'bf16/bf16' -> 'bf16')."""
     f = precision_fields(setting)
-    a, w = resolve(f["precision"], device), resolve(f.get("world_model_precision", f["precision"]), device)
-    return a if a == w else f"{a}/{w}"
+    return setting_of(resolve(f["precision"], device), resolve(f.get("world_model_precision", f["precision"]), device))
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -310,8 +314,7 @@ class Bench:
     @property
     def setting(self) -> str:
         """The run's precision setting as resolved here, in `precision_fields`' notation ('bf16', 'bf16/32')."""
-        a, w = self.run.precision.mode, self.run.wm_precision.mode
-        return a if a == w else f"{a}/{w}"
+        return setting_of(self.run.precision.mode, self.run.wm_precision.mode)
 
     @property
     def wm(self) -> nn.Module:

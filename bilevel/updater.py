@@ -134,16 +134,13 @@ class Updater:
         """{part: (params, d loss / d params)} for {part: (params, loss)}, unscaled, from one backward pass over
         every loss: for parts whose losses reach no other part's parameters (as the actor's and the critic's), where
         it equals each loss's own gradient. One pass, since a compiled graph's backward can run only once."""
-        names = list(losses)
         outputs = [self.scale(loss) if self._scaling(n) else loss for n, (_, loss) in losses.items()]
-        flat = [p for n in names for p in losses[n][0]]
-        grads = list(torch.autograd.grad(outputs, flat, allow_unused=True))
+        flat = [p for params, _ in losses.values() for p in params]
+        grads = iter(torch.autograd.grad(outputs, flat, allow_unused=True))  # in `flat`'s order, part by part
         out: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
-        for n in names:
-            params = losses[n][0]
-            gs = [torch.zeros_like(p) if g is None else g for g, p in zip(grads[:len(params)], params, strict=True)]
+        for n, (params, _) in losses.items():
+            gs = [g if (g := next(grads)) is not None else torch.zeros_like(p) for p in params]
             out[n] = (params, self.unscale(n, params, gs))
-            grads = grads[len(params):]
         return out
 
     def unscale(self, name: str, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
