@@ -57,7 +57,7 @@ from torch import nn
 from bilevel import BilevelConfig, BilevelTrainer
 from bilevel.contractions import CONTRACTIONS
 from bilevel.precision import MODES, Precision, cpu_flags, cpu_model, native_bf16, resolve
-from recipes.config import HYPERGRADIENTS, Config, deep_update
+from recipes.config import HYPERGRADIENTS, Config, RunConfig, deep_update
 from recipes.config import build as build_config
 from recipes.run import Run
 from recipes.run import bilevel_config as run_bilevel_config
@@ -209,11 +209,12 @@ def bilevel_config(name: str, size: str | BenchSize | Size) -> BilevelConfig:
 
 def precision_fields(setting: str) -> dict[str, str]:
     """The `run` fields of a precision setting: 'P' runs everything at P, 'P/W' the actor-critic at P and the world
-    model's step at W (`run.world_model_precision`); each one of 32, bf16, 16, auto (`bilevel.precision`)."""
+    model's step at W (`run.world_model_precision`); each one of 32, bf16, 16, auto (`bilevel.precision`; 'auto'
+    is a run's default, `RunConfig.precisions`: 'bf16/32' on a CPU with native bf16)."""
     parts = setting.split("/")
     if len(parts) > 2 or any(p not in MODES for p in parts):
         raise ValueError(f"precision setting {setting!r} is not P or P/W with P, W in {list(MODES)}")
-    return {"precision": parts[0], **({"world_model_precision": parts[1]} if len(parts) == 2 else {})}
+    return {"precision": parts[0], "world_model_precision": parts[-1]}
 
 
 def setting_of(agent: str, world_model: str) -> str:
@@ -222,9 +223,10 @@ def setting_of(agent: str, world_model: str) -> str:
 
 
 def resolve_setting(setting: str, device: str | torch.device) -> str:
-    """`setting` as `device` resolves it ('auto' -> 'bf16' or '32'; 'bf16/bf16' -> 'bf16')."""
-    f = precision_fields(setting)
-    return setting_of(resolve(f["precision"], device), resolve(f.get("world_model_precision", f["precision"]), device))
+    """`setting` as a run on `device` resolves it (`RunConfig.precisions`: 'auto' -> 'bf16/32' on a bf16 CPU,
+    '32' on one without, 'bf16' on a bf16 GPU; 'bf16/bf16' -> 'bf16')."""
+    modes = RunConfig(device=torch.device(device).type, **precision_fields(setting)).precisions
+    return setting_of(resolve(modes["agent"], device), resolve(modes["world_model"], device))
 
 
 def check_device(device: str | torch.device) -> torch.device:

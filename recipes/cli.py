@@ -231,6 +231,9 @@ def resume_config(saved: dict[str, Any], explicit: dict[str, Any], preset: str |
     """The saved run's config with the command line's explicit settings on top, and what they change; a
     change outside SAFE_ON_RESUME is a one-line UsageError listing what differs."""
     fields = {k: v for k, v in saved.items() if k in Config.model_fields}
+    run = fields.get("run")
+    if isinstance(run, dict) and "world_model_precision" not in run:  # made before the field: the world model
+        fields["run"] = {**run, "world_model_precision": None}  # trained at run.precision, and goes on so
     try:
         old = Config.model_validate(fields)
         new = Config.model_validate(deep_update(old.model_dump(), explicit))
@@ -252,7 +255,8 @@ def resume_config(saved: dict[str, Any], explicit: dict[str, Any], preset: str |
 def check_precision(saved: dict[str, Any], cfg: Config) -> None:
     """A resume must not change the precision the run trains at: `auto` is bf16 on CPUs with native bf16 and
     float32 elsewhere, so the same command resumed on another machine could switch it mid-run (one line). Runs
-    made before run.world_model_precision existed trained their world model at `precision_resolved`."""
+    made before run.world_model_precision existed trained their world model at `precision_resolved`
+    (`resume_config` gives them its old meaning, None: as run.precision)."""
     from bilevel.precision import resolve as resolve_precision
 
     modes = cfg.run.precisions
@@ -264,7 +268,8 @@ def check_precision(saved: dict[str, Any], cfg: Config) -> None:
         if before is not None and before != now:
             what = "at precision" if name == "precision" else "its world model at precision"
             raise UsageError(f"--logdir {cfg.run.logdir!r} trained {what} {before!r}; here run.{name} "
-                             f"{mode!r} resolves to {now!r}, which would change it mid-run: resume on a machine "
+                             f"{getattr(cfg.run, name)!r} resolves to {now!r}, which would change it mid-run: "
+                             "resume on a machine "
                              f"where it resolves to {before!r} (--run.{name} {before} forces it) or use another "
                              "--logdir")
 
@@ -319,7 +324,7 @@ def preflight(cfg: Config) -> None:
         try:
             check_float16(bilevel_config(cfg))
         except ValueError as e:
-            which = "run.world_model_precision" if cfg.run.world_model_precision else "run.precision"
+            which = "run.precision" if cfg.run.world_model_precision in (None, "auto") else "run.world_model_precision"
             raise UsageError(f"--{which} {wm_mode}: {e}") from None
     if cfg.run.compile and cfg.run.device == "cpu" and cxx_compiler() is None:
         raise UsageError("--run.compile true needs a C++ compiler on CPU (torch.compile builds its kernels with "

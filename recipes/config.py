@@ -161,8 +161,9 @@ class RunConfig(Strict):
     precision: Literal["auto", "32", "bf16", "16"] = Field(
         "auto", description="matmuls in bf16/fp16 with float32 islands; auto = bf16 where native, else 32")
     world_model_precision: Literal["auto", "32", "bf16", "16"] | None = Field(
-        None, description="the world model's step (TEMPO's bilevel step with it) in this precision instead of "
-                          "run.precision, which then sets the actor-critic's; None = run.precision")
+        "auto", description="the world model's step (TEMPO's bilevel step with it) in this precision instead of "
+                            "run.precision, which then sets the actor-critic's; auto = float32 on a CPU, run.precision "
+                            "on CUDA; None = run.precision (runs made before 2026-12-05)")
     compile: bool = Field(False, description="torch.compile the actor-critic's losses (imagination, heads, "
                                              "λ-returns; the imagination step alone for discrete actions); "
                                              "the first update compiles them")
@@ -177,8 +178,17 @@ class RunConfig(Strict):
 
     @property
     def precisions(self) -> dict[str, str]:
-        """The configured precision of each part: 'agent' (the actor-critic's update) and 'world_model'."""
-        return {"agent": self.precision, "world_model": self.world_model_precision or self.precision}
+        """The precision mode of each part: 'agent' (the actor-critic's update) and 'world_model'.
+
+        On a CPU the world model's step stays float32 unless `world_model_precision` says otherwise: that step is 50
+        sequential RSSM steps of 16-sample matmuls, where bf16 buys casts rather than speed, and TEMPO's
+        hypergradient would need float32 passes of its own beside a bf16 one (benchmarks/README.md: TEMPO 9-26%
+        faster this way, DreamerV2 within ±6%; both methods' world models train at the same precision). Runs made
+        before this rule saved `world_model_precision` None, which follows run.precision as it did."""
+        wm = self.world_model_precision
+        if wm == "auto":
+            wm = "32" if self.device == "cpu" else self.precision
+        return {"agent": self.precision, "world_model": wm or self.precision}
 
 
 class Config(Strict):

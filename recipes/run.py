@@ -13,6 +13,8 @@ from bilevel.trainer import set_learning_rate
 from recipes import cpu
 from recipes.config import Config
 
+VIDEO_FRAMES = 200  # an evaluation video of a longer episode keeps every second frame
+
 
 def bilevel_config(cfg: Config):
     """The weighting switch picks the strategy: none/naive need no weighter; meta uses tempo.bilevel."""
@@ -37,7 +39,7 @@ class Run:
 
         self.cfg, self.logdir = cfg, logdir
         self.device = torch.device(cfg.run.device)
-        # The actor-critic's precision, and the world model's step's (the same unless run.world_model_precision)
+        # The actor-critic's precision, and the world model's step's (float32 on a CPU unless asked otherwise)
         self.precision = Precision(self.device, cfg.run.precisions["agent"])
         self.wm_precision = Precision(self.device, cfg.run.precisions["world_model"])
         if cfg.run.threads is not None:
@@ -173,23 +175,28 @@ class Run:
         self.updates += 1
 
     def evaluate(self) -> tuple[float, list[np.ndarray]]:
-        frames: list[np.ndarray] = []
+        """The mean return of `run.eval_episodes` policy-mode episodes, and the first one's video frames when one
+        is due: every frame of an episode up to VIDEO_FRAMES long, every second frame of a longer one. Rendering
+        costs more than acting, so a frame the video would drop is not rendered."""
+        frames: list[tuple[int, np.ndarray]] = []  # (agent step, frame)
         returns = []
         video = self.cfg.run.video_every and self.evals % self.cfg.run.video_every == 0
         for ep in range(self.cfg.run.eval_episodes):
-            obs, state, ret = self.eval_env.reset(), None, 0.0
+            obs, state, ret, t = self.eval_env.reset(), None, 0.0, 0
             while True:
-                if video and ep == 0:
-                    frames.append(self.frame(obs))
+                if video and ep == 0 and (t < VIDEO_FRAMES or t % 2 == 0):
+                    frames.append((t, self.frame(obs)))
                 action, state = self.act(obs, state, "eval")
                 obs = self.eval_env.step(action)
-                ret += float(obs["reward"])
+                ret, t = ret + float(obs["reward"]), t + 1
                 if obs["is_last"]:
                     break
+            if video and ep == 0:  # a frame per step: t of them
+                frames = [(i, f) for i, f in frames if t <= VIDEO_FRAMES or i % 2 == 0]
             returns.append(ret)
         self.evals += 1
         self.last_eval_step = self.step
-        return float(np.mean(returns)), frames
+        return float(np.mean(returns)), [f for _, f in frames]
 
     def frame(self, obs: dict[str, Any]) -> np.ndarray:
         if "image" in obs:

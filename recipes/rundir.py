@@ -305,5 +305,5 @@ def save_video(frames: list[np.ndarray], path: Path) -> None:
     import imageio.v2 as imageio
 
     tmp = path.with_name(path.stem + ".tmp.gif")
-    imageio.mimsave(tmp, frames[::2] if len(frames) > 200 else frames, duration=0.05, loop=0)
+    imageio.mimsave(tmp, frames, duration=0.05, loop=0)
     os.replace(tmp, path)

@@ -398,8 +398,10 @@ def test_breakdown_times_every_precision_setting_in_the_same_rounds(tmp_path):
 
 def test_precision_settings_name_each_parts_precision():
     from benchmarks.common import build, precision_fields, resolve_setting
+    from bilevel.precision import native_bf16
 
-    assert precision_fields("bf16") == {"precision": "bf16"}
+    assert precision_fields("bf16") == {"precision": "bf16", "world_model_precision": "bf16"}  # both parts
+    assert resolve_setting("auto", "cpu") == ("bf16/32" if native_bf16("cpu") else "32")  # a run's default
     assert precision_fields("bf16/32") == {"precision": "bf16", "world_model_precision": "32"}
     assert resolve_setting("32/32", "cpu") == "32" and resolve_setting("16/32", "cpu") == "16/32"
     for bad in ("fp8", "bf16/", "32/bf16/16", ""):

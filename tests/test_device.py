@@ -36,7 +36,8 @@ def test_a_whole_run_on_the_device(tmp_path, device, weighting):
 
 def small_run(device: str, precision: str = "32") -> Run:
     cfg = build("debug", {"env": {"task": "cartpole_swingup"},
-                          "run": {"device": device, "precision": precision, "video_every": 0}})
+                          "run": {"device": device, "precision": precision, "world_model_precision": precision,
+                                  "video_every": 0}})
     return Run(cfg, Path(tempfile.mkdtemp()))
 
 

@@ -199,7 +199,8 @@ def train(precision: str, seed: int) -> dict[str, np.ndarray]:
     from recipes.run import Run
 
     torch.set_num_threads(1)
-    cfg = build("debug", {"env": {"task": "cartpole_swingup"}, "run": {"precision": precision, "seed": seed}})
+    fields = {"precision": precision, "world_model_precision": precision, "seed": seed}  # both parts at it
+    cfg = build("debug", {"env": {"task": "cartpole_swingup"}, "run": fields})
     cfg.run.logdir = tempfile.mkdtemp()
     run = Run(cfg, Path(cfg.run.logdir))
     rng = np.random.default_rng(0)

@@ -95,6 +95,29 @@ def test_debug_pixel_dmc_renders_real_frames(tmp_path):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # the pole moved
 
 
+def test_an_eval_video_renders_only_the_frames_it_keeps(tmp_path):
+    """An episode longer than VIDEO_FRAMES keeps every second frame; the dropped ones are never rendered."""
+    from recipes.config import build
+    from recipes.run import VIDEO_FRAMES, Run
+
+    for steps in (VIDEO_FRAMES, VIDEO_FRAMES + 51):
+        run = Run(build("debug", {"env": {"task": "cartpole_swingup", "time_limit": steps},
+                                  "run": {"video_every": 1}}), tmp_path / str(steps))
+        calls: list[int] = []
+
+        def frame(obs: dict, calls: list[int] = calls) -> np.ndarray:  # the n-th render is a frame of value n
+            calls.append(len(calls))
+            return np.full((2, 2, 3), calls[-1], np.uint8)
+
+        run.frame = frame
+        _, frames = run.evaluate()
+        # renders: every step up to VIDEO_FRAMES, then every second one; kept: every step, or every second one
+        kept_steps = range(steps) if steps <= VIDEO_FRAMES else range(0, steps, 2)
+        rendered_steps = [t for t in range(steps) if t < VIDEO_FRAMES or t % 2 == 0]
+        assert len(calls) == len(rendered_steps)
+        assert [int(f[0, 0, 0]) for f in frames] == [rendered_steps.index(t) % 256 for t in kept_steps]
+
+
 def test_until_pauses_a_sitting_and_the_next_one_goes_on(tmp_path):
     """--until 150 of 300 frames stops with a checkpoint and a logged record at 150; the plain command then trains
     to 300, with exactly the updates of an uninterrupted run (2 pretraining + 10) and no step logged twice."""
@@ -151,8 +174,8 @@ def test_interrupt_saves_checkpoint_and_exits_cleanly(tmp_path, sig, code):
     (["--logdir", ""], "--logdir is empty"),
     (["--until", "0"], "--until 0: expected a positive number of frames"),
     (["--run.compile", "maybe"], "run.compile"),
-    (["--run.precision", "16", "--tempo.bilevel.contraction", "double_backward"],
-     "--run.precision 16: precision '16' supports strategies ['approx'] with contractions"),
+    (["--run.precision", "16", "--run.world_model_precision", "16", "--tempo.bilevel.contraction", "double_backward"],
+     "--run.world_model_precision 16: precision '16' supports strategies ['approx'] with contractions"),
     (["--run.world_model_precision", "16", "--tempo.bilevel.hypergrad_precision", "step"],
      "--run.world_model_precision 16: precision '16' takes ∇θ L_up from a float32 pass"),
     (["--env.distractors.mode", "sometimes"], "env.distractors.mode: Input should be 'none', 'constant' or"),

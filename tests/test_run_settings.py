@@ -128,19 +128,34 @@ def test_world_model_precision_sets_the_world_models_step_and_precision_the_acto
     assert same(wm_b, wm16) and not same(ac_b, ac16)
 
 
+def test_the_world_model_stays_float32_on_a_cpu_unless_asked_otherwise():
+    from recipes.config import RunConfig
+
+    def modes(**run: str | None) -> tuple[str, str]:
+        m = RunConfig(**run).precisions
+        return m["agent"], m["world_model"]
+
+    for p in ("auto", "32", "bf16", "16"):  # run.precision sets the actor-critic's
+        assert modes(precision=p) == (p, "32")  # the default world_model_precision, auto: float32 on a CPU
+        assert modes(precision=p, device="cuda") == (p, p)  # and run.precision on CUDA
+        assert modes(precision=p, world_model_precision=None) == (p, p)  # runs made before: as run.precision
+    assert modes(precision="bf16", world_model_precision="bf16") == ("bf16", "bf16")
+    assert modes(precision="32", world_model_precision="bf16", device="cuda") == ("32", "bf16")
+
+
 def test_a_resume_that_would_change_the_world_models_precision_is_refused(tmp_path):
     from bilevel.precision import resolve
 
-    here = resolve("auto", "cpu")
-    other = "bf16" if here == "32" else "32"
+    here = resolve("auto", "cpu")  # `auto` keeps the world model float32 on a CPU, bf16 or not
+    other = "bf16"
     logdir = tmp_path / "run"
     args = ["--task", "cartpole_swingup", "--preset", "debug", "--logdir", str(logdir), "--run.video_every", "0"]
     p = run_cli([*args, "--until", "150"])
     assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
+    assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == "32"
     path = logdir / "config.json"
     config = json.loads(path.read_text())
-    assert (config["precision_resolved"], config["world_model_precision_resolved"]) == (here, here)
+    assert (config["precision_resolved"], config["world_model_precision_resolved"]) == (here, "32")
 
     def refused(cli_args: list[str], trained: str, now: str) -> None:
         before = {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()}
@@ -151,14 +166,16 @@ def test_a_resume_that_would_change_the_world_models_precision_is_refused(tmp_pa
         assert {p.name: p.read_bytes() for p in logdir.iterdir() if p.is_file()} == before  # nothing written
 
     # asked for on resume: the world model would change precision mid-run
-    refused([*args, "--run.world_model_precision", other], trained=here, now=other)
-    # made where `auto` resolved otherwise for the world model
+    refused([*args, "--run.world_model_precision", other], trained="32", now=other)
+    # made where its world model trained otherwise
     path.write_text(json.dumps({**config, "world_model_precision_resolved": other}))
-    refused(args, trained=other, now=here)
-    # a run from before the field existed trained its world model at its one precision, and resumes as it was
-    old = {k: v for k, v in config.items() if k != "world_model_precision_resolved"}
-    old["run"] = {k: v for k, v in config["run"].items() if k != "world_model_precision"}
-    path.write_text(json.dumps(old))
-    p = run_cli([*args, "--until", "300"])
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
+    refused(args, trained=other, now="32")
+    # runs from before the field existed, and from before `auto` kept it float32 (None), trained their world
+    # model at their one precision and resume as they were: bf16 where `auto` was bf16
+    for saved_run in ({k: v for k, v in config["run"].items() if k != "world_model_precision"},
+                      {**config["run"], "world_model_precision": None}):
+        old = {k: v for k, v in config.items() if k != "world_model_precision_resolved"}
+        path.write_text(json.dumps({**old, "run": saved_run}))
+        p = run_cli([*args, "--until", "300" if "world_model_precision" in saved_run else "225"])
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
