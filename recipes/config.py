@@ -182,8 +182,8 @@ class RunConfig(Strict):
 
         On a CPU the world model's step stays float32 unless `world_model_precision` says otherwise: that step is 50
         sequential RSSM steps of 16-sample matmuls, where bf16 buys casts rather than speed, and TEMPO's
-        hypergradient would need float32 passes of its own beside a bf16 one (benchmarks/README.md: TEMPO 9-26%
-        faster this way, DreamerV2 within ±6%; both methods' world models train at the same precision). Runs made
+        hypergradient would need float32 passes of its own beside a bf16 one (benchmarks/README.md: TEMPO faster
+        this way at both sizes measured, DreamerV2 about even; both methods' world models train alike). Runs made
         before this rule saved `world_model_precision` None, which follows run.precision as it did."""
         wm = self.world_model_precision
         if wm == "auto":
