@@ -76,6 +76,30 @@ def test_kl_categorical_closed_form():
         torch.testing.assert_close(kl, ref)
 
 
+def test_categorical_samples_are_one_hot_with_the_distributions_frequencies_and_straight_through_gradient():
+    torch.manual_seed(0)
+    rssm = RSSM(action_dim=2, embed_dim=3, deter=4, stoch=2, discrete=5, hidden=4)
+    p = torch.tensor([[0.1, 0.2, 0.0, 0.3, 0.4], [0.0, 0.0, 0.5, 0.5, 0.0]])  # zero-probability classes too
+    n = 200_000
+    logits = torch.log(p).expand(n, 2, 5).clone().requires_grad_(True)  # [B, stoch, discrete]
+    s = rssm._sample({"logits": logits}).reshape(n, 2, 5)
+    assert ((s.detach() == 0) | (s.detach() == 1)).all() and (s.detach().sum(-1) == 1).all()  # exactly one-hot
+    freq = s.detach().mean(0)
+    assert (freq[p == 0] == 0).all()  # never a class of probability 0
+    np.testing.assert_allclose(freq.numpy(), p.numpy(), atol=4 * math.sqrt(0.25 / n))  # 4 sigma
+    # the straight-through gradient is that of the probabilities: d/dlogits <c, s> = d/dlogits <c, softmax(logits)>
+    c = torch.randn(2, 5)
+    (g,) = torch.autograd.grad((s * c).sum(), logits)
+    (ref,) = torch.autograd.grad((torch.softmax(logits, -1) * c).sum(), logits)
+    torch.testing.assert_close(g, ref)
+    # drawn noise (`RSSM.noise`) gives the sample the global RNG would have
+    h = torch.zeros(n, 4)
+    torch.manual_seed(1)
+    fresh = rssm._sample({"logits": logits})
+    torch.manual_seed(1)
+    assert torch.equal(rssm._sample({"logits": logits}, rssm.noise(h)), fresh)
+
+
 def test_free_nats_clamp_and_balance_weights():
     T, B = 3, 4
     small = {"kl_lhs": torch.full((T, B), 0.3, requires_grad=True),

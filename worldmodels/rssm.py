@@ -88,21 +88,21 @@ class RSSM(nn.Module):
 
     def noise(self, like: Tensor) -> Tensor:
         """The random numbers one `_sample` of the states `like` ([B, ...], e.g. their h) draws, drawn as it would
-        draw them: uniform [B, stoch, discrete] (categorical) or standard normal [B, stoch] (Gaussian), in the
-        dtype of the distribution parameters (the float32 island; float64 for float64 models)."""
+        draw them: uniform (categorical) or standard normal (Gaussian) [B, stoch], in the dtype of the distribution
+        parameters (the float32 island; float64 for float64 models)."""
         kw = {"dtype": torch.float64 if like.dtype == torch.float64 else torch.float32, "device": like.device}
-        if self.discrete:
-            return torch.rand(like.shape[0], self.stoch, self.discrete, **kw)
-        return torch.randn(like.shape[0], self.stoch, **kw)
+        return (torch.rand if self.discrete else torch.randn)(like.shape[0], self.stoch, **kw)
 
     def _sample(self, stats: State, noise: Tensor | None = None) -> Tensor:
         """A sample from the distribution `stats` describes, from `noise` (`self.noise`) or freshly drawn."""
         if self.discrete:
-            logits = stats["logits"]
+            logits = stats["logits"]  # [B, stoch, discrete]
             probs = torch.softmax(logits, -1)
-            # Gumbel-max one-hot sample (elementwise + argmax only, so it also runs under torch.func).
-            u = (torch.rand_like(logits) if noise is None else noise).clamp(1e-20, 1.0 - 1e-7)
-            idx = (sg(logits) - torch.log(-torch.log(u))).argmax(-1)
+            # Inverse-CDF sample, one uniform per variable: class k where cdf_{k-1} <= u < cdf_k (a zero-probability
+            # class never), the last class where rounding left cdf_K below u. Cheaper than Gumbel-max, which draws a
+            # uniform, takes two logs and an argmax per class; it runs under torch.func as well.
+            u = torch.rand_like(logits[..., 0]) if noise is None else noise  # [B, stoch]
+            idx = (sg(probs).cumsum(-1) <= u[..., None]).sum(-1).clamp(max=self.discrete - 1)
             onehot = F.one_hot(idx, self.discrete).to(logits.dtype)
             s = onehot + (probs - sg(probs))  # straight-through: value exactly one-hot, gradient of probs
             return s.reshape(*s.shape[:-2], self.stoch_flat)
