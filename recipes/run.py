@@ -178,25 +178,26 @@ class Run:
         """The mean return of `run.eval_episodes` policy-mode episodes, and the first one's video frames when one
         is due: every frame of an episode up to VIDEO_FRAMES long, every second frame of a longer one. Rendering
         costs more than acting, so a frame the video would drop is not rendered."""
-        frames: list[tuple[int, np.ndarray]] = []  # (agent step, frame)
+        frames: list[np.ndarray] = []
         returns = []
         video = self.cfg.run.video_every and self.evals % self.cfg.run.video_every == 0
         for ep in range(self.cfg.run.eval_episodes):
             obs, state, ret, t = self.eval_env.reset(), None, 0.0, 0
+            render = video and ep == 0
             while True:
-                if video and ep == 0 and (t < VIDEO_FRAMES or t % 2 == 0):
-                    frames.append((t, self.frame(obs)))
+                if render and (t < VIDEO_FRAMES or t % 2 == 0):
+                    frames.append(self.frame(obs))
                 action, state = self.act(obs, state, "eval")
                 obs = self.eval_env.step(action)
                 ret, t = ret + float(obs["reward"]), t + 1
                 if obs["is_last"]:
                     break
-            if video and ep == 0:  # a frame per step: t of them
-                frames = [(i, f) for i, f in frames if t <= VIDEO_FRAMES or i % 2 == 0]
+            if render and t > VIDEO_FRAMES:  # past VIDEO_FRAMES only even steps were rendered: thin the start alike
+                frames = frames[:VIDEO_FRAMES:2] + frames[VIDEO_FRAMES:]
             returns.append(ret)
         self.evals += 1
         self.last_eval_step = self.step
-        return float(np.mean(returns)), [f for _, f in frames]
+        return float(np.mean(returns)), frames
 
     def frame(self, obs: dict[str, Any]) -> np.ndarray:
         if "image" in obs:
