@@ -631,3 +631,29 @@ def test_a_late_evaluation_counts_where_it_was_due(tmp_path):
     other = tmp_path / "other"
     _leaf(other, "gym:Pendulum-v1", "tempo", 0, {0: 1.0, 1000: 2.0, 2000: 3.0, 2500: 4.0}, 2500, eval_every=1000)
     assert runs.load_run(other).steps.tolist() == [0, 1000, 2000, 2500]
+
+
+def test_one_run_per_task_has_no_confidence_interval(tmp_path):
+    """One run per task: the points are reported, every CI is undefined (a bootstrap of one run has zero width,
+    which would read as certainty), in report.json, report.md and the curves; two runs per task give a CI again."""
+    root = tmp_path / "one"
+    for method, r in (("dreamerv2", 200.0), ("tempo", 800.0)):
+        for task in ("cartpole_swingup", "walker_walk"):
+            _leaf(root / task / method / "0", task, method, 0, {0: 30.0, 10_000: r}, 10_000)
+    payload = build.build_report(root, tmp_path / "out", baseline="dreamerv2", reps=50)
+    agg = payload["aggregate"]
+    assert agg["methods"]["tempo"]["iqm"] == {"point": pytest.approx(0.8), "ci": [None, None]}
+    assert agg["auc"]["methods"]["dreamerv2"]["mean"]["ci"] == [None, None]
+    assert agg["probability_of_improvement"]["tempo"]["point"] == pytest.approx(1.0)
+    assert agg["probability_of_improvement"]["tempo"]["ci"] == [None, None]
+    assert agg["sample_efficiency"]["tempo"]["ci_low"] == [None, None]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| tempo | 0.800 [n/a, n/a] |" in md and "1.000 [1.000, 1.000]" not in md
+
+    for method, r in (("dreamerv2", 300.0), ("tempo", 600.0)):  # a second seed: CIs are defined again
+        for task in ("cartpole_swingup", "walker_walk"):
+            _leaf(root / task / method / "1", task, method, 1, {0: 30.0, 10_000: r}, 10_000)
+    agg = build.build_report(root, tmp_path / "out2", baseline="dreamerv2", reps=50)["aggregate"]
+    lo, hi = agg["methods"]["tempo"]["mean"]["ci"]
+    assert 0.6 <= lo < hi <= 0.8  # the bootstrap means of {0.6, 0.8} per task
+    assert agg["probability_of_improvement"]["tempo"]["ci"][0] is not None

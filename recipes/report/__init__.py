@@ -50,7 +50,8 @@ Rules (chosen so a sweep that is still running is compared fairly)
   task (others, e.g. a grid point run on one task, are listed as excluded). rliable needs a
   ``(runs, tasks)`` matrix, so each method uses the same number of runs on every task: the smallest count over
   tasks, lowest seeds first (dropped runs are listed). The bootstrap resamples runs within each task
-  independently, so rows need not correspond to one seed.
+  independently, so rows need not correspond to one seed. With one run per task every CI is NaN (``null`` in
+  ``report.json``, n/a in ``report.md``): a bootstrap of one run has zero width, which would read as certainty.
 * **Sample-efficiency curve**: on the evaluation steps present for every aggregated task; at each frame, the
   runs that have that evaluation (same runs-per-task rule), so unfinished runs drop out of the later points.
 * **Paper protocol** beside it: per task, Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) of the

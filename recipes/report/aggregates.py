@@ -8,6 +8,7 @@ goes through :func:`_rliable_call`, which seeds and restores it, so the CIs are 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,8 +49,11 @@ def _interval(func: Callable[..., np.ndarray], data: dict, reps: int, seed: int)
         return rly.get_interval_estimates(data, func, reps=reps)
 
 
-def _ci(point: float, ci: np.ndarray) -> dict:
-    return {"point": float(point), "ci": [float(ci[0]), float(ci[1])]}
+def _ci(point: float, ci: np.ndarray, runs: int) -> dict:
+    """A point and its CI; the CI NaN (undefined) below two runs per task, as every statistic of this report: a
+    bootstrap of one run per task has zero width, which would read as certainty."""
+    lo, hi = (float(ci[0]), float(ci[1])) if runs >= 2 else (math.nan, math.nan)
+    return {"point": float(point), "ci": [lo, hi]}
 
 
 def aggregate_final(matrices: dict[str, np.ndarray], baseline: str, reps: int, seed: int) -> dict:
@@ -60,23 +64,26 @@ def aggregate_final(matrices: dict[str, np.ndarray], baseline: str, reps: int, s
         return np.array([rlm.aggregate_iqm(scores), rlm.aggregate_mean(scores), rlm.aggregate_median(scores)])
 
     points, cis = _interval(metrics, matrices, reps, seed)
-    out: dict = {"methods": {m: {name: _ci(points[m][i], cis[m][:, i]) for i, name in enumerate(metric_names)}
-                             for m in matrices},
+    out: dict = {"methods": {m: {name: _ci(points[m][i], cis[m][:, i], len(matrices[m]))
+                                 for i, name in enumerate(metric_names)} for m in matrices},
                  "probability_of_improvement": {}}
     pairs = {m: [matrices[m], matrices[baseline]] for m in matrices if m != baseline} if baseline in matrices else {}
     if pairs:
         p_points, p_cis = _interval(rlm.probability_of_improvement, pairs, reps, seed)
-        out["probability_of_improvement"] = {m: {"vs": baseline, **_ci(p_points[m], np.ravel(p_cis[m]))}
-                                             for m in pairs}
+        out["probability_of_improvement"] = {
+            m: {"vs": baseline, **_ci(p_points[m], np.ravel(p_cis[m]), min(len(x) for x in pairs[m]))}
+            for m in pairs}
     return out
 
 
 def performance_profiles(matrices: dict[str, np.ndarray], reps: int, seed: int) -> dict:
-    """Score distributions (fraction of runs with normalised score > tau) with bootstrap CIs."""
+    """Score distributions (fraction of runs with normalised score > tau) with bootstrap CIs (NaN below two runs
+    per task, as :func:`_ci`)."""
     pooled = np.concatenate([m.ravel() for m in matrices.values()])
     taus = np.linspace(min(0.0, float(pooled.min())), max(1.0, float(pooled.max())), 101)
     with _rliable_call(seed):
         profiles, cis = rly.create_performance_profile(matrices, taus, reps=reps)
+    cis = {m: ci if len(matrices[m]) >= 2 else np.full_like(ci, np.nan) for m, ci in cis.items()}
     return {"taus": taus, "profiles": profiles, "cis": cis}
 
 
@@ -130,8 +137,9 @@ def sample_efficiency(per_method: dict[str, list[list[Run]]], tasks: list[str], 
             points, cis = _interval(iqm_per_frame, {method: scores}, reps, seed)
             curve["frames"] += frames
             curve["iqm"] += points[method].tolist()
-            curve["ci_low"] += cis[method][0].tolist()
-            curve["ci_high"] += cis[method][1].tolist()
+            ci = cis[method] if len(key[0]) >= 2 else np.full_like(cis[method], np.nan)  # as _ci
+            curve["ci_low"] += ci[0].tolist()
+            curve["ci_high"] += ci[1].tolist()
             curve["runs_per_task"] += [len(key[0])] * len(frames)
         out[method] = curve
     return out

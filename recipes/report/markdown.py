@@ -75,7 +75,7 @@ def _md_aggregates(p: dict) -> list[str]:
         md += ["Nothing to aggregate (no method with runs on every normalisable task)."]
     else:
         md += [f"Tasks: {', '.join(agg['tasks'])}; normalised scores ({p['rules']['normalisation']}); "
-               f"95% stratified-bootstrap CIs. Runs per task: "
+               f"95% stratified-bootstrap CIs (n/a with one run per task). Runs per task: "
                + ", ".join(f"{m} {n}" for m, n in agg["runs_per_task"].items()) + ".", ""]
         md += _md_aggregate_table(agg, base)
     notes = [f"- `{m}` not aggregated: {why}" for m, why in agg["excluded_methods"].items()]
