@@ -453,16 +453,29 @@ def write_status(root: Path, spec: Spec, all_trials: list[Trial], table: LiveTab
     return out
 
 
+def trial_env() -> dict[str, str]:
+    """Environment variables of the trials' worker processes.
+
+    `MALLOC_ARENA_MAX=1` (unless set already): Ray runs a trial in a second thread of its worker, and glibc gives
+    that thread a malloc arena of its own, whose heaps it unmaps when they empty, so an update faulted its
+    activations' pages in again every time; `recipes.cpu.keep_freed_memory` keeps only the main heap's freed
+    memory. One arena makes the trial's thread allocate from the main heap. It must be set when the worker
+    starts: the thread has its arena before any of the recipe's code runs. Measured in benchmarks/README.md.
+    """
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")}
+
+
 def connect(address: str | None) -> None:
     """Start a local Ray or join the cluster at `address`; failing to is a one-line UsageError."""
     import ray
 
+    runtime_env = {"env_vars": trial_env()}
     try:
         if address:
             check_reachable(address)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UsageError(f"cannot reach Ray at {address!r}: {str(e).strip().splitlines()[0]}") from e
 

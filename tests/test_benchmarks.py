@@ -348,13 +348,17 @@ def test_malloc_benchmark_pairs_fresh_processes(tmp_path):
     from benchmarks import malloc
 
     out = tmp_path / "m.json"
-    malloc.main(["--size", "tiny", "--configs", "none", "--updates", "2", "--rounds", "1", "--out", str(out)])
+    arms = ["default", "kept", "thread", "thread_one_arena"]
+    malloc.main(["--size", "tiny", "--configs", "none", "--updates", "2", "--rounds", "1", "--out", str(out),
+                 "--arms", ",".join(arms)])
     res = json.loads(out.read_text())["configs"]["none"]
     (row,) = res["rounds"]
-    assert res["ratio_median"] == pytest.approx(row["kept"]["s_per_update"] / row["default"]["s_per_update"])
-    assert all(row[arm]["s_per_update"] > 0 and row[arm]["faults_per_update"] >= 0 for arm in ("default", "kept"))
-    with pytest.raises(SystemExit):
-        malloc.main(["--configs", "nope"])
+    assert res["ratio_median"] == {arm: pytest.approx(row[arm]["s_per_update"] / row["default"]["s_per_update"])
+                                   for arm in arms[1:]}
+    assert all(row[arm]["s_per_update"] > 0 and row[arm]["faults_per_update"] >= 0 for arm in arms)
+    for bad in (["--configs", "nope"], ["--arms", "kept"], ["--arms", "kept,nope"]):
+        with pytest.raises(SystemExit):
+            malloc.main(bad)
 
 
 def test_breakdown_runs_every_arm_in_the_asked_precision(tmp_path):

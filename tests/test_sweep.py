@@ -95,11 +95,15 @@ def test_interrupted_sweep_resumes_and_skips_finished_trials(tmp_path):
 def test_until_pauses_every_trial_and_a_later_sitting_goes_on(tmp_path):
     """--until 90 of 150 frames: all trials stop there (paused, exit 0), it is not part of the sweep's spec (only
     of the sitting's record); with --max-concurrent 1 the trials of that sitting run one after the other;
-    the same command without either finishes them, each metrics log without a duplicated or lost step."""
-    root = tmp_path / "sweep"
-    args = ["--tasks", "cartpole_swingup", "--methods", "tempo,dreamerv2", "--seeds", "1", *DEBUG]
-    res = subprocess.run(sweep_cmd(root, *args, "--until", "90", "--max-concurrent", "1"), cwd=ROOT, env=env(),
-                         capture_output=True, text=True, timeout=600)
+    the same command without either finishes them, each metrics log without a duplicated or lost step. Every
+    trial runs in a second thread of its worker (as Ray runs them) and allocates from the main heap (`trial_env`),
+    which the arena probe it imports records."""
+    root, probes = tmp_path / "sweep", tmp_path / "probes"
+    probes.mkdir()
+    args = ["--tasks", "cartpole_swingup", "--methods", "tempo,dreamerv2", "--seeds", "1", *DEBUG,
+            "--import", "tests.arena_probe"]
+    res = subprocess.run(sweep_cmd(root, *args, "--until", "90", "--max-concurrent", "1"), cwd=ROOT,
+                         env=env({"ARENA_PROBE_DIR": str(probes)}), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "2 trial(s) paused at --until 90 frames" in res.stdout
     import yaml
@@ -116,9 +120,12 @@ def test_until_pauses_every_trial_and_a_later_sitting_goes_on(tmp_path):
     for t in all_trials(root):
         assert [r["step"] for r in records(Path(t.logdir))][-1] == progress(t)[0]  # the stop is logged
 
-    res = subprocess.run(sweep_cmd(root), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+    res = subprocess.run(sweep_cmd(root), cwd=ROOT, env=env({"ARENA_PROBE_DIR": str(probes)}), capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "2 trials, 0 finished, 2 to run" in res.stdout
+    seen = [json.loads(f.read_text()) for f in probes.iterdir()]  # a process imports it once; the sweep's own too
+    assert any(not p["main_thread"] for p in seen) and all(p["main_heap"] for p in seen), seen
     for t in all_trials(root):
         steps = [r["step"] for r in records(Path(t.logdir))]
         assert finished(t) and steps == sorted(set(steps)) and steps[-1] == 150, (t.name, steps)
