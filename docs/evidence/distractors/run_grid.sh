@@ -7,7 +7,11 @@
 # refuses other code).
 # DIMS and SCALE: the calibrated distractor size (docs/evidence/distractors/README.md).
 cd /work/campaign/code5
-export PYTHONPATH=/work/campaign/code5 MUJOCO_GL=egl OMP_NUM_THREADS=1
+# MALLOC_ARENA_MAX=1 since 2026-12-05 07:10 UTC (what recipes.sweep sets itself since 2c3fb9a): Ray runs a trial
+# in a second thread, whose own malloc arena unmapped and re-faulted its heaps every update (11k page faults per
+# dmc_small update against 71 in a main thread; benchmarks/README.md); one arena is the main heap's. It changes
+# no number (a TEMPO run in a thread at 66d7c8a, 20 updates: 167 metric values bit-identical with and without).
+export PYTHONPATH=/work/campaign/code5 MUJOCO_GL=egl OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1
 exec nice -n 10 python -m recipes.sweep /work/campaign/distractor_grid \
   --tasks gym:Pendulum-v1 --methods dreamerv2,tempo-official,tempo --seeds 5 \
   --preset dmc_small --steps 5000 --grid env.distractors.mode=none,intermittent,constant \
