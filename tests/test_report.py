@@ -657,3 +657,18 @@ def test_one_run_per_task_has_no_confidence_interval(tmp_path):
     lo, hi = agg["methods"]["tempo"]["mean"]["ci"]
     assert 0.6 <= lo < hi <= 0.8  # the bootstrap means of {0.6, 0.8} per task
     assert agg["probability_of_improvement"]["tempo"]["ci"][0] is not None
+
+
+def test_every_evaluation_of_every_run_is_listed(tmp_path):
+    """The runs' table lists each evaluation as recorded, the ones past the frame budget too, seed-ordered."""
+    root = tmp_path / "s"
+    _leaf(root / "cartpole_swingup" / "dreamerv2" / "10", "cartpole_swingup", "dreamerv2", 10,
+          {0: 120.4, 2_500: 33.25, 10_000: -1522.2}, 10_000)
+    _leaf(root / "cartpole_swingup" / "dreamerv2" / "2", "cartpole_swingup", "dreamerv2", 2, {0: 5.0}, 10_000)
+    payload = build.build_report(root, tmp_path / "out", reps=20)
+    run = next(r for r in payload["runs"] if r["seed"] == 10)
+    assert run["evaluations"] == [[0, 120.4], [2500, 33.25], [10000, -1522.2]]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| `cartpole_swingup/dreamerv2/10` | 10,000 | 0: 120, 2.5k: 33.2, 10k: -1522 |" in md
+    assert "| `cartpole_swingup/dreamerv2/2` | 0 / 10,000 | 0: 5.0 |" in md
+    assert md.index("dreamerv2/2`") < md.index("dreamerv2/10`")

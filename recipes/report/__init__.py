@@ -83,6 +83,8 @@ Rules (chosen so a sweep that is still running is compared fairly)
   the distractors are on, over the batch mean) get their tail mean per group with a 95% t-interval and a
   one-sample t-test against 1 (no preference).
 * std is the sample std (``ddof=1``) everywhere, ``python -m recipes.plot`` included.
+* Every run's evaluations (``runs[i].evaluations``: ``[frames, mean return]`` pairs, past the frame budget too) are
+  listed in one table, so a campaign's notes can quote them rather than copy them by hand.
 
 Outputs (``--out``, default ``SWEEP_DIR/report``): ``report.md``, ``report.json`` (every number),
 ``curves.png``, ``aggregates.png``, ``aggregates_auc.png``, ``performance_profile.png``,

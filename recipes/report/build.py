@@ -169,7 +169,8 @@ def per_task_table(groups: Groups, budgets: dict[str, int], finals: dict[str, fl
 def _run_entry(r: Run, finals: dict[str, float], aucs: dict[str, float | None]) -> dict:
     return {"path": r.rel, "task": r.task, "method": r.method, "config_method": r.config_method, "seed": r.seed,
             "frames_reached": r.frames_reached, "target_frames": r.target_frames, "finished": r.finished,
-            "n_evals": len(r.steps), "final": finals[r.rel], "auc": aucs[r.rel], "weighted": is_weighted(r)}
+            "n_evals": len(r.steps), "final": finals[r.rel], "auc": aucs[r.rel], "weighted": is_weighted(r),
+            "evaluations": [[int(f), float(x)] for f, x in zip(r.steps, r.returns, strict=True)]}
 
 
 def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int = 2000, seed: int = 0,

@@ -38,7 +38,21 @@ def _md_runs(p: dict) -> list[str]:
         md += ["", "Unreadable (excluded):"] + [f"- `{s['path']}`: {s['reason']}" for s in p["skipped"]]
     if p["warnings"]:
         md += ["", f"Loader warnings: {len(p['warnings'])} (e.g. `{p['warnings'][0]}`)"]
-    return md
+    md += ["", "Every evaluation of every run (frames: mean return), the ones past a task's frame budget too:", ""]
+    rows = [[f"`{r['path']}`", f"{r['frames_reached']:,}" + ("" if r["finished"] is not False else
+                                                             f" / {r['target_frames']:,}"),
+             ", ".join(f"{_frames(f)}: {_return(x)}" for f, x in r["evaluations"])]
+            for r in sorted(p["runs"], key=lambda r: (r["task"], r["method"], str(r["seed"]).zfill(9)))]
+    return md + _table(["run", "frames", "evaluations"], rows)
+
+
+def _frames(f: int) -> str:
+    """10000 -> '10k', 2500 -> '2.5k': the evaluation frames of a row, short."""
+    return f"{f / 1000:g}k" if f >= 1000 else str(f)
+
+
+def _return(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
 
 
 def _md_per_task(p: dict) -> list[str]:
