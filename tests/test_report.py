@@ -9,6 +9,7 @@ the curve, the weight and diagnostic tail means and the published anchors agains
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -236,6 +237,28 @@ def test_welch_matches_scipy(result):
         assert row["p_greater"] == pytest.approx(float(one.pvalue), abs=1e-12)
     grid = rows[("walker_stand", "tempo_grid/meta_lr=1e-4")]
     assert grid["t"] is None and "< 2 seeds" in grid["note"]  # one seed: undefined, said so
+    assert grid["detectable"] is None
+
+
+def _t_test_power(diff: float, std: float, n_a: int, n_b: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided equal-variance t-test, from the noncentral t distribution (by hand)."""
+    df = n_a + n_b - 2
+    nc = diff / std / math.sqrt(1 / n_a + 1 / n_b)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def test_detectable_difference_has_80_percent_power(result):
+    """The detectable difference of each Welch row is the one at which the t-test's power, computed by hand from
+    the noncentral t distribution at the runs' pooled std, is 0.8; a tenth less has less."""
+    rows = {(w["task"], w["method"]): w for w in result["json"]["welch"]}
+    for task in TASKS:
+        a, b = expected_finals(task, "tempo"), expected_finals(task, "dreamerv2")
+        pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        diff = rows[(task, "tempo")]["detectable"]
+        assert _t_test_power(diff, pooled, len(a), len(b)) == pytest.approx(0.8, abs=1e-4)
+        assert _t_test_power(0.9 * diff, pooled, len(a), len(b)) < 0.75
+    assert "detectable (80% power)" in result["md"]
 
 
 def test_auc_per_task_by_hand(result):

@@ -56,9 +56,10 @@ Rules (chosen so a sweep that is still running is compared fairly)
   runs that have that evaluation (same runs-per-task rule), so unfinished runs drop out of the later points.
 * **Paper protocol** beside it: per task, Welch's t-test (``scipy.stats.ttest_ind(equal_var=False)``) of the
   final scores (``welch``) and of the AUCs (``welch_auc``), method vs baseline: t, two-sided p and one-sided p
-  (method > baseline, as in the TEMPO paper), n per side. The variant of ``python -m recipes.plot`` (one-tailed,
-  averaged over all common evaluation steps, ``welch_over_evals``) is in ``report.json`` too; both come from
-  :func:`recipes.report.stats.welch`.
+  (method > baseline, as in the TEMPO paper), n per side, and the difference of means a two-sided t-test at 5%
+  would detect with 80% power at the runs' pooled std (``detectable``: what a null result can rule out). The
+  variant of ``python -m recipes.plot`` (one-tailed, averaged over all common evaluation steps,
+  ``welch_over_evals``) is in ``report.json`` too; both come from :func:`recipes.report.stats.welch`.
 * Per-task curves: mean and 95% CI (Student t, over seeds) of the return at each evaluation step, from the runs
   that have that evaluation; the task's frame budget is a dashed vertical line. Published returns of DreamerV3
   and the official DreamerV2 (:data:`~.tasks.ANCHORS`) are drawn for scale on the tasks that have them, as markers with

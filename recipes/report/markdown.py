@@ -103,10 +103,10 @@ def _md_welch(rows: list[dict], base: str) -> list[str]:
     if not rows:
         return ["No comparison (baseline absent, or no other method on its tasks)."]
     return _table(["task", "method", "n", f"n {base}", "mean", f"mean {base}", "t", "p (two-sided)",
-                   "p (one-sided)", "note"],
+                   "p (one-sided)", "detectable (80% power)", "note"],
                   [[w["task"], w["method"], str(w["n"]), str(w["n_baseline"]), fmt(w["mean"], ".1f"),
                     fmt(w["baseline_mean"], ".1f"), fmt(w["t"]), fmt(w["p_two_sided"], ".4f"),
-                    fmt(w["p_greater"], ".4f"), w["note"]] for w in rows])
+                    fmt(w["p_greater"], ".4f"), fmt(w["detectable"], ".1f"), w["note"]] for w in rows])
 
 
 def _md_auc(p: dict) -> list[str]:
@@ -236,7 +236,9 @@ def render_markdown(p: dict) -> str:
     md += _md_runs(p) + [""] + _md_per_task(p) + [""] + _md_aggregates(p)
     md += ["", "## Welch t-test per task (paper protocol)", "",
            f"Final scores, method vs `{base}`: `scipy.stats.ttest_ind(equal_var=False)`; p two-sided and "
-           "one-sided (method > baseline).", ""] + _md_welch(p["welch"], base)
+           "one-sided (method > baseline). Detectable: the difference of means a two-sided t-test at 5% would "
+           "detect with 80% power at these runs' pooled std (a large p is no evidence of no difference).", ""]
+    md += _md_welch(p["welch"], base)
     contrasts = _md_contrasts(p)
     md += [""] + _md_auc(p) + ([""] + contrasts if contrasts else []) + [""] + _md_anchors(p) + [""]
     md += _md_training_logs(p)

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.power import TTestIndPower
 
 from recipes.report.runs import Groups, Run, Series, metric_key, metric_name
 from recipes.report.tasks import normalisation
 
-__all__ = ["TAIL_FRACTION", "Welch", "auc_score", "band_stats", "common_grid", "curve_stats", "final_score",
-           "frame_budgets", "metric_table", "sample_std", "scored", "tail_mean", "welch", "welch_over_evals",
-           "welch_rows"]
+__all__ = ["TAIL_FRACTION", "Welch", "auc_score", "band_stats", "common_grid", "curve_stats",
+           "detectable_difference", "final_score", "frame_budgets", "metric_table", "sample_std", "scored",
+           "tail_mean", "welch", "welch_over_evals", "welch_rows"]
 
 TAIL_FRACTION = 0.2  # tail means: the last 20% of the frames each run reached
 
@@ -49,6 +50,24 @@ def welch(a: np.ndarray, b: np.ndarray) -> Welch:
         two = stats.ttest_ind(a, b, equal_var=False)
         one = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
     return Welch(float(two.statistic), float(two.pvalue), float(one.pvalue))
+
+
+def detectable_difference(a: np.ndarray, b: np.ndarray, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The difference of means that a two-sided two-sample t-test at ``alpha`` detects with probability ``power``,
+    with ``len(a)`` and ``len(b)`` runs and the runs' pooled sample std (``statsmodels`` ``TTestIndPower``).
+
+    Why: with 3 seeds a test detects only gaps of about three seed stds, so a large p is no evidence of "no
+    difference"; this says how large a gap the runs could have shown. NaN below two runs on a side or with zero
+    variance on both (as every other statistic). The equal-variance test's power stands in for Welch's.
+    """
+    n_a, n_b = len(a), len(b)
+    if n_a < 2 or n_b < 2:
+        return math.nan
+    pooled = math.sqrt(((n_a - 1) * np.var(a, ddof=1) + (n_b - 1) * np.var(b, ddof=1)) / (n_a + n_b - 2))
+    if pooled == 0:
+        return math.nan
+    d = TTestIndPower().solve_power(nobs1=n_a, ratio=n_b / n_a, alpha=alpha, power=power)
+    return float(np.asarray(d).item() * pooled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +113,8 @@ def _mean(x: np.ndarray) -> float:
 
 
 def welch_rows(groups: Groups, scores: dict[str, float | None], baseline: str) -> list[dict]:
-    """Per task and non-baseline method, Welch's t-test of a score (final or AUC) vs the baseline (paper protocol).
+    """Per task and non-baseline method, Welch's t-test of a score (final or AUC) vs the baseline (paper protocol),
+    and the difference these runs could detect (:func:`detectable_difference`).
 
     Runs with no score (None) are left out, so ``n`` counts the runs tested."""
     rows = []
@@ -107,7 +127,7 @@ def welch_rows(groups: Groups, scores: dict[str, float | None], baseline: str) -
                 else "" if math.isfinite(test.t) else "undefined: zero variance on both sides")
         rows.append({"task": task, "method": method, "baseline": baseline, "n": len(a), "n_baseline": len(b),
                      "mean": _mean(a), "baseline_mean": _mean(b), "t": test.t, "p_two_sided": test.p_two_sided,
-                     "p_greater": test.p_greater, "note": note})
+                     "p_greater": test.p_greater, "detectable": detectable_difference(a, b), "note": note})
     return rows
 
 
