@@ -23,8 +23,10 @@ def keep_freed_memory() -> bool:
     first one's pages (the process keeps its peak memory, which the next update needs anyway). Blocks above the
     threshold's 32 MB ceiling (at `dmc_state` the imagined features [16, 800, 1224] float32, 63 MB, and their
     gradients) would still be mmap'ed, and faulted in, every time: no mmap at all (M_MMAP_MAX 0) serves them from
-    the heap too. (Other threads' arenas still map their heaps; a block too large for one comes from the main
-    heap.) The effect is measured in benchmarks/results (`malloc_*.json`); tests/test_cpu.py counts the page faults.
+    the heap too. (Other threads' arenas still map their heaps, and unmap them when they empty; a block too large for
+    one comes from the main heap. A Ray trial runs in such a thread: `recipes.sweep.trial_env` gives its worker
+    one arena, the main heap's.) The effect is measured in benchmarks/results (`malloc_*.json`); tests/test_cpu.py
+    counts the page faults.
     """
     if not sys.platform.startswith("linux"):
         return False
