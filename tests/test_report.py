@@ -695,3 +695,30 @@ def test_every_evaluation_of_every_run_is_listed(tmp_path):
     assert "| `cartpole_swingup/dreamerv2/10` | 10,000 | 0: 120, 2.5k: 33.2, 10k: -1522 |" in md
     assert "| `cartpole_swingup/dreamerv2/2` | 0 / 10,000 | 0: 5.0 |" in md
     assert md.index("dreamerv2/2`") < md.index("dreamerv2/10`")
+
+
+def test_frames_scores_every_task_there_and_leaves_out_the_runs_short_of_it(sweep, tmp_path, capsys):
+    """--frames N: every task is scored at N frames (not at the frames its slowest run reached), the runs short of
+    N are listed, not scored, and kept in the evaluation table; past every run, or below 1, it is one error line
+    and nothing is written."""
+    out = tmp_path / "at"
+    assert cli.main([str(sweep), "--reps", "50", "--frames", str(TARGET), "--out", str(out)]) == 0
+    p = json.loads((out / "report.json").read_text())
+    assert p["frames"] == TARGET and [r["path"] for r in p["short_of_frames"]] == ["cheetah_run/tempo/2"]
+    assert "cheetah_run/tempo/2" not in {r["path"] for r in p["runs"]}
+    cheetah = p["tasks"]["cheetah_run"]
+    assert cheetah["frame_budget"] == TARGET and cheetah["budget_limited_by"] == []  # not UNFINISHED_AT
+    tempo = cheetah["methods"]["tempo"]
+    assert tempo["final"] == pytest.approx([ret("cheetah_run", "tempo", s, TARGET) for s in (0, 1, 3)], abs=1e-9)
+    assert tempo["auc"] == pytest.approx(
+        [np.mean([ret("cheetah_run", "tempo", s, f) for f in EVAL_STEPS[1:]]) for s in (0, 1, 3)], abs=1e-9)
+    md = (out / "report.md").read_text()
+    assert "Short of `--frames` 50,000" in md and "| `cheetah_run/tempo/2` | 30,000 / 50,000 |" in md
+    assert (out / "curves.png").exists()
+    capsys.readouterr()  # the loader's warning about the sweep's cut line
+
+    assert cli.main([str(sweep), "--frames", str(TARGET + 1), "--out", str(tmp_path / "past")]) == 2
+    assert "--frames 50001: no run has an evaluation at or past it" in _one_error_line(capsys)
+    assert cli.main([str(sweep), "--frames", "0", "--out", str(tmp_path / "zero")]) == 2
+    assert "--frames must be >= 1, got 2000, 1, 0" in _one_error_line(capsys)
+    assert not (tmp_path / "past").exists() and not (tmp_path / "zero").exists()

@@ -29,7 +29,9 @@ Rules (chosen so a sweep that is still running is compared fairly)
   its last ``K`` (``--last``) evaluation returns at or below that budget. One slow run lowers its task's budget
   for everyone, rather than comparing a method at 1M frames with another at 300k. An evaluation up to 1% of
   ``run.eval_every`` after a due frame without its own evaluation counts at that frame (a run resumed by code before
-  2e4e862 evaluated an agent step late, e.g. at 3 001 frames for 3 000).
+  2e4e862 evaluated an agent step late, e.g. at 3 001 frames for 3 000). ``--frames N`` scores every task at N
+  frames instead (a campaign's endpoint while later seeds are on their way): the runs short of N are listed
+  (``short_of_frames``), not scored, and still drawn in the curves and the training-log tables.
 * **Area under the curve** (``auc``), the second score: the mean of a run's evaluation returns at frames in
   ``(0, budget]``, every evaluation up to the task's frame budget with equal weight. The TEMPO paper's claim is
   sample efficiency, which a final score alone misses (two methods can end equal after one got there first). The

@@ -75,10 +75,12 @@ def _discover_or_fail(sweep: Path, out: Path) -> dict:
     return found
 
 
-def _rules(last_k: int) -> dict[str, str]:
+def _rules(last_k: int, frames: int | None) -> dict[str, str]:
     return {
         "frame_budget": "per task, the largest frame count every scored run of the task reached "
-                        "(min over runs of the last evaluation step)",
+                        "(min over runs of the last evaluation step)" if frames is None else
+                        f"{frames} frames for every task (--frames): the runs short of it are not scored; the "
+                        "curves and the training-log tables show every run",
         "final_score": f"mean of the last {last_k} evaluation return(s) at or below the task's frame budget",
         "auc": "area under the curve: mean of the evaluation returns at frames in (0, frame budget], step 0 "
                "(untrained policy) excluded; None if there is none",
@@ -173,35 +175,53 @@ def _run_entry(r: Run, finals: dict[str, float], aucs: dict[str, float | None]) 
             "evaluations": [[int(f), float(x)] for f, x in zip(r.steps, r.returns, strict=True)]}
 
 
+def _at_frames(runs: list[Run], frames: int | None) -> tuple[list[Run], list[Run]]:
+    """(the runs scored, the runs short of ``frames``); every run when ``frames`` is None."""
+    if frames is None:
+        return runs, []
+    scored_runs = [r for r in runs if r.frames_reached >= frames]
+    if not scored_runs:
+        raise ReportError(f"--frames {frames}: no run has an evaluation at or past it (the furthest is at "
+                          f"{max(r.frames_reached for r in runs):,} frames)")
+    return scored_runs, [r for r in runs if r.frames_reached < frames]
+
+
 def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int = 2000, seed: int = 0,
-                 last_k: int = 1) -> dict:
-    """Compute everything, write the figures, ``report.json`` and ``report.md``; return the JSON payload."""
+                 last_k: int = 1, frames: int | None = None) -> dict:
+    """Compute everything, write the figures, ``report.json`` and ``report.md``; return the JSON payload.
+
+    ``frames``: score every task at this frame count, leaving out the runs short of it (a campaign's endpoint,
+    e.g. 1e5, while other runs are still on their way); None: each task at the frames all its runs reached."""
     found = _discover_or_fail(sweep, out)
-    runs = found["runs"]
+    every_run = found["runs"]
+    runs, short = _at_frames(every_run, frames)
     out.mkdir(parents=True, exist_ok=True)
 
-    groups = group_runs(runs)
+    groups, every_group = group_runs(runs), group_runs(every_run)
     tasks = sorted({t for t, _ in groups})
-    methods = sorted({m for _, m in groups}, key=lambda m: (m != baseline, m))  # baseline first: same colours
+    methods = sorted({m for _, m in every_group}, key=lambda m: (m != baseline, m))  # baseline first: same colours
     colors = figures.method_colors(methods)
-    budgets = frame_budgets(runs)
+    methods = [m for m in methods if any(m == method for _, method in groups)]
+    budgets = frame_budgets(runs) if frames is None else {t: frames for t in tasks}
     finals = {r.rel: final_score(r, budgets[r.task], last_k) for r in runs}
     aucs = {r.rel: auc_score(r, budgets[r.task]) for r in runs}
-    anchors = anchors_for(tasks)
+    anchors = anchors_for(sorted({t for t, _ in every_group}))
 
     aggregate, matrices, prof = aggregate_report(groups, methods, finals, aucs, baseline, reps, seed)
     files = {"curves": "curves.png"}
-    figures.plot_task_curves(groups, budgets, colors, baseline, out / files["curves"], anchors)
+    curve_budgets = budgets if frames is None else {t: frames for t, _ in every_group}  # scored or not
+    figures.plot_task_curves(every_group, curve_budgets, colors, baseline, out / files["curves"], anchors)
     if matrices:
         files.update(figures.aggregate_figures(aggregate, prof, colors, out))
-    logs, log_files = training_log_report(groups, colors, baseline, out)
+    logs, log_files = training_log_report(every_group, colors, baseline, out)
     files.update(log_files)
 
     baseline_present = any(m == baseline for _, m in groups)
     payload = {
         "sweep": str(sweep), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"), "baseline": baseline,
-        "baseline_present": baseline_present, "last_k": last_k, "reps": reps, "seed": seed, "rules": _rules(last_k),
-        "runs": [_run_entry(r, finals, aucs) for r in runs],
+        "baseline_present": baseline_present, "last_k": last_k, "reps": reps, "seed": seed, "frames": frames,
+        "rules": _rules(last_k, frames), "runs": [_run_entry(r, finals, aucs) for r in runs],
+        "short_of_frames": [_run_entry(r, {r.rel: None}, {r.rel: None}) for r in short],
         "unfinished": [r.rel for r in runs if r.finished is False],
         "no_evaluation": found["no_eval"], "skipped": found["skipped"], "warnings": found["warnings"],
         "tasks": per_task_table(groups, budgets, finals, aucs), "aggregate": aggregate,

@@ -27,6 +27,9 @@ def _parser() -> Parser:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     parser.add_argument("--last", type=int, default=1, metavar="K",
                         help="final score = mean of the last K evaluations within the frame budget (default: 1)")
+    parser.add_argument("--frames", type=int, default=None, metavar="N",
+                        help="score every task at N frames, leaving out the runs short of it (default: each task "
+                        "at the frames all its runs reached)")
     return parser
 
 
@@ -36,13 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.reps < 1 or args.last < 1:
-        print("error: --reps and --last must be >= 1", file=sys.stderr)
+    if args.reps < 1 or args.last < 1 or (args.frames is not None and args.frames < 1):
+        print(f"error: --reps, --last and --frames must be >= 1, got {args.reps}, {args.last}, {args.frames}",
+              file=sys.stderr)
         return 2
     sweep = Path(args.sweep)
     out = Path(args.out) if args.out else sweep / "report"
     try:
-        payload = build_report(sweep, out, args.baseline, args.reps, args.seed, args.last)
+        payload = build_report(sweep, out, args.baseline, args.reps, args.seed, args.last, args.frames)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not payload["baseline_present"] and not payload["contrasts"]["final"]["gains"]:
         print(f"warning: baseline '{args.baseline}' not found; no probability of improvement or t-test",
               file=sys.stderr)
-    print(f"{len(payload['runs'])} runs ({len(payload['unfinished'])} unfinished), "
+    short = f", {len(payload['short_of_frames'])} short of --frames" if payload["frames"] else ""
+    print(f"{len(payload['runs'])} runs ({len(payload['unfinished'])} unfinished){short}, "
           f"{len(payload['no_evaluation'])} without evaluation; wrote {out / 'report.md'}")
     return 0

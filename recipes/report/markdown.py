@@ -27,6 +27,10 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _md_runs(p: dict) -> list[str]:
     md = ["## Runs", "", f"{len(p['runs'])} scored run(s)."]
+    if p["short_of_frames"]:
+        md += ["", f"Short of `--frames` {p['frames']:,}, not scored (their evaluations are below, the curves show "
+                   f"them): {len(p['short_of_frames'])}"]
+        md += [f"- `{r['path']}`: {r['frames_reached']:,} frames" for r in p["short_of_frames"]]
     if p["unfinished"]:
         md += ["", f"Unfinished (frames reached < `run.steps`), used up to the frame budget: {len(p['unfinished'])}"]
         md += [f"- `{r['path']}`: {r['frames_reached']:,} / {r['target_frames']:,} frames"
@@ -42,7 +46,8 @@ def _md_runs(p: dict) -> list[str]:
     rows = [[f"`{r['path']}`", f"{r['frames_reached']:,}" + ("" if r["finished"] is not False else
                                                              f" / {r['target_frames']:,}"),
              ", ".join(f"{_frames(f)}: {_return(x)}" for f, x in r["evaluations"])]
-            for r in sorted(p["runs"], key=lambda r: (r["task"], r["method"], str(r["seed"]).zfill(9)))]
+            for r in sorted(p["runs"] + p["short_of_frames"],
+                            key=lambda r: (r["task"], r["method"], str(r["seed"]).zfill(9)))]
     return md + _table(["run", "frames", "evaluations"], rows)
 
 
@@ -228,8 +233,11 @@ def render_markdown(p: dict) -> str:
     md = [f"# Sweep report: `{p['sweep']}`", "",
           f"Generated {p['generated']}. Baseline `{base}`"
           + _baseline_note(p)
-          + f". A run's final score is its {evals} at its task's **frame budget**: the largest frame count that "
-          "every run of the task has reached, so a still-running sweep is compared fairly. Its area under the "
+          + f". A run's final score is its {evals} at its task's **frame budget**: "
+          + ("the largest frame count that every run of the task has reached, so a still-running sweep is compared "
+             "fairly. " if p["frames"] is None else
+             f"{p['frames']:,} frames for every task (`--frames`): the runs short of it are not scored. ")
+          + "Its area under the "
           "curve (AUC) is the mean of its evaluation returns after step 0 up to that budget. An evaluation up to 1% of "
           "`run.eval_every` late (a run resumed by code before 2e4e862) counts at the frame it was due. "
           f"Bootstrap: {p['reps']} replications, seed {p['seed']}.", ""]
