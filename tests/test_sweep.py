@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -125,7 +126,9 @@ def test_until_pauses_every_trial_and_a_later_sitting_goes_on(tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert "2 trials, 0 finished, 2 to run" in res.stdout
     seen = [json.loads(f.read_text()) for f in probes.iterdir()]  # a process imports it once; the sweep's own too
-    assert any(not p["main_thread"] for p in seen) and all(p["main_heap"] for p in seen), seen
+    assert any(not p["main_thread"] for p in seen), seen
+    if platform.libc_ver()[0] == "glibc":  # MALLOC_ARENA_MAX and `[heap]` are glibc's
+        assert all(p["main_heap"] for p in seen), seen
     for t in all_trials(root):
         steps = [r["step"] for r in records(Path(t.logdir))]
         assert finished(t) and steps == sorted(set(steps)) and steps[-1] == 150, (t.name, steps)
