@@ -48,7 +48,7 @@ def _md_runs(p: dict) -> list[str]:
              ", ".join(f"{_frames(f)}: {_return(x)}" for f, x in r["evaluations"])]
             for r in sorted(p["runs"] + p["short_of_frames"],
                             key=lambda r: (r["task"], r["method"], str(r["seed"]).zfill(9)))]
-    return md + _table(["run", "frames", "evaluations"], rows)
+    return md + _table(["run", "last evaluation (frames)", "evaluations"], rows)
 
 
 def _frames(f: int) -> str:
