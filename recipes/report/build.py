@@ -198,19 +198,21 @@ def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int 
     out.mkdir(parents=True, exist_ok=True)
 
     groups, every_group = group_runs(runs), group_runs(every_run)
-    tasks = sorted({t for t, _ in groups})
-    methods = sorted({m for _, m in every_group}, key=lambda m: (m != baseline, m))  # baseline first: same colours
-    colors = figures.method_colors(methods)
-    methods = [m for m in methods if any(m == method for _, method in groups)]
-    budgets = frame_budgets(runs) if frames is None else {t: frames for t in tasks}
+    all_tasks = sorted({t for t, _ in every_group})
+
+    def baseline_first(labels: set[str]) -> list[str]:  # the same order, so the same colours, scored or not
+        return sorted(labels, key=lambda m: (m != baseline, m))
+
+    colors = figures.method_colors(baseline_first({m for _, m in every_group}))
+    methods = baseline_first({m for _, m in groups})
+    budgets = frame_budgets(runs) if frames is None else {t: frames for t in all_tasks}
     finals = {r.rel: final_score(r, budgets[r.task], last_k) for r in runs}
     aucs = {r.rel: auc_score(r, budgets[r.task]) for r in runs}
-    anchors = anchors_for(sorted({t for t, _ in every_group}))
+    anchors = anchors_for(all_tasks)
 
     aggregate, matrices, prof = aggregate_report(groups, methods, finals, aucs, baseline, reps, seed)
     files = {"curves": "curves.png"}
-    curve_budgets = budgets if frames is None else {t: frames for t, _ in every_group}  # scored or not
-    figures.plot_task_curves(every_group, curve_budgets, colors, baseline, out / files["curves"], anchors)
+    figures.plot_task_curves(every_group, budgets, colors, baseline, out / files["curves"], anchors)
     if matrices:
         files.update(figures.aggregate_figures(aggregate, prof, colors, out))
     logs, log_files = training_log_report(every_group, colors, baseline, out)
