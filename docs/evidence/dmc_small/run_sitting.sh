@@ -10,7 +10,9 @@ cd /work/campaign/code5
 # dmc_small update against 71 in a main thread; benchmarks/README.md); one arena is the main heap's. It changes
 # no number (a TEMPO run in a thread at 66d7c8a, 20 updates: 167 metric values bit-identical with and without).
 export PYTHONPATH=/work/campaign/code5 MUJOCO_GL=egl OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1
+# --seeds 5 from the first sitting after 2026-12-05 10:50 UTC (seeds 0-2 were the first 12 runs): the sweep runs
+# seed-major, so seeds 3-4 start only when every trial of seeds 0-2 has started, the order of work.
 exec nice -n 10 python -m recipes.sweep /work/campaign/dmc_small \
-  --tasks cartpole_swingup,walker_walk --methods dreamerv2,tempo-official --seeds 3 \
+  --tasks cartpole_swingup,walker_walk --methods dreamerv2,tempo-official --seeds 5 \
   --preset dmc_small --steps 100000 --cpus-per-trial 1 \
   --run.precision 32 --run.checkpoint_every 5000 "$@"
