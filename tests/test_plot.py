@@ -14,7 +14,7 @@ from scipy import stats
 from recipes import plot
 from recipes.report import figures, plot_cli
 from recipes.report import stats as report_stats
-from recipes.report.runs import group_runs, load_run
+from recipes.report.runs import group_runs, label_variants, load_run
 
 TASK = "cartpole_swingup"
 STEPS = [10_000, 20_000, 30_000, 40_000, 50_000]
@@ -181,3 +181,52 @@ def test_welch_two_and_one_sided_match_scipy():
     assert w.p_greater == pytest.approx(w.p_two_sided / 2)  # t > 0
     assert all(math.isnan(x) for x in (report_stats.welch(a, b[:1]).t, report_stats.welch(a[:1], b).p_greater))
     assert math.isnan(report_stats.sample_std(np.array([1.0]))) and report_stats.sample_std(a) == np.std(a, ddof=1)
+
+
+def _write_variant(root, name, seed, cfg_extra, returns):
+    """A run under ``root/name/seed`` with a real preset's config plus ``cfg_extra`` (dotted-free nested dict)."""
+    from recipes.config import build, deep_update
+
+    d = root / name / str(seed)
+    d.mkdir(parents=True)
+    cfg = deep_update(build("dmc_small", {"env": {"task": TASK}}).model_dump(), cfg_extra)
+    cfg.update(task=TASK, method="dreamerv2", seed=seed, precision_resolved="32", history=[])
+    cfg["run"].update(seed=seed, logdir=str(d), threads=1 + seed % 2)  # bookkeeping differs between seeds
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "eval_return": r}) + "\n"
+                                             for s, r in zip(STEPS, returns, strict=True)))
+    return d
+
+
+def test_variants_of_one_method_are_not_averaged_as_seeds(tmp_path, capsys):
+    """Two settings of DreamerV2 (the reference entropy bonus and a 20x one): seeds of each are grouped, the two
+    settings are not; the reference setting keeps the bare name, so it stays the baseline."""
+    root = tmp_path / "pilot"
+    ref = [_write_variant(root, "dreamerv2", s, {}, [10.0 + s, 20.0 + s, 30.0, 40.0, 50.0 + 10 * s]) for s in (0, 1)]
+    ent = [_write_variant(root, "ent", s, {"agent": {"actor_ent": 2e-3}}, [100.0, 200.0, 300.0, 400.0, 500.0 + s])
+           for s in (0, 1)]
+    runs = label_variants([load_run(d) for d in ref + ent])
+    groups = group_runs(runs)
+    assert sorted(m for _, m in groups) == ["dreamerv2", "dreamerv2 (agent.actor_ent=0.002)"]
+    assert [r.path for r in groups[(TASK, "dreamerv2")]] == [str(d) for d in ref]
+    assert [r.path for r in groups[(TASK, "dreamerv2 (agent.actor_ent=0.002)")]] == [str(d) for d in ent]
+
+    out = tmp_path / "curves.png"
+    assert plot.main([str(d) for d in ref + ent] + ["--out", str(out)]) == 0
+    rows = json.loads(out.with_name("stats.json").read_text())["rows"]
+    (row,) = rows
+    assert row["method"] == "dreamerv2 (agent.actor_ent=0.002)" and row["baseline"] == "dreamerv2"
+    assert row["final_mean"] == pytest.approx(500.5) and row["baseline_final_mean"] == pytest.approx(55.0)
+    capsys.readouterr()
+
+
+def test_bookkeeping_and_fields_missing_from_a_run_do_not_split(tmp_path):
+    """Seeds that ran with other threads/logdirs are one group; a field only newer code writes is not compared; a
+    variant off its preset's defaults in every run of the group gets no label (nothing varies)."""
+    root = tmp_path / "pilot"
+    dirs = [_write_variant(root, "a", s, {"agent": {"actor_ent": 2e-3}}, [1.0, 2.0, 3.0, 4.0, 5.0]) for s in (0, 1)]
+    cfg = json.loads((dirs[1] / "config.json").read_text())
+    cfg["agent"]["a_field_from_newer_code"] = 7
+    (dirs[1] / "config.json").write_text(json.dumps(cfg))
+    runs = label_variants([load_run(d) for d in dirs])
+    assert [r.method for r in runs] == ["dreamerv2", "dreamerv2"]

@@ -12,7 +12,10 @@ skipped with a warning.
 
 Aggregation choices
 -------------------
-* Runs are grouped by ``(task, method)``; seeds within a group are aggregated.
+* Runs are grouped by ``(task, method)``; seeds within a group are aggregated. Runs of one method whose configs
+  differ in more than where and how fast they ran are variants, not seeds: each is its own group, labelled with the
+  fields that differ, e.g. ``dreamerv2 (agent.actor_ent=0.002)``; the variant on its preset's defaults keeps the bare
+  name (:func:`recipes.report.runs.label_variants`).
 * **Step grid: intersection, no interpolation.** A group's curve is drawn on the evaluation steps present in
   *every* seed of the group (:func:`recipes.report.stats.common_grid`), so each plotted point is a mean/std over
   real evaluations of all seeds (a seed that stopped early shortens the curve of its group rather than being
@@ -41,7 +44,7 @@ from pathlib import Path
 from recipes.report.build import json_safe
 from recipes.report.figures import plot_curves
 from recipes.report.markdown import fmt
-from recipes.report.runs import ReportError, Run, group_runs, load_run
+from recipes.report.runs import ReportError, Run, group_runs, label_variants, load_run
 from recipes.report.stats import welch_over_evals
 from recipes.usage import Parser, UsageError
 
@@ -101,7 +104,7 @@ def _parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        groups = group_runs(_load_all(args.runs))
+        groups = group_runs(label_variants(_load_all(args.runs)))
     except (ReportError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ import numpy as np
 
 from recipes.report.tasks import canonical_task
 
-__all__ = ["DIAGNOSTIC_METRICS", "FLAG_WEIGHT_METRICS", "WEIGHT_METRICS", "Groups", "ReportError", "Run", "Series",
-           "discover", "group_runs", "is_weighted", "load_run", "method_label", "metric_key", "metric_name", "seed_key"]
+__all__ = ["BOOKKEEPING_FIELDS", "DIAGNOSTIC_METRICS", "FLAG_WEIGHT_METRICS", "WEIGHT_METRICS", "Groups", "ReportError",
+           "Run", "Series", "discover", "flat_config", "group_runs", "is_weighted", "label_variants", "load_run",
+           "method_label", "metric_key", "metric_name", "seed_key"]
 
 # The mean weight where a boolean `log_<flag>` of the replay is set, over the batch mean (`wm/weight_<flag>`).
 FLAG_WEIGHT_METRICS = ("wm/weight_distractor_on",)
@@ -34,6 +35,13 @@ WEIGHT_METRICS = ("wm/weight_std", "wm/weight_upper_corr", "wm/weight_reward_cor
 DIAGNOSTIC_METRICS: tuple[tuple[str, ...], ...] = (
     ("wm/kl",), ("wm/state_loss", "wm/image_loss"), ("wm/reward_loss",), ("wm/post_ent",), ("agent/imag_return",),
     ("agent/actor_ent",))
+
+# Config fields that say where, how fast, how long or how often a run went, not what it computed: runs that differ
+# only in them are seeds of one method. `run.precision` is one of them because `precision_resolved` (what `auto`
+# became) is the one that says what the run computed in.
+BOOKKEEPING_FIELDS = frozenset({
+    "seed", "history", "run.seed", "run.logdir", "run.steps", "run.device", "run.threads", "run.precision",
+    "run.progress_every", "run.log_every", "run.video_every", "run.checkpoint_every", "run.max_nonfinite"})
 
 SKIP_DIRS = frozenset({"replay", "tb"})  # big run sub-folders that never hold a run's config.json
 _SEED_DIR = re.compile(r"(?:seed|s)?[-_=]?(\d+)", re.IGNORECASE)
@@ -66,6 +74,7 @@ class Run:
     target_frames: int | None = None
     config_method: str = ""
     rel: str = ""
+    config: dict = field(default_factory=dict)
 
     @property
     def frames_reached(self) -> int:
@@ -176,7 +185,7 @@ def _from_files(path: Path, cfg: dict, rel: str) -> Run:
     steps, returns = _sorted_arrays(_on_schedule(evals, _run_section(cfg).get("eval_every")))
     return Run(path=str(path), task=str(cfg["task"]), method=str(cfg["method"]), seed=cfg.get("seed"), steps=steps,
                returns=returns, series={k: _sorted_arrays(v) for k, v in series.items()},
-               target_frames=_target_frames(cfg), config_method=str(cfg["method"]), rel=rel)
+               target_frames=_target_frames(cfg), config_method=str(cfg["method"]), rel=rel, config=cfg)
 
 
 def load_run(path: str | Path) -> Run:
@@ -200,6 +209,55 @@ def group_runs(runs: list[Run]) -> Groups:
     for run in runs:
         groups[(run.task, run.method)].append(run)
     return {key: sorted(v, key=lambda r: (seed_key(r.seed), r.rel)) for key, v in sorted(groups.items())}
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """``{"agent": {"actor_ent": 1e-4}}`` -> ``{"agent.actor_ent": "0.0001"}``: dotted keys, JSON-spelled values (so
+    lists compare and print as the command line spells them)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
+
+
+def _preset_defaults(run: Run) -> dict[str, str] | None:
+    """The flat config of the run's preset on its task, None when the config names no preset or it does not build
+    (another code version's preset)."""
+    # Imported here: recipes.config imports torch (1.5 s), which reading runs needs for nothing else.
+    from recipes.config import build
+
+    try:
+        return flat_config(build(str(run.config["preset"]), {"env": {"task": run.task}}).model_dump())
+    except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
+def label_variants(runs: list[Run]) -> list[Run]:
+    """Runs of one ``(task, method)`` whose configs differ in more than :data:`BOOKKEEPING_FIELDS` are not seeds of one
+    thing: each variant gets the label ``method (field=value, ...)`` over the fields that vary, so a plot never
+    averages e.g. a higher entropy bonus into the method's curve. Why the exception: the variant whose varying fields
+    all equal its preset's defaults keeps the bare method name, so ``--baseline dreamerv2`` still names the
+    reference setting. Only fields every run of the group has are compared (code that added a field is not a
+    variant)."""
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        groups[(run.task, run.method)].append(i)
+    out = list(runs)
+    for (_, method), idx in groups.items():
+        flats = [flat_config(runs[i].config) for i in idx]
+        shared = set.intersection(*(set(f) for f in flats)) - BOOKKEEPING_FIELDS
+        varying = sorted(k for k in shared if len({f[k] for f in flats}) > 1)
+        if not varying:
+            continue
+        for i, flat in zip(idx, flats, strict=True):
+            defaults = _preset_defaults(runs[i])
+            if defaults is not None and all(defaults.get(k) == flat[k] for k in varying):
+                continue
+            out[i] = replace(runs[i], method=f"{method} ({', '.join(f'{k}={flat[k]}' for k in varying)})")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
