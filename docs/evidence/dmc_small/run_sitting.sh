@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# A sitting of the dmc_small campaign (issue 19 §2-3), from the worktree at its fixed commit: 66d7c8a since
-# 2026-12-04 21:40 UTC (git worktree add /work/campaign/code5 66d7c8a), when the campaign started again from nothing
-# (the machine's /work/campaign was gone, runs and all). The earlier sittings ran f117c12 (bit-identical in debug
-# runs to d27f14d and 8092242; docs/evidence/dmc_small/README.md); 66d7c8a is not bit-identical to them (in-place
-# ELU), so none of their runs could have been mixed with this campaign's anyway.
-cd /work/campaign/code5
-# MALLOC_ARENA_MAX=1 since 2026-12-05 07:10 UTC (what recipes.sweep sets itself since 2c3fb9a): Ray runs a trial
-# in a second thread, whose own malloc arena unmapped and re-faulted its heaps every update (11k page faults per
-# dmc_small update against 71 in a main thread; benchmarks/README.md); one arena is the main heap's. It changes
-# no number (a TEMPO run in a thread at 66d7c8a, 20 updates: 167 metric values bit-identical with and without).
-export PYTHONPATH=/work/campaign/code5 MUJOCO_GL=egl OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1
-# --seeds 5 from the first sitting after 2026-12-05 10:50 UTC (seeds 0-2 were the first 12 runs): the sweep runs
-# seed-major, so seeds 3-4 start only when every trial of seeds 0-2 has started, the issue's order of work.
+# A sitting of the dmc_small campaign (issue 19 §2-3), from the worktree at its fixed commit: 7e8db0d since
+# 2026-12-05 16:25 UTC (git worktree add /work/campaign/code6 7e8db0d), when the campaign started again from nothing
+# for the third time: the machine's /work/campaign was gone at the session's start, runs and all (the lost runs'
+# evaluations are in lost_66d7c8a/). It runs the current code, 60 commits past 66d7c8a (run.compile,
+# run.world_model_precision, terms_fd's float32 baseline read from the upper pass; float32 eager as before), so
+# that the evidence is about the code a user installs. Not compiled: at one thread and float32, run.compile made
+# DreamerV2's dmc_small update 1.12x faster and TEMPO's 0.99x (benchmarks/README.md), too little for a compile per
+# resume in every Ray worker of every machine.
+cd /work/campaign/code6
+# MALLOC_ARENA_MAX=1: Ray runs a trial in a second thread, whose own malloc arena unmapped and re-faulted its heaps
+# every update (benchmarks/README.md); recipes.sweep sets it too. It changes no number.
+export PYTHONPATH=/work/campaign/code6 MUJOCO_GL=egl OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1
+# --seeds 5: the sweep runs seed-major, so seeds 3-4 start only when every trial of seeds 0-2 has started, the
+# issue's order of work. float32 pinned: some of these machines have no native bf16.
 exec nice -n 10 python -m recipes.sweep /work/campaign/dmc_small \
   --tasks cartpole_swingup,walker_walk --methods dreamerv2,tempo-official --seeds 5 \
   --preset dmc_small --steps 100000 --cpus-per-trial 1 \
