@@ -25,6 +25,9 @@ A comparison must not mix code versions: each sitting records the framework's co
 `--allow-code-change` is given (recorded in that sitting). Run a campaign from its own `git worktree` at a fixed
 commit. Each trial runs with `ceil(cpus_per_trial)` torch threads (`run.threads`) unless the sweep sets it.
 
+`--bank BANK` keeps each finished trial's logs (config, metrics, progress: not its checkpoints) in a folder meant
+to be committed, and puts them back into a sweep directory that was lost: `recipes.bank`.
+
 On a cluster the sweep directory must be on storage every node sees (e.g. NFS): a retried trial resumes from
 its checkpoint on whichever node it lands.
 """
@@ -50,6 +53,7 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
 from bilevel.config import Strict
+from recipes.bank import banked, deposit, withdraw
 from recipes.cli import resolve
 from recipes.config import PRESETS, format_error
 from recipes.provenance import code_version
@@ -181,6 +185,7 @@ class Sitting:
     history: list[dict[str, Any]]  # the earlier sittings, as recorded in sweep.yaml
     mode: str = "run"  # or "status" (--status) or "commands" (--commands): print, run nothing
     max_concurrent: int | None = None  # --max-concurrent: at most this many trials at once (None: as resources fit)
+    bank: Path | None = None  # --bank: where finished trials' logs are kept (recipes.bank)
 
 
 def parse(argv: list[str]) -> Sitting:
@@ -209,6 +214,9 @@ def parse(argv: list[str]) -> Sitting:
                         "to leave cores for other work or for a second sweep")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="a module every trial imports first, e.g. one registering an upper loss (repeatable)")
+    p.add_argument("--bank", metavar="BANK",
+                   help="keep each finished trial's logs in BANK (a folder to commit) and restore them into DIR when "
+                        "DIR lacks them, e.g. after its machine was lost (recipes.bank)")
     p.add_argument("--allow-code-change", action="store_true",
                    help="resume although the code differs from the last sitting's commit (recorded in sweep.yaml)")
     show = p.add_mutually_exclusive_group()
@@ -225,9 +233,12 @@ def parse(argv: list[str]) -> Sitting:
         raise UsageError(f"--max-concurrent {args.max_concurrent}: must be at least 1 (or left out: as many trials "
                          "as the resources fit)")
     root = Path(args.dir).expanduser()
+    bank = Path(args.bank).expanduser() if args.bank else None
+    if bank is not None and bank.resolve() == root.resolve():
+        raise UsageError(f"--bank {args.bank}: must be another folder than the sweep directory {root}")
     if args.mode == "status" and not (root / SPEC_FILE).is_file():
         raise UsageError(f"--status: {root} holds no sweep ({SPEC_FILE} is missing)")
-    source = Path(args.config) if args.config else root / SPEC_FILE
+    source = Path(args.config) if args.config else home(root, bank) / SPEC_FILE
     if args.config and not source.is_file():
         raise UsageError(f"--config {args.config}: no such file")
     data: dict[str, Any] = {}
@@ -278,8 +289,15 @@ def parse(argv: list[str]) -> Sitting:
     except ValidationError as e:
         raise UsageError(format_error(e)) from e
     # --until is checked with each trial's command line
-    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(root), args.mode,
-                   args.max_concurrent)
+    return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(home(root, bank)),
+                   args.mode, args.max_concurrent, bank)
+
+
+def home(root: Path, bank: Path | None) -> Path:
+    """Where the sweep's own sweep.yaml is: ROOT's, or, where ROOT has none (a lost directory), the bank's copy."""
+    if bank is not None and not (root / SPEC_FILE).is_file() and (bank / SPEC_FILE).is_file():
+        return bank
+    return root
 
 
 def sittings(root: Path) -> list[dict[str, Any]]:
@@ -563,7 +581,7 @@ def sweep(sitting: Sitting) -> int:
     all_trials = validate(spec, root, until)
     if sitting.mode == "commands":  # in the sitting's order: seed-major, so a partial run covers whole seeds
         for t in all_trials:
-            if trial_state(*progress(t)[:2], until) is None:
+            if trial_state(*progress(t)[:2], until) is None and not (sitting.bank and banked(sitting.bank, t.name)):
                 print(shlex.join(trial_argv(spec, t, until)))
         return 0
     version = code_version()
@@ -574,7 +592,7 @@ def sweep(sitting: Sitting) -> int:
         except ConnectionError as e:
             raise UsageError(f"cannot reach Ray at {sitting.address!r}: {e}") from e
     with hold(root, "sweep"):  # one sweep process per directory (its trials each hold their own run directory)
-        history = sittings(root)  # again, as the one writer
+        history = sittings(home(root, sitting.bank))  # again, as the one writer
         check_code(history, version, sitting.allow_code_change, root)
         return sit(sitting, all_trials, version, history)
 
@@ -582,6 +600,7 @@ def sweep(sitting: Sitting) -> int:
 def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[dict[str, Any]]) -> int:
     """One sitting: record it, run what is left on Ray Tune, write the status; the exit code."""
     root, spec, until = sitting.root, sitting.spec, sitting.until
+    restored = bank_runs(sitting, all_trials, restore=True) if sitting.bank else []
     table = LiveTable([t.name for t in all_trials])
     todo = []
     for t in all_trials:
@@ -594,12 +613,18 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
         connect(sitting.address)  # before the sitting is recorded: an unreachable cluster is bad input
     record = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": version, "until": until,
               "max_concurrent": sitting.max_concurrent, "allow_code_change": sitting.allow_code_change}
+    if sitting.bank:
+        record.update(bank=str(sitting.bank), restored=restored)
     atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*history, record]},
                                                       sort_keys=False))
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
-    if todo:
-        fit(root, spec, todo, table, until, sitting.max_concurrent)
+    try:
+        if todo:
+            fit(root, spec, todo, table, until, sitting.max_concurrent)
+    finally:  # Ctrl-C twice or a crash too: what finished is banked
+        if sitting.bank:
+            bank_runs(sitting, all_trials)
     status = write_status(root, spec, all_trials, table, until)
     table.rows = {n: {**table.rows[n], **status["trials"][n]} for n in table.rows}
     table.print(force=True)
@@ -615,6 +640,22 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
         return 0
     print(f"all {len(all_trials)} trials finished; report: python -m recipes.report {root}")
     return 0
+
+
+def bank_runs(sitting: Sitting, all_trials: list[Trial], restore: bool = False) -> list[str]:
+    """`--bank`: bank every finished trial and sweep.yaml; with `restore`, then put the banked runs the sweep
+    directory lacks back into it. Returns the names restored."""
+    bank, root = sitting.bank, sitting.root
+    assert bank is not None
+    done = [t.name for t in all_trials if trial_state(*progress(t)[:2], None) == "finished"]
+    new, conflicts = deposit(root, bank, done, SPEC_FILE)
+    for name in conflicts:
+        print(f"warning: bank {bank} holds another run at {name}; the bank's is left as it is", file=sys.stderr)
+    restored = withdraw(bank, root, [t.name for t in all_trials]) if restore else []
+    if new or restored:
+        print(f"bank {bank}: {len(new)} run(s) banked" + (f", {len(restored)} restored: {', '.join(restored)}"
+                                                          if restored else ""), flush=True)
+    return restored
 
 
 def printed(sitting: Sitting) -> int:
