@@ -59,6 +59,7 @@ def deposit(root: Path, bank: Path, finished: Iterable[str], spec_file: str) -> 
         _copy(root / name, bank / name)
         new.append(name)
     if (root / spec_file).is_file():
+        bank.mkdir(parents=True, exist_ok=True)  # a new bank: nothing has finished yet
         data = (root / spec_file).read_bytes()
         atomic_write_bytes(bank / spec_file, lambda fh: fh.write(data))
     return new, conflicts

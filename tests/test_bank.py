@@ -32,6 +32,10 @@ def _run(root: Path, name: str, frames: int, steps: int = 100, tag: str = "a") -
 
 def test_deposit_banks_the_named_runs_once_and_never_replaces_one(tmp_path):
     root, bank = tmp_path / "sweep", tmp_path / "bank"
+    (root / "x").mkdir(parents=True)
+    (root / "sweep.yaml").write_text("tasks: []\n")
+    assert deposit(root, bank, [], "sweep.yaml") == ([], [])  # a new bank, nothing finished: the spec alone
+    assert (bank / "sweep.yaml").read_text() == "tasks: []\n"
     _run(root, NAME, 100)
     (root / NAME / "checkpoint.pt").write_bytes(b"x" * 1000)  # not banked: what the run needs to go on
     (root / "sweep.yaml").write_text("tasks: [cartpole_swingup]\n")

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# A sitting of the dmc_small campaign (issue 19 §2-3), from the worktree at its fixed commit: 7e8db0d since
-# 2026-12-05 16:25 UTC (git worktree add /work/campaign/code6 7e8db0d), when the campaign started again from nothing
-# for the third time: the machine's /work/campaign was gone at the session's start, runs and all (the lost runs'
-# evaluations are in lost_66d7c8a/). It runs the current code, 60 commits past 66d7c8a (run.compile,
-# run.world_model_precision, terms_fd's float32 baseline read from the upper pass; float32 eager as before), so
-# that the evidence is about the code a user installs. Not compiled: at one thread and float32, run.compile made
-# DreamerV2's dmc_small update 1.12x faster and TEMPO's 0.99x (benchmarks/README.md), too little for a compile per
-# resume in every Ray worker of every machine.
+# A sitting of the dmc_small campaign (issue 19 §2-3), from the worktree at its fixed commit (git worktree add
+# /work/campaign/code6 ebecd1c). The campaign started again from nothing for the third time on 2026-12-05 at 16:25
+# UTC, at 7e8db0d: the machine's /work/campaign was gone at the session's start, runs and all (the lost runs'
+# evaluations are in lost_66d7c8a/). It runs the current code, 60 commits past 66d7c8a, so that the evidence is about
+# the code a user installs. At 17:10 UTC (seed 0 at about 15 000 frames) it moved to ebecd1c with
+# --allow-code-change, recorded in sweep.yaml, for --bank: 7e8db0d..ebecd1c changes the sweep's driver
+# (recipes/sweep.py, recipes/bank.py), docs and tests, nothing a trial runs. Not compiled: at one thread and
+# float32, run.compile made DreamerV2's dmc_small update 1.09-1.12x faster and TEMPO's 0.99-1.08x
+# (benchmarks/results/dmc_small_1thread_32_compile.json), too little for a compile per resume in every Ray worker.
 cd /work/campaign/code6
 # MALLOC_ARENA_MAX=1: Ray runs a trial in a second thread, whose own malloc arena unmapped and re-faulted its heaps
 # every update (benchmarks/README.md); recipes.sweep sets it too. It changes no number.
 export PYTHONPATH=/work/campaign/code6 MUJOCO_GL=egl OMP_NUM_THREADS=1 MALLOC_ARENA_MAX=1
+# --bank: each finished run's logs (config, metrics, progress) go to docs/evidence/dmc_small/runs in the main
+# checkout, committed at the end of each session, and come back from there if /work/campaign is lost again.
 # --seeds 5: the sweep runs seed-major, so seeds 3-4 start only when every trial of seeds 0-2 has started, the
 # issue's order of work. float32 pinned: some of these machines have no native bf16.
 exec nice -n 10 python -m recipes.sweep /work/campaign/dmc_small \
   --tasks cartpole_swingup,walker_walk --methods dreamerv2,tempo-official --seeds 5 \
   --preset dmc_small --steps 100000 --cpus-per-trial 1 \
-  --run.precision 32 --run.checkpoint_every 5000 "$@"
+  --run.precision 32 --run.checkpoint_every 5000 --bank /work/main/docs/evidence/dmc_small/runs "$@"
