@@ -234,8 +234,8 @@ def parse(argv: list[str]) -> Sitting:
                          "as the resources fit)")
     root = Path(args.dir).expanduser()
     bank = Path(args.bank).expanduser() if args.bank else None
-    if bank is not None and bank.resolve() == root.resolve():
-        raise UsageError(f"--bank {args.bank}: must be another folder than the sweep directory {root}")
+    if bank is not None:
+        check_bank(bank, root)
     if args.mode == "status" and not (root / SPEC_FILE).is_file():
         raise UsageError(f"--status: {root} holds no sweep ({SPEC_FILE} is missing)")
     source = Path(args.config) if args.config else home(root, bank) / SPEC_FILE
@@ -291,6 +291,17 @@ def parse(argv: list[str]) -> Sitting:
     # --until is checked with each trial's command line
     return Sitting(root, spec, args.address, args.until, args.allow_code_change, sittings(home(root, bank)),
                    args.mode, args.max_concurrent, bank)
+
+
+def check_bank(bank: Path, root: Path) -> None:
+    """A bank is a folder, not the sweep directory, and one this process can make or write (one line if not)."""
+    if bank.resolve() == root.resolve():
+        raise UsageError(f"--bank {bank}: must be another folder than the sweep directory {root}")
+    if bank.exists() and not bank.is_dir():
+        raise UsageError(f"--bank {bank}: not a folder")
+    nearest = next(p for p in [bank, *bank.resolve().parents] if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK):
+        raise UsageError(f"--bank {bank}: {nearest} is not a writable folder")
 
 
 def home(root: Path, bank: Path | None) -> Path:

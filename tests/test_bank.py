@@ -83,9 +83,11 @@ def test_commands_of_a_lost_sweep_come_from_its_bank_without_the_banked_trials(t
     assert sorted(tmp_path.rglob("*")) == before
     (second,) = [t for t in trials(spec, root) if t.seed == 1]
     assert [shlex.split(line) for line in p.stdout.strip().splitlines()] == [trial_argv(spec, second)]
-    same = subprocess.run(sweep_cmd(root, "--bank", str(root), "--commands"), cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=300)
-    assert same.returncode == 2 and same.stderr.startswith("error: --bank") and len(same.stderr.splitlines()) == 1
+    (tmp_path / "a_file").write_text("")
+    for bad in (root, tmp_path / "a_file", tmp_path / "a_file" / "bank"):
+        p = subprocess.run(sweep_cmd(root, "--bank", str(bad), "--commands"), cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and p.stderr.startswith(f"error: --bank {bad}: ") and len(p.stderr.splitlines()) == 1
 
 
 @pytest.mark.slow
