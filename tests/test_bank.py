@@ -7,6 +7,7 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,9 @@ def test_a_lost_sweep_directory_keeps_its_finished_runs_through_the_bank(tmp_pat
     assert [h.get("restored") for h in history] == [[], [NAME]]
     assert history[0]["commit"] == history[1]["commit"]
     assert yaml.safe_load((bank / "sweep.yaml").read_text())["sittings"] == history
+    report = subprocess.run([sys.executable, "-m", "recipes.report", str(bank), "--out", str(tmp_path / "report")],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
+    assert sorted((r["path"], r["frames_reached"], r["finished"]) for r in runs) == [
+        (NAME, 150, True), ("cartpole_swingup/dreamerv2/1", 150, True)]
