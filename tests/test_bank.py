@@ -4,10 +4,13 @@ directory so that the sweep does not run them again; never a run replaced, never
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,26 @@ def test_a_lost_sweep_directory_keeps_its_finished_runs_through_the_bank(tmp_pat
     runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
     assert sorted((r["path"], r["frames_reached"], r["finished"]) for r in runs) == [
         (NAME, 150, True), ("cartpole_swingup/dreamerv2/1", 150, True)]
+
+
+@pytest.mark.slow
+def test_a_sitting_killed_at_once_has_its_record_in_the_bank(tmp_path):
+    """The bank's sweep.yaml has a sitting's record from its start, not from its end: a sitting killed with its
+    machine (SIGKILL to the whole process group) is still in the history a lost directory comes back with, so the
+    next sitting's commit check compares with the right commit."""
+    root, bank = tmp_path / "sweep", tmp_path / "bank"
+    args = ["--tasks", "cartpole_swingup", "--methods", "dreamerv2", "--seeds", "1", *DEBUG, "--bank", str(bank)]
+    proc = subprocess.Popen(sweep_cmd(root, *args), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (root / NAME / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sitting ended before the kill"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not banked(bank, NAME)
+    (record,) = yaml.safe_load((bank / "sweep.yaml").read_text())["sittings"]
+    assert record["bank"] == str(bank) and record["restored"] == [] and record["commit"]
+    assert (bank / "sweep.yaml").read_text() == (root / "sweep.yaml").read_text()
