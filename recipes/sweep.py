@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,7 +429,7 @@ TUNE_STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", 
                "ERROR": "failed"}
 
 
-def tune_callback(table: LiveTable) -> Any:
+def tune_callback(table: LiveTable, on_complete: Callable[[str], None] | None = None) -> Any:
     from ray import tune
 
     class Reporter(tune.Callback):
@@ -448,6 +449,8 @@ def tune_callback(table: LiveTable) -> Any:
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             table.update(trial.config["trial"]["name"], state="ended")  # finished or paused: the status file says
             table.print(force=True)
+            if on_complete is not None:
+                on_complete(trial.config["trial"]["name"])
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             table.update(trial.config["trial"]["name"], state="failed")
@@ -510,8 +513,9 @@ def connect(address: str | None) -> None:
 
 
 def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int | None,
-        max_concurrent: int | None = None) -> None:
-    """Run the trials on Ray Tune (connected by `connect`), then shut Ray down."""
+        max_concurrent: int | None = None, on_complete: Callable[[str], None] | None = None) -> None:
+    """Run the trials on Ray Tune (connected by `connect`), then shut Ray down; `on_complete(name)` as each
+    trial's attempt ends."""
     import ray
     from ray import tune
 
@@ -531,7 +535,7 @@ def fit(root: Path, spec: Spec, todo: list[Trial], table: LiveTable, until: int 
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%dT%H%M%S')}",
                                   storage_path=str((root / ".tune").resolve()), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                  callbacks=[tune_callback(table)]),
+                                  callbacks=[tune_callback(table, on_complete)]),
     )
     previous = signal.getsignal(signal.SIGINT)
 
@@ -632,9 +636,12 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
         atomic_write_text(where / SPEC_FILE, text)
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
+    by_name = {t.name: t for t in all_trials}
+    # a finished run is banked at once: the session may end, and its machine go, before the sitting does
+    on_complete = (lambda name: bank_runs(sitting, [by_name[name]])) if sitting.bank else None
     try:
         if todo:
-            fit(root, spec, todo, table, until, sitting.max_concurrent)
+            fit(root, spec, todo, table, until, sitting.max_concurrent, on_complete)
     finally:  # Ctrl-C twice or a crash too: what finished is banked
         if sitting.bank:
             bank_runs(sitting, all_trials)

@@ -96,31 +96,33 @@ def test_commands_of_a_lost_sweep_come_from_its_bank_without_the_banked_trials(t
 
 @pytest.mark.slow
 def test_a_lost_sweep_directory_keeps_its_finished_runs_through_the_bank(tmp_path):
-    """A sitting banks its finished trial; the sweep directory is lost; the next sitting (one seed more) restores
-    it from the bank, runs only the new trial, and records the restore beside the first sitting's commit."""
+    """A sitting banks each trial as it finishes (seed 0 is in the bank before seed 1, run after it, has finished);
+    the sweep directory is lost; the next sitting (one seed more) restores both from the bank, runs only the new
+    trial, and records the restore beside the first sitting's commit; `recipes.report` reads the bank."""
     root, bank = tmp_path / "sweep", tmp_path / "bank"
     args = ["--tasks", "cartpole_swingup", "--methods", "dreamerv2", *DEBUG, "--bank", str(bank)]
-    first = subprocess.run(sweep_cmd(root, *args, "--seeds", "1"), cwd=ROOT, env=env(), capture_output=True,
-                           text=True, timeout=600)
+    first = subprocess.run(sweep_cmd(root, *args, "--seeds", "2", "--max-concurrent", "1"), cwd=ROOT, env=env(),
+                           capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    assert banked(bank, NAME)
-    kept = {f: (root / NAME / f).read_bytes() for f in FILES}
+    seed1 = "cartpole_swingup/dreamerv2/1"
+    assert banked(bank, NAME) and banked(bank, seed1)
+    assert (bank / NAME / "progress.json").stat().st_mtime_ns < (root / seed1 / "progress.json").stat().st_mtime_ns
+    kept = {name: {f: (root / name / f).read_bytes() for f in FILES} for name in (NAME, seed1)}
     shutil.rmtree(root)  # the machine's scratch directory is gone
 
-    second = subprocess.run(sweep_cmd(root, *args, "--seeds", "2"), cwd=ROOT, env=env(), capture_output=True,
+    second = subprocess.run(sweep_cmd(root, *args, "--seeds", "3"), cwd=ROOT, env=env(), capture_output=True,
                             text=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    assert f"1 run(s) banked, 1 restored: {NAME}" not in second.stdout  # nothing newly banked before the restore
-    assert f"0 run(s) banked, 1 restored: {NAME}" in second.stdout
-    assert "2 trials, 1 finished, 1 to run" in second.stdout
-    assert {f: (root / NAME / f).read_bytes() for f in FILES} == kept  # not run again
-    spec = Spec(tasks=["cartpole_swingup"], methods=["dreamerv2"], seeds=[0, 1], preset="debug", steps=150)
+    assert f"0 run(s) banked, 2 restored: {NAME}, {seed1}" in second.stdout
+    assert "3 trials, 2 finished, 1 to run" in second.stdout
+    assert {name: {f: (root / name / f).read_bytes() for f in FILES} for name in kept} == kept  # not run again
+    spec = Spec(tasks=["cartpole_swingup"], methods=["dreamerv2"], seeds=[0, 1, 2], preset="debug", steps=150)
     for t in trials(spec, root):
         frames, steps, _ = progress(t)
         assert frames == steps == 150 and banked(bank, t.name), t.name
         assert [r["step"] for r in records(Path(t.logdir)) if "eval_return" in r][-1] == 150
     history = yaml.safe_load((root / "sweep.yaml").read_text())["sittings"]
-    assert [h.get("restored") for h in history] == [[], [NAME]]
+    assert [h.get("restored") for h in history] == [[], [NAME, seed1]]
     assert history[0]["commit"] == history[1]["commit"]
     assert yaml.safe_load((bank / "sweep.yaml").read_text())["sittings"] == history
     report = subprocess.run([sys.executable, "-m", "recipes.report", str(bank), "--out", str(tmp_path / "report")],
@@ -128,7 +130,7 @@ def test_a_lost_sweep_directory_keeps_its_finished_runs_through_the_bank(tmp_pat
     assert report.returncode == 0, report.stderr[-3000:]
     runs = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
     assert sorted((r["path"], r["frames_reached"], r["finished"]) for r in runs) == [
-        (NAME, 150, True), ("cartpole_swingup/dreamerv2/1", 150, True)]
+        (f"cartpole_swingup/dreamerv2/{s}", 150, True) for s in range(3)]
 
 
 @pytest.mark.slow
