@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A sitting of the dmc_small campaign (issue 19 §2-3), from the worktree at its fixed commit (git worktree add
-# /work/campaign/code6 e530dcc). The campaign started again from nothing for the third time on 2026-12-05 at 16:25
+# /work/campaign/code6 2be7919). The campaign started again from nothing for the third time on 2026-12-05 at 16:25
 # UTC, at 7e8db0d: the machine's /work/campaign was gone at the session's start, runs and all (the lost runs'
 # evaluations are in lost_66d7c8a/). It runs the current code, 60 commits past 66d7c8a, so that the evidence is about
-# the code a user installs. At 16:57 UTC (seed 0 at 13 000-15 290 frames) it moved to e530dcc with
-# --allow-code-change, recorded in sweep.yaml, for --bank: 7e8db0d..e530dcc changes the sweep's driver
+# the code a user installs. At 16:57 UTC (seed 0 at 13 000-15 290 frames) it moved to e530dcc, and at
+# 17:03 UTC to 2be7919, with --allow-code-change, recorded in sweep.yaml, for --bank (2be7919: each run banked as
+# it finishes): 7e8db0d..2be7919 changes the sweep's driver
 # (recipes/sweep.py, recipes/bank.py), docs and tests, nothing a trial runs. Not compiled: at one thread and
 # float32, run.compile made DreamerV2's dmc_small update 1.09-1.12x faster and TEMPO's 0.99-1.08x
 # (benchmarks/results/dmc_small_1thread_32_compile.json), too little for a compile per resume in every Ray worker.
