@@ -9,9 +9,9 @@ the runs in flight. The bank is laid out as the sweep (`BANK/sweep.yaml`, `BANK/
 `python -m recipes.report BANK` reports on the banked runs as they are.
 
 A sitting with `--bank` banks each trial as it finishes, what has finished before it starts and again when it
-ends (however it ends), and puts banked runs back into a sweep directory that lacks them: the sweep then counts them finished and does not
-run them again. A banked run cannot be extended (e.g. to more frames): it has no checkpoint. The bank never
-replaces a run it holds with another one at the same path; that is reported instead.
+ends (however it ends), and puts banked runs back into a sweep directory that lacks them: the sweep then counts
+them finished and does not run them again. A banked run cannot be extended (e.g. to more frames): it has no
+checkpoint. The bank never replaces a run it holds with another one at the same path; that is reported instead.
 """
 
 from __future__ import annotations

@@ -630,10 +630,10 @@ def sit(sitting: Sitting, all_trials: list[Trial], version: str, history: list[d
               "max_concurrent": sitting.max_concurrent, "allow_code_change": sitting.allow_code_change}
     if sitting.bank:
         record.update(bank=str(sitting.bank), restored=restored)
-    text = yaml.safe_dump({**spec.model_dump(), "sittings": [*history, record]}, sort_keys=False)
-    for where in [root, *([sitting.bank] if sitting.bank else [])]:  # the bank's copy too: a loss keeps the record
-        where.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(where / SPEC_FILE, text)
+    atomic_write_text(root / SPEC_FILE, yaml.safe_dump({**spec.model_dump(), "sittings": [*history, record]},
+                                                      sort_keys=False))
+    if sitting.bank:  # the record in the bank at once: a sitting lost with its machine is in the history
+        deposit(root, sitting.bank, [], SPEC_FILE)
     print(f"sweep {root}: {len(all_trials)} trials, {len(all_trials) - len(todo)} finished, {len(todo)} to run",
           flush=True)
     by_name = {t.name: t for t in all_trials}
