@@ -139,7 +139,9 @@ def test_a_sitting_killed_at_once_has_its_record_in_the_bank(tmp_path):
     machine (SIGKILL to the whole process group) is still in the history a lost directory comes back with, so the
     next sitting's commit check compares with the right commit."""
     root, bank = tmp_path / "sweep", tmp_path / "bank"
-    args = ["--tasks", "cartpole_swingup", "--methods", "dreamerv2", "--seeds", "1", *DEBUG, "--bank", str(bank)]
+    # --steps 100000: the trial cannot finish before the kill, however fast the machine
+    args = ["--tasks", "cartpole_swingup", "--methods", "dreamerv2", "--seeds", "1", *DEBUG, "--steps", "100000",
+            "--bank", str(bank)]
     proc = subprocess.Popen(sweep_cmd(root, *args), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
