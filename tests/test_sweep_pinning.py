@@ -54,8 +54,8 @@ def no_ray(monkeypatch):
     """The sweep up to Ray: what `fit` was asked to run is recorded instead of run."""
     calls: list[list[str]] = []
     monkeypatch.setattr(sweep_mod, "connect", lambda address: None)
-    monkeypatch.setattr(sweep_mod, "fit", lambda root, spec, todo, table, until, max_concurrent=None:
-                        calls.append([t.name for t in todo]))
+    monkeypatch.setattr(sweep_mod, "fit", lambda root, spec, todo, table, until, max_concurrent=None,
+                        on_complete=None: calls.append([t.name for t in todo]))
     return calls
 
 
