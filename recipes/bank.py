@@ -21,12 +21,12 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from recipes.rundir import atomic_write_bytes, holder
+from recipes.rundir import CHECKPOINT, PROGRESS, atomic_write_bytes, holder
 
 __all__ = ["FILES", "banked", "deposit", "withdraw"]
 
 # progress.json last: written last, its presence is what marks a banked run complete.
-FILES = ("config.json", "metrics.jsonl", "progress.json")
+FILES = ("config.json", "metrics.jsonl", PROGRESS)
 
 
 def banked(bank: Path, name: str) -> bool:
@@ -72,7 +72,7 @@ def withdraw(bank: Path, root: Path, names: Iterable[str]) -> list[str]:
     out = []
     for name in names:
         run = root / name
-        if not banked(bank, name) or (run / "progress.json").exists() or (run / "checkpoint.pt").exists():
+        if not banked(bank, name) or (run / PROGRESS).exists() or (run / CHECKPOINT).exists():
             continue
         if run.exists() and holder(run) is not None:
             continue
