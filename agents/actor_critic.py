@@ -43,6 +43,7 @@ from worldmodels.onehot import OneHot
 
 ActorGrad = Literal["dynamics", "reinforce", "both", "auto"]
 PolicyMode = Literal["explore", "eval", "random"]
+TruncGrad = Literal["exact", "tf"]
 
 
 @runtime_checkable
@@ -135,14 +136,23 @@ class TruncNormal:
     """Normal(mean, std) truncated to [low, high] per action dim (an `Independent(..., 1)`: log_prob and
     entropy sum over the last axis), like DreamerV2's `TruncNormalDist`.
 
-    rsample uses the inverse CDF, x = mean + std * ndtri(U(Phi(alpha), Phi(beta))), which is
-    reparameterised. The uniform is kept in [1e-6, 1 - 1e-6] so ndtri stays finite and its gradient bounded
-    (this drops < 1e-6 of the mass, beyond 4.75 std). As in DreamerV2, samples are then clipped to
-    [low + 1e-6, high - 1e-6] with a straight-through gradient.
+    rsample uses the inverse CDF, x = mean + std * ndtri(U(Phi(alpha), Phi(beta))). The uniform is kept in
+    [1e-6, 1 - 1e-6] so ndtri stays finite and its gradient bounded (this drops < 1e-6 of the mass, beyond 4.75
+    std). As in DreamerV2, samples are then clipped to [low + 1e-6, high - 1e-6] with a straight-through gradient.
+
+    `grad` is the sample's gradient with respect to mean and std. 'exact': the inverse CDF's, i.e. the implicit
+    reparameterisation gradient with the bounds held fixed (a sample near a bound barely moves with the mean).
+    'tf': TensorFlow's, which the references train with (TFP's TruncatedNormal samples with
+    `stateless_parameterized_truncated_normal`, whose registered gradient is dx/dmean = 1 and dx/dstd =
+    (x - mean) / std, the untruncated mean + std * z's, in TF 2.4.2, 2.6.0 and 2.15.1): the same samples, another
+    direction for the actor's dynamics gradient (docs/FIDELITY.md).
     """
 
-    def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0, clip: float = 1e-6):
-        self.mean, self.std, self.low, self.high, self.clip = mean, std, low, high, clip
+    def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0, clip: float = 1e-6,
+                 grad: TruncGrad = "exact"):
+        if grad not in ("exact", "tf"):
+            raise ValueError(f"unknown truncated-normal gradient {grad!r}; accepted: ['exact', 'tf']")
+        self.mean, self.std, self.low, self.high, self.clip, self.grad = mean, std, low, high, clip, grad
         self.alpha = (low - mean) / std
         self.beta = (high - mean) / std
         self.cdf_low, self.cdf_high = torch.special.ndtr(self.alpha), torch.special.ndtr(self.beta)
@@ -157,6 +167,9 @@ class TruncNormal:
         u = torch.rand_like(self.mean) if u is None else u
         u = (self.cdf_low + u * (self.cdf_high - self.cdf_low)).clamp(1e-6, 1 - 1e-6)
         x = self.mean + self.std * torch.special.ndtri(u)
+        if self.grad == "tf":  # the same value; d/dmean 1 and d/dstd (x - mean) / std
+            eps = ((x - self.mean) / self.std).detach()
+            x = x.detach() + (self.mean - self.mean.detach()) + (self.std - self.std.detach()) * eps
         clipped = x.clamp(self.low + self.clip, self.high - self.clip)
         return x + (clipped - x).detach()
 
@@ -185,16 +198,18 @@ class Actor(nn.Module):
     """pi(a | feat): MLP -> TruncNormal on [-1, 1] (continuous) or straight-through one-hot (discrete).
 
     Continuous (DreamerV2 'trunc_normal'): mean = tanh(x), std = 2 sigmoid((x_std + init_std) / 2) + min_std.
-    DreamerV2's DistLayer default is init_std = 0, giving an initial std of ~1.1.
+    DreamerV2's DistLayer default is init_std = 0, giving an initial std of ~1.1. `trunc_grad`: the sample's
+    gradient (`TruncNormal`), 'tf' as the references train.
     Discrete (DreamerV2 'onehot'): rsample() = sample + probs - probs.detach(), so the sampled one-hot can
     carry gradients into the dynamics.
     """
 
     def __init__(self, feat_dim: int, action_dim: int, discrete: bool, layers: int = 4, units: int = 400,
-                 act: type[nn.Module] = ELU, min_std: float = 0.1, init_std: float = 0.0):
+                 act: type[nn.Module] = ELU, min_std: float = 0.1, init_std: float = 0.0,
+                 trunc_grad: TruncGrad = "tf"):
         super().__init__()
         self.discrete, self.action_dim = discrete, action_dim
-        self.min_std, self.init_std = min_std, init_std
+        self.min_std, self.init_std, self.trunc_grad = min_std, init_std, trunc_grad
         self.net = MLP(feat_dim, action_dim if discrete else 2 * action_dim, layers, units, act)
         dreamer_init(self.net)  # Keras' glorot-uniform kernels and zero biases, as DreamerV2
 
@@ -208,7 +223,7 @@ class Actor(nn.Module):
             return OneHotCategoricalStraightThrough(logits=out, validate_args=False)
         mean, std = out.chunk(2, -1)
         std = 2 * torch.sigmoid((std + self.init_std) / 2) + self.min_std
-        return TruncNormal(torch.tanh(mean), std)
+        return TruncNormal(torch.tanh(mean), std, grad=self.trunc_grad)
 
 
 class Critic(nn.Module):
@@ -242,6 +257,8 @@ class ActorCritic(nn.Module):
     dynamics for continuous and reinforce for discrete actions; 'both' mixes them as
     mix * dynamics + (1 - mix) * reinforce with mix = `actor_grad_mix`. As in DreamerV2's `actor_loss`, 'both'
     takes the log-probability of the imagined actions without stopping their gradient ('reinforce' stops it).
+    Through the dynamics, a continuous action's gradient reaches the actor by `trunc_grad` ('tf', the references'
+    TensorFlow gradient of a truncated-normal sample, or 'exact'; `TruncNormal`).
 
     `actor_ent` and `actor_grad_mix` are DreamerV2 schedules (`agents.schedules`: a number or e.g.
     'linear(3e-3,3e-4,2.5e6)'), evaluated at the `step` (agent steps) passed to `train_step`.
@@ -254,8 +271,9 @@ class ActorCritic(nn.Module):
                  actor_grad_mix: schedules.Schedule = 0.1,
                  use_discount_head: bool = False,
                  layers: int = 4, units: int = 400, act: type[nn.Module] = ELU, min_std: float = 0.1,
-                 init_std: float = 0.0, eps: float = 1e-5, clip: float = 100.0, weight_decay: float = 1e-6,
-                 expl_noise: float = 0.0, eval_noise: float = 0.0, precision: Precision | None = None):
+                 init_std: float = 0.0, trunc_grad: TruncGrad = "tf", eps: float = 1e-5, clip: float = 100.0,
+                 weight_decay: float = 1e-6, expl_noise: float = 0.0, eval_noise: float = 0.0,
+                 precision: Precision | None = None):
         super().__init__()
         if actor_grad not in ("dynamics", "reinforce", "both", "auto"):
             raise ValueError(f"actor_grad must be dynamics|reinforce|both|auto, got {actor_grad!r}")
@@ -270,7 +288,7 @@ class ActorCritic(nn.Module):
         self.slow_target_every, self.slow_target_fraction = slow_target_every, slow_target_fraction
         self.expl_noise, self.eval_noise = expl_noise, eval_noise
 
-        self.actor = Actor(feat_dim, action_dim, discrete, layers, units, act, min_std, init_std)
+        self.actor = Actor(feat_dim, action_dim, discrete, layers, units, act, min_std, init_std, trunc_grad)
         self.critic = Critic(feat_dim, layers, units, act)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)  # only ever hard/soft-copied
         # Actor and critic step together, or (a non-finite gradient: a diverged model, a float16 overflow) neither.

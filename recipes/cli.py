@@ -234,6 +234,9 @@ def resume_config(saved: dict[str, Any], explicit: dict[str, Any], preset: str |
     run = fields.get("run")
     if isinstance(run, dict) and "world_model_precision" not in run:  # made before the field: the world model
         fields["run"] = {**run, "world_model_precision": None}  # trained at run.precision, and goes on so
+    agent = fields.get("agent")
+    if isinstance(agent, dict) and "trunc_grad" not in agent:  # made before the field: the exact gradient
+        fields["agent"] = {**agent, "trunc_grad": "exact"}
     try:
         old = Config.model_validate(fields)
         new = Config.model_validate(deep_update(old.model_dump(), explicit))

@@ -93,6 +93,11 @@ class AgentConfig(Strict):
     reward_transform: Literal["none", "tanh"] = Field("none", description="squash replay rewards (Atari: tanh)")
     units: int = Field(400, ge=1, description="MLP units of the actor and the critic")
     layers: int = Field(4, ge=1, description="hidden layers of the actor and the critic")
+    trunc_grad: Literal["tf", "exact"] = Field(
+        "tf", description="gradient of a continuous action sample (truncated normal) w.r.t. its mean and std: 'tf' "
+                          "as TensorFlow, with which the references train (d/dmean 1, d/dstd (x - mean)/std, as if "
+                          "untruncated), 'exact' the implicit reparameterisation with the bounds fixed (runs made "
+                          "before 2026-12-05)")
     eps: float = Field(1e-5, gt=0, description="Adam epsilon (actor and critic)")
     clip: float = Field(100.0, gt=0, description="global gradient-norm clip (actor and critic)")
     weight_decay: float = Field(1e-6, ge=0, description="DreamerV2's decoupled decay (actor and critic)")

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -163,6 +164,50 @@ def test_trunc_normal_matches_scipy_and_reparameterises():
     torch.testing.assert_close(many.mean(0), torch.as_tensor(ref.mean()[0]), atol=0.02, rtol=0)
     (g,) = torch.autograd.grad(many.sum(), mean)
     assert torch.all(g > 0)
+
+
+@pytest.mark.parametrize("mean,std", [(0.0, 1.1), (0.5, 0.3), (-0.9, 0.1), (0.95, 0.6)])
+def test_trunc_normal_gradients_exact_and_tensorflows(mean: float, std: float):
+    """Both gradients of a sample against independent computations, in float64: 'exact' is the derivative of scipy's
+    inverse CDF at the same uniform (central differences), and its mean over samples is the derivative of scipy's
+    closed-form mean; 'tf' is TensorFlow's registered gradient of `stateless_parameterized_truncated_normal`
+    (tensorflow/python/ops/random_grad.py: 1 for the mean, the standardised sample for the std), on the same
+    values. Which one the actor learns with changes its updates: on average it differs, e.g. 1 against 0.25."""
+    stats = pytest.importorskip("scipy.stats")
+    torch.manual_seed(0)
+    u = torch.rand(4000, 1, dtype=torch.float64).clamp(0.01, 0.99)  # inside, away from the sampler's 1e-6 guard
+    m = torch.full((4000, 1), mean, dtype=torch.float64, requires_grad=True)  # one parameter per sample: the
+    s = torch.full((4000, 1), std, dtype=torch.float64, requires_grad=True)  # gradient of the sum is per sample
+
+    def ppf(mu: float, sd: float) -> np.ndarray:  # scipy's sample at the same uniforms
+        return stats.truncnorm.ppf(u.numpy(), (-1 - mu) / sd, (1 - mu) / sd, loc=mu, scale=sd)
+
+    x = {g: TruncNormal(m, s, grad=g).rsample(u) for g in ("exact", "tf")}
+    np.testing.assert_allclose(x["exact"].detach().numpy(), ppf(mean, std), rtol=0, atol=1e-9)
+    assert torch.equal(x["exact"], x["tf"])  # the same sample either way
+    h = 1e-6
+    fd = {"mean": (ppf(mean + h, std) - ppf(mean - h, std)) / (2 * h),
+          "std": (ppf(mean, std + h) - ppf(mean, std - h)) / (2 * h)}
+    z = ((x["tf"] - m) / s).detach().numpy()
+    expected = {"exact": fd, "tf": {"mean": np.ones_like(z), "std": z}}
+    for g, want in expected.items():
+        for name, param in (("mean", m), ("std", s)):
+            (per_sample,) = torch.autograd.grad(x[g].sum(), param, retain_graph=True)
+            np.testing.assert_allclose(per_sample.numpy(), want[name], rtol=1e-5, atol=1e-7)
+
+    def closed_mean(mu: float, sd: float) -> float:
+        return float(stats.truncnorm.mean((-1 - mu) / sd, (1 - mu) / sd, loc=mu, scale=sd))
+
+    m1 = torch.tensor([mean], dtype=torch.float64, requires_grad=True)
+    many = TruncNormal(m1.expand(200_000, 1), torch.full((200_000, 1), std, dtype=torch.float64)).rsample()
+    (dm,) = torch.autograd.grad(many.mean(), m1)
+    exact_dm = (closed_mean(mean + h, std) - closed_mean(mean - h, std)) / (2 * h)
+    assert dm.item() == pytest.approx(exact_dm, abs=0.01) and exact_dm < 0.9  # not TF's 1 anywhere here
+
+
+def test_trunc_normal_rejects_an_unknown_gradient():
+    with pytest.raises(ValueError, match=r"unknown truncated-normal gradient 'implicit'; accepted: \['exact', 'tf'\]"):
+        TruncNormal(torch.zeros(2), torch.ones(2), grad="implicit")
 
 
 def test_policy_modes_and_shapes():

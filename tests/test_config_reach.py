@@ -32,7 +32,7 @@ COMMON = {
     "agent": {"horizon": 4, "gamma": 0.9, "lambda_": 0.8, "actor_lr": 1e-4, "critic_lr": 2e-4,
               "slow_target_every": 7, "actor_grad": "both", "actor_ent": "linear(1e-3,1e-4,100)",
               "actor_grad_mix": 0.3, "reward_transform": "tanh", "units": 20, "layers": 3, "eps": 1e-6, "clip": 50.0,
-              "weight_decay": 1e-5},
+              "weight_decay": 1e-5, "trunc_grad": "exact"},
     "replay": {"capacity": 5000, "batch": 3, "length": 6, "prioritize_ends": True, "uniform_over": "steps",
                "disk_capacity": 7000},
     "tempo": {"upper_loss": "vagram", "value_norm": "moving", "weighter_inputs": "SV",
@@ -124,6 +124,7 @@ REACH: dict[str, Getter] = {
     "agent.units": lambda r: r.agent.actor.net[0].out_features,
     "agent.layers": lambda r: len(linears(r.agent.actor)) - 1,
     "agent.eps": lambda r: r.agent.actor_opt.param_groups[0]["eps"],
+    "agent.trunc_grad": lambda r: r.agent.actor(torch.zeros(1, r.agent.feat_dim)).grad,
     "agent.clip": lambda r: r.agent.updater.parts["actor"].clip,  # actor and critic: the same config field
     "agent.weight_decay": lambda r: agent_group(r)["weight_decay"] * agent_group(r)["lr"]
     if agent_group(r)["decoupled_weight_decay"] else None,

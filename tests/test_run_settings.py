@@ -179,3 +179,20 @@ def test_a_resume_that_would_change_the_world_models_precision_is_refused(tmp_pa
         p = run_cli([*args, "--until", "300" if "world_model_precision" in saved_run else "225"])
         assert p.returncode == 0, p.stderr[-3000:]
         assert json.loads(p.stdout.strip().splitlines()[-1])["world_model_precision"] == here
+
+
+def test_runs_made_before_trunc_grad_resume_with_the_exact_gradient():
+    """`agent.trunc_grad` defaults to TensorFlow's gradient, the references'; a run saved before the field existed
+    trained with the exact one and must go on with it, and a resume may not switch it mid-run (one line)."""
+    from recipes.cli import resume_config
+    from recipes.usage import UsageError
+
+    saved = build("debug").model_dump(mode="json")
+    assert saved["agent"]["trunc_grad"] == "tf"
+    cfg, changed = resume_config(saved, {}, None)
+    assert cfg.agent.trunc_grad == "tf" and changed == {}
+    old = {**saved, "agent": {k: v for k, v in saved["agent"].items() if k != "trunc_grad"}}
+    cfg, changed = resume_config(old, {}, None)
+    assert cfg.agent.trunc_grad == "exact" and changed == {}
+    with pytest.raises(UsageError, match=r"agent\.trunc_grad 'exact' -> 'tf'"):
+        resume_config(old, {"agent": {"trunc_grad": "tf"}}, None)
