@@ -26,6 +26,7 @@ import contextlib
 import copy
 import functools
 import math
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -150,8 +151,9 @@ class TruncNormal:
 
     def __init__(self, mean: Tensor, std: Tensor, low: float = -1.0, high: float = 1.0, clip: float = 1e-6,
                  grad: TruncGrad = "exact"):
-        if grad not in ("exact", "tf"):
-            raise ValueError(f"unknown truncated-normal gradient {grad!r}; accepted: ['exact', 'tf']")
+        accepted = list(typing.get_args(TruncGrad))
+        if grad not in accepted:
+            raise ValueError(f"unknown truncated-normal gradient {grad!r}; accepted: {accepted}")
         self.mean, self.std, self.low, self.high, self.clip, self.grad = mean, std, low, high, clip, grad
         self.alpha = (low - mean) / std
         self.beta = (high - mean) / std

@@ -226,17 +226,21 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[f"{prefix}{k}"] = v
     return out
 
+# What a run saved before a field existed trained with, where that is not the field's default: it resumes so.
+BEFORE_THE_FIELD: dict[tuple[str, str], Any] = {
+    ("run", "world_model_precision"): None,  # the world model trained at run.precision
+    ("agent", "trunc_grad"): "exact",  # the actor learned with the exact action-sample gradient
+}
+
 
 def resume_config(saved: dict[str, Any], explicit: dict[str, Any], preset: str | None) -> tuple[Config, dict]:
     """The saved run's config with the command line's explicit settings on top, and what they change; a
     change outside SAFE_ON_RESUME is a one-line UsageError listing what differs."""
     fields = {k: v for k, v in saved.items() if k in Config.model_fields}
-    run = fields.get("run")
-    if isinstance(run, dict) and "world_model_precision" not in run:  # made before the field: the world model
-        fields["run"] = {**run, "world_model_precision": None}  # trained at run.precision, and goes on so
-    agent = fields.get("agent")
-    if isinstance(agent, dict) and "trunc_grad" not in agent:  # made before the field: the exact gradient
-        fields["agent"] = {**agent, "trunc_grad": "exact"}
+    for (section, name), before in BEFORE_THE_FIELD.items():
+        values = fields.get(section)
+        if isinstance(values, dict) and name not in values:
+            fields[section] = {**values, name: before}
     try:
         old = Config.model_validate(fields)
         new = Config.model_validate(deep_update(old.model_dump(), explicit))

@@ -50,14 +50,13 @@ def compare(run: Run, batches: int) -> list[dict[str, float | list[float]]]:
                     loss, _, stats = agent.losses(wm, start, batch["is_terminal"], ent_scale, None, noise)
             finally:
                 hook.remove()
-            *dparams, = torch.autograd.grad(loss, params, retain_graph=True)
-            draw = torch.autograd.grad(loss, raw[:-1])  # the last state's action is not scored
-            grads[g] = torch.cat([d.flatten() for d in dparams])
+            d = torch.autograd.grad(loss, params + raw[:-1])  # the last state's action is not scored
+            grads[g] = torch.cat([x.flatten() for x in d[:len(params)]])
             a = agent.action_dim
-            d_std = torch.stack([d[:, a:] for d in draw]).sum(0).mean(0)  # [A]: summed over steps, mean over N
+            d_std = torch.stack([x[:, a:] for x in d[len(params):]]).sum(0).mean(0)  # [A]: over steps, mean over N
             row[f"loss_{g}"] = loss.item()
             row[f"dstd_{g}"] = [float(f"{v:.3g}") for v in d_std.tolist()]
-            row["ent"] = stats["actor_ent"].item()
+        row["ent"] = stats["actor_ent"].item()  # the same samples under both
         row["cos"] = torch.nn.functional.cosine_similarity(grads["exact"], grads["tf"], dim=0).item()
         row["norm_ratio"] = (grads["tf"].norm() / grads["exact"].norm()).item()
         out.append(row)
