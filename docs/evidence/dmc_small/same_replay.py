@@ -50,7 +50,9 @@ def fixed_batches(run: Run, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 
 def evaluate(run: Run, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    torch.manual_seed(0)  # the same prior samples for both arms
+    # the same prior samples for both arms; it also restarts training's random numbers after each evaluation (the
+    # arms draw in turn, so they still differ from each other: what the control needs), as the JSONs were made
+    torch.manual_seed(0)
     rows = [score(run, b, HORIZON) for b in batches]
     return {k: float(torch.stack([r[k] for r in rows]).mean()) for k in SHOWN}
 
