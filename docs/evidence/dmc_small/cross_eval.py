@@ -35,14 +35,19 @@ from recipes.rundir import RunDir
 CONTEXT = 5  # posterior steps before the open-loop rollout starts (DreamerV2's video_pred uses 5)
 
 
+def fresh(config_of: Path, replay_of: Path, tmp: Path) -> Run:
+    """A new run with `config_of`'s config (one thread, float32) on a copy of `replay_of`'s replay."""
+    cfg, _ = resume_config(RunDir(config_of).saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
+    shutil.copytree(replay_of / "replay", tmp / "replay")
+    return Run(cfg, tmp)
+
+
 def load(path: Path, tmp: Path) -> Run:
-    rundir = RunDir(path)
-    cfg, _ = resume_config(rundir.saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
-    loaded = rundir.load_checkpoint()
+    """The run at `path` as its checkpoint left it, on a copy of its replay."""
+    loaded = RunDir(path).load_checkpoint()
     if loaded is None:
         raise SystemExit(f"error: {path} holds no checkpoint")
-    shutil.copytree(path / "replay", tmp / "replay")
-    run = Run(cfg, tmp)
+    run = fresh(path, path, tmp)
     run.restore(loaded[0])
     return run
 

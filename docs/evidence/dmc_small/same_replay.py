@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,22 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recipes.cli import resume_config
 from recipes.run import Run
 from recipes.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cross_eval import score  # noqa: E402
+from cross_eval import fresh, score  # noqa: E402
 
 HORIZON = 15
 SHOWN = ("kl", "state", "obs_mse_1", "obs_mse_5", "obs_mse_15", "rew_mse_1", "rew_mse_15")
-
-
-def fresh(config_of: Path, replay_of: Path, tmp: Path) -> Run:
-    """A new run with `config_of`'s config (one thread, float32) on a copy of `replay_of`'s replay."""
-    cfg, _ = resume_config(RunDir(config_of).saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
-    shutil.copytree(replay_of / "replay", tmp / "replay")
-    return Run(cfg, tmp)
 
 
 def fixed_batches(run: Run, n: int, seed: int) -> list[dict[str, torch.Tensor]]:
