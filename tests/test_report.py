@@ -480,9 +480,9 @@ LOG_EVERY, LOG_TARGET = 1000, 10_000
 # method -> what its training log holds: dreamerv2 logs wm/weight_std = 0 (uniform weights) and the diagnostics;
 # "pixels" logs wm/image_loss instead of wm/state_loss; "older" logs neither (a run from before these keys).
 LOG_SEEDS = {"dreamerv2": [0, 1], "tempo": [0, 1, 2], "tempo-official": [0, 1], "pixels": [0, 1], "older": [0]}
-LOG_STOP = {("tempo", 2): 6000}  # a slow seed: its tail is 5000..6000, not 8000..10000
+LOG_STOP = {("tempo", 2): 6000}  # a slow seed: its last evaluation (5000) is the task's frame budget
 NO_EPISODE_START = {("tempo-official", 1)}  # no episode start in any batch: that statistic is never logged
-NAN_AT = ("tempo", 0, "wm/kl", 9000)  # a non-finite value in the tail: skipped
+NAN_AT = ("tempo", 0, "wm/kl", 5000)  # a non-finite value in the tail: skipped
 
 
 def log_value(method: str, seed: int, key: str, step: int) -> float:
@@ -522,15 +522,17 @@ def write_logged_leaf(leaf: Path, method: str, seed: int) -> None:
     (leaf / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def expected_tail(method: str, key: str) -> tuple[float, float | None, int]:
-    """By hand: per seed, the mean over its records at frames >= 0.8 x its last logged frame; over seeds (std None,
-    as in report.json, for one seed)."""
+def expected_tail(method: str, key: str, budget: int = 5000) -> tuple[float, float | None, int]:
+    """By hand: per seed, the mean over its records at frames in [0.8 budget, budget], the task's frame budget (set
+    by the slow seed's last evaluation unless given); over seeds (std None, as in report.json, for one seed)."""
     per_seed = []
     for seed in LOG_SEEDS[method]:
         if key not in log_keys(method, seed):
             continue
         last = LOG_STOP.get((method, seed), LOG_TARGET)
-        tail = [s for s in range(LOG_EVERY, last + 1, LOG_EVERY) if s >= 0.8 * last]
+        if last < budget:
+            continue
+        tail = [s for s in range(LOG_EVERY, last + 1, LOG_EVERY) if 0.8 * budget <= s <= budget]
         tail = [s for s in tail if (method, seed, key, s) != NAN_AT]
         per_seed.append(np.mean([log_value(method, seed, key, s) for s in tail]))
     std = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
@@ -558,16 +560,19 @@ def test_weight_table_matches_hand_computation(logged):
             assert cell["mean"] == pytest.approx(mean, abs=1e-12), (method, key)
             assert cell["std"] == (None if std is None else pytest.approx(std, abs=1e-12)), (method, key)
             assert cell["n"] == n
-    assert weights["tempo"]["n"] == 3 and weights["tempo"]["frames"]["cartpole_swingup/tempo/2"] == 6000
+    assert weights["tempo"]["n"] == 3 and weights["tempo"]["window"] == [4000, 5000]
+    assert weights["tempo"]["frames"] == {f"cartpole_swingup/tempo/{s}": 5000 for s in (0, 1, 2)}
     assert weights["tempo-official"]["metrics"]["wm/weight_episode_start"]["n"] == 1  # one seed never logs it
-    # the slow seed's tail is its own last 20% (5000, 6000), by hand
-    seed2 = weights["tempo"]["metrics"]["wm/weight_upper_corr"]["runs"]["cartpole_swingup/tempo/2"]
-    assert seed2 == pytest.approx((log_value("tempo", 2, "wm/weight_upper_corr", 5000)
-                                   + log_value("tempo", 2, "wm/weight_upper_corr", 6000)) / 2, abs=1e-12)
+    # every seed at the same frames: a finished seed's records past the budget (6000..10000) do not count, by hand
+    seed0 = weights["tempo"]["metrics"]["wm/weight_upper_corr"]["runs"]["cartpole_swingup/tempo/0"]
+    assert seed0 == pytest.approx((log_value("tempo", 0, "wm/weight_upper_corr", 4000)
+                                   + log_value("tempo", 0, "wm/weight_upper_corr", 5000)) / 2, abs=1e-12)
     md = logged["md"]
     mean, std, _ = expected_tail("tempo", "wm/weight_phase_corr")
     assert f"{mean:.3f} ± {std:.3f}" in md
     assert "(n=1)" in md  # the statistic only one of tempo-official's two seeds logs
+    assert f"| cartpole_swingup | tempo | 3 | 4,000–5,000 | {expected_tail('tempo', runs.WEIGHT_METRICS[0])[0]:.3f}" \
+        in md
     assert [r["weighted"] for r in logged["json"]["runs"] if r["path"].startswith("cartpole_swingup/tempo/")] \
         == [True] * 3
 
@@ -585,6 +590,22 @@ def test_diagnostics_table_matches_hand_computation(logged):
     assert diag["pixels"]["metrics"][decoder]["keys"] == ["wm/image_loss"]
     assert diag["pixels"]["metrics"][decoder]["mean"] == pytest.approx(expected_tail("pixels", "wm/image_loss")[0])
     assert diag["dreamerv2"]["metrics"][decoder]["keys"] == ["wm/state_loss"]
+
+
+def test_training_log_tables_at_frames_leave_out_the_runs_short_of_them(logged, tmp_path):
+    """With `--frames`, the tables hold the runs scored there, over the window below it: the slow seed (6000
+    frames) is only in the figures, and the others' records at 8000..10000 count."""
+    payload = build.build_report(logged["out"].parent, tmp_path / "at", reps=20, frames=LOG_TARGET)
+    tempo = payload["weights"]["tasks"]["cartpole_swingup"]["tempo"]
+    assert tempo["window"] == pytest.approx([8000, 10_000]) and tempo["n"] == 2
+    assert set(tempo["frames"]) == {"cartpole_swingup/tempo/0", "cartpole_swingup/tempo/1"}
+    for key in runs.WEIGHT_METRICS:
+        mean, std, n = expected_tail("tempo", key, LOG_TARGET)
+        assert (tempo["metrics"][key]["mean"], tempo["metrics"][key]["std"], n) == (
+            pytest.approx(mean, abs=1e-12), pytest.approx(std, abs=1e-12), 2), key
+    kl = payload["diagnostics"]["tasks"]["cartpole_swingup"]["tempo"]["metrics"]["wm/kl"]
+    assert kl["mean"] == pytest.approx(expected_tail("tempo", "wm/kl", LOG_TARGET)[0], abs=1e-12)
+    assert payload["files"]["weights"] == "weights.png"  # drawn from every run, the slow seed's too
 
 
 def test_training_log_figures_written(logged):

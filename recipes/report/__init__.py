@@ -31,7 +31,7 @@ Rules (chosen so a sweep that is still running is compared fairly)
   ``run.eval_every`` after a due frame without its own evaluation counts at that frame (a run resumed by code before
   2e4e862 evaluated an agent step late, e.g. at 3 001 frames for 3 000). ``--frames N`` scores every task at N
   frames instead (a campaign's endpoint while later seeds are on their way): the runs short of N are listed
-  (``short_of_frames``), not scored, and still drawn in the curves and the training-log tables.
+  (``short_of_frames``), not scored, and still drawn in the curves and the training-log figures.
 * **Area under the curve** (``auc``), the second score: the mean of a run's evaluation returns at frames in
   ``(0, budget]``, every evaluation up to the task's frame budget with equal weight. The TEMPO paper's claim is
   sample efficiency, which a final score alone misses (two methods can end equal after one got there first). The
@@ -71,9 +71,10 @@ Rules (chosen so a sweep that is still running is compared fairly)
   frames, mean and 95% Student-t band over seeds, one row per task, one colour per method. Only *weighted* runs
   enter: runs that log a weight statistic other than ``wm/weight_std``, or a non-zero ``wm/weight_std``
   (DreamerV2 logs ``wm/weight_std = 0`` and none of the others; older runs log none of them). The table gives, per task
-  and method, each statistic's **tail mean**: per run, the mean of its records at frames ``>= 0.8 F`` where ``F``
-  is the last frame the run logged the statistic at (the last 20% of the frames it reached; each run its own, so
-  a slow seed of a running sweep still counts), then mean ± std over the runs, with their number.
+  and method, each statistic's **tail mean**: per scored run, the mean of its records at frames in ``[0.8 B, B]``,
+  ``B`` the task's frame budget (the last 20% of the frames its scores are at; the same window for every run of a
+  task, so a seed still at 3e4 frames is not averaged with one at 1e5: a run short of ``--frames`` is only in the
+  figure), then mean ± std over the runs, with their number. A run with no record in the window is left out.
 * **World-model diagnostics** (``diagnostics.png`` and a table, every method): the unweighted ``wm/kl``,
   decoder loss (``wm/state_loss``, or ``wm/image_loss`` for pixel runs), ``wm/reward_loss``, ``wm/post_ent``,
   ``agent/imag_return``, ``agent/actor_ent`` (:data:`~.runs.DIAGNOSTIC_METRICS`) against frames; the same tail means.

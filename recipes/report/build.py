@@ -80,7 +80,7 @@ def _rules(last_k: int, frames: int | None) -> dict[str, str]:
         "frame_budget": "per task, the largest frame count every scored run of the task reached "
                         "(min over runs of the last evaluation step)" if frames is None else
                         f"{frames} frames for every task (--frames): the runs short of it are not scored; the "
-                        "curves and the training-log tables show every run",
+                        "curves and the training-log figures show every run",
         "final_score": f"mean of the last {last_k} evaluation return(s) at or below the task's frame budget",
         "auc": "area under the curve: mean of the evaluation returns at frames in (0, frame budget], step 0 "
                "(untrained policy) excluded; None if there is none",
@@ -89,8 +89,8 @@ def _rules(last_k: int, frames: int | None) -> dict[str, str]:
                       "normalisable task; same runs per task (smallest count, lowest seeds)",
         "welch": "scipy.stats.ttest_ind(equal_var=False) of final scores (welch) and AUCs (welch_auc), method vs "
                  "baseline, per task",
-        "tail_mean": f"per run, mean of the records at frames >= {1 - TAIL_FRACTION:g} x the last frame it logged "
-                     "the metric at; then mean and std over runs",
+        "tail_mean": f"per scored run, mean of the records at frames in [{1 - TAIL_FRACTION:g} x B, B], B its "
+                     "task's frame budget (the frames its scores are at); then mean and std over runs",
         "anchors": "published returns (mean, std over seeds), x in environment frames (agent steps x action repeat)",
         "std": "sample std (ddof=1)",
     }
@@ -107,25 +107,28 @@ def _with(groups: Groups, keep: Callable[[Run], bool]) -> Groups:
     return {k: rs for k, rs in kept.items() if rs}
 
 
-def training_log_report(groups: Groups, colors: dict, baseline: str, out: Path) -> tuple[dict, dict]:
-    """The weight statistics of the weighted runs and the world-model diagnostics of every run: tables, and
-    ``weights.png`` / ``diagnostics.png`` when there is something to draw. Returns (payload part, files)."""
-    weighted = _with(groups, is_weighted)
-    logs_diag = _with(groups, lambda r: any(metric_key(r, a) for a in DIAGNOSTIC_METRICS))
+def training_log_report(groups: Groups, every_group: Groups, budgets: dict[str, int], colors: dict, baseline: str,
+                        out: Path) -> tuple[dict, dict]:
+    """The weight statistics of the weighted runs and the world-model diagnostics: tables of the scored runs
+    (``groups``) at their tasks' frame budgets, so that a run still on its way is not averaged with finished ones,
+    and ``weights.png`` / ``diagnostics.png`` of every run (``every_group``) when there is something to draw.
+    Returns (payload part, files)."""
     weight_metrics = tuple((k,) for k in WEIGHT_METRICS)
+    logs_diag = lambda r: any(metric_key(r, a) for a in DIAGNOSTIC_METRICS)  # noqa: E731
     files = {}
-    if weighted:
+    if weighted := _with(every_group, is_weighted):
         files["weights"] = "weights.png"
         figures.plot_metric_grid(weighted, weight_metrics, colors, baseline, out / files["weights"],
                                  "What the weighter learned: mean and 95% CI over seeds (weighted runs)")
-    if logs_diag:
+    if diagnosed := _with(every_group, logs_diag):
         files["diagnostics"] = "diagnostics.png"
-        figures.plot_metric_grid(logs_diag, DIAGNOSTIC_METRICS, colors, baseline, out / files["diagnostics"],
+        figures.plot_metric_grid(diagnosed, DIAGNOSTIC_METRICS, colors, baseline, out / files["diagnostics"],
                                  "World model and agent (unweighted): mean and 95% CI over seeds")
     part = {"tail_fraction": TAIL_FRACTION,
-            "weights": {"metrics": list(WEIGHT_METRICS), "tasks": metric_table(weighted, weight_metrics)},
+            "weights": {"metrics": list(WEIGHT_METRICS),
+                        "tasks": metric_table(_with(groups, is_weighted), weight_metrics, budgets)},
             "diagnostics": {"metrics": [metric_name(a) for a in DIAGNOSTIC_METRICS],
-                            "tasks": metric_table(logs_diag, DIAGNOSTIC_METRICS)}}
+                            "tasks": metric_table(_with(groups, logs_diag), DIAGNOSTIC_METRICS, budgets)}}
     return part, files
 
 
@@ -215,7 +218,7 @@ def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int 
     figures.plot_task_curves(every_group, budgets, colors, baseline, out / files["curves"], anchors)
     if matrices:
         files.update(figures.aggregate_figures(aggregate, prof, colors, out))
-    logs, log_files = training_log_report(every_group, colors, baseline, out)
+    logs, log_files = training_log_report(groups, every_group, budgets, colors, baseline, out)
     files.update(log_files)
 
     baseline_present = any(m == baseline for _, m in groups)
@@ -230,7 +233,8 @@ def build_report(sweep: Path, out: Path, baseline: str = "dreamerv2", reps: int 
         "welch": welch_rows(groups, finals, baseline), "welch_auc": welch_rows(groups, aucs, baseline),
         "welch_over_evals": welch_over_evals(groups, baseline) if baseline_present else [],
         "contrasts": {"final": grid_contrasts(groups, finals, baseline, reps, seed),
-                      "auc": grid_contrasts(groups, aucs, baseline, reps, seed), "flag_weights": flag_weights(groups)},
+                      "auc": grid_contrasts(groups, aucs, baseline, reps, seed),
+                      "flag_weights": flag_weights(groups, budgets)},
         "anchors": anchors, **logs,
         "files": files | {"markdown": "report.md", "json": "report.json"},
     }

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import stats
 
 from recipes.report.runs import FLAG_WEIGHT_METRICS, Groups, Run
-from recipes.report.stats import sample_std, scored, tail_mean, welch
+from recipes.report.stats import sample_std, scored, tail_mean, tail_window, welch
 
 __all__ = ["bootstrap_ci", "flag_weights", "grid_contrasts", "split_label"]
 
@@ -82,13 +82,17 @@ def grid_contrasts(groups: Groups, scores: dict[str, float | None], baseline: st
     return {"gains": gains, "interactions": interactions}
 
 
-def flag_weights(groups: Groups, metrics: tuple[str, ...] = FLAG_WEIGHT_METRICS) -> list[dict]:
-    """Per task, label and flag metric logged: the runs' tail means (:func:`tail_mean`), their mean, 95% t-interval,
-    and a one-sample t-test against 1 (the weights do not single out flagged steps)."""
+def flag_weights(groups: Groups, budgets: dict[str, int],
+                 metrics: tuple[str, ...] = FLAG_WEIGHT_METRICS) -> list[dict]:
+    """Per task, label and flag metric logged: the runs' tail means over the task's window at its frame budget
+    (:func:`tail_window`), their mean, 95% t-interval, and a one-sample t-test against 1 (the weights do not single
+    out flagged steps)."""
     rows = []
     for (task, label), runs in sorted(groups.items()):
+        window = tail_window(budgets[task])
         for key in metrics:
-            per = np.array([tail_mean(*r.series[key]) for r in runs if key in r.series])
+            tails = [tail_mean(*r.series[key], window) for r in runs if key in r.series]
+            per = np.array([t for t in tails if t is not None])
             if not len(per):
                 continue
             n, mean = len(per), float(per.mean())

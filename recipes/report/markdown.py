@@ -155,14 +155,14 @@ def _md_metric_table(part: dict) -> list[str]:
     rows = []
     for task, methods in part["tasks"].items():
         for method, g in methods.items():
-            frames = list(g["frames"].values())
             cells = []
             for name in part["metrics"]:
                 c = g["metrics"].get(name)
                 cells.append("n/a" if c is None else f"{fmt(c['mean'])} ± {fmt(c['std'])}"
                              + (f" (n={c['n']})" if c["n"] < g["n"] else ""))
-            rows.append([task, method, str(g["n"]), f"{min(frames):,}–{max(frames):,}", *cells])
-    return _table(["task", "method", "n seeds", "frames reached", *(f"`{m}`" for m in part["metrics"])], rows)
+            lo, hi = g["window"]
+            rows.append([task, method, str(g["n"]), f"{math.ceil(lo):,}–{hi:,}", *cells])
+    return _table(["task", "method", "n seeds", "window (frames)", *(f"`{m}`" for m in part["metrics"])], rows)
 
 
 def _md_contrasts(p: dict) -> list[str]:
@@ -189,8 +189,8 @@ def _md_contrasts(p: dict) -> list[str]:
                            fmt(r["difference"], ".1f"), ci(r["ci"])] for r in inter]) + [""]
     if c["flag_weights"]:
         md += [f"Mean weight where a flag is set, over the batch mean (1 = no preference): mean over the last "
-               f"{p['tail_fraction']:.0%} of the frames, then over seeds, with a 95% t-interval and a one-sample "
-               "t-test against 1.", ""]
+               f"{p['tail_fraction']:.0%} of the frames up to the task's frame budget, then over seeds, with a 95% "
+               "t-interval and a one-sample t-test against 1.", ""]
         md += _table(["task", "method", "metric", "n", "mean", "95% CI", "p (≠ 1)"],
                      [[r["task"], r["method"], f"`{r['metric']}`", str(r["n"]), fmt(r["mean"]),
                        f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]", fmt(r["p_vs_1"])] for r in c["flag_weights"]])
@@ -198,10 +198,12 @@ def _md_contrasts(p: dict) -> list[str]:
 
 
 def _md_training_logs(p: dict) -> list[str]:
-    tail = f"the last {p['tail_fraction']:.0%} of the frames each run reached"
+    tail = (f"the last {p['tail_fraction']:.0%} of the frames up to the task's frame budget (`window`; the scored "
+            "runs only, every run is in the figures)")
     md = ["## What the weighter learned", ""]
     if not p["weights"]["tasks"]:
-        md += ["No weighted run (no `wm/weight_*` statistic, or uniform weights only): no `weights.png`."]
+        md += ["No weighted run among the scored runs (no `wm/weight_*` statistic in the window, or uniform weights "
+               "only)" + ("." if "weights" in p["files"] else ": no `weights.png`.")]
     else:
         md += ["Weighted runs only. Correlations of the sample weights with the per-sample upper loss, the reward "
                "and the step's index in its episode; mean weight at episode starts and chunk starts over the batch "

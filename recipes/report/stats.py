@@ -21,9 +21,9 @@ from recipes.report.tasks import normalisation
 
 __all__ = ["TAIL_FRACTION", "Welch", "auc_score", "band_stats", "common_grid", "curve_stats",
            "detectable_difference", "final_score", "frame_budgets", "metric_table", "sample_std", "scored",
-           "tail_mean", "welch", "welch_over_evals", "welch_rows"]
+           "tail_mean", "tail_window", "welch", "welch_over_evals", "welch_rows"]
 
-TAIL_FRACTION = 0.2  # tail means: the last 20% of the frames each run reached
+TAIL_FRACTION = 0.2  # tail means: the last 20% of the frames up to the task's frame budget
 
 
 def sample_std(x: np.ndarray) -> float:
@@ -247,24 +247,37 @@ def curve_stats(runs: list[Run], task: str) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def tail_mean(frames: np.ndarray, values: np.ndarray, fraction: float = TAIL_FRACTION) -> float:
-    """Mean of the values logged in the last ``fraction`` of the frames reached: at frames >= (1 - fraction) F,
-    F the last frame logged (sorted ``frames``). The tolerance keeps a record exactly at 0.8 F inside."""
-    start = (1.0 - fraction) * frames[-1] * (1.0 - 1e-12)
-    return float(values[frames >= start].mean())
+def tail_window(budget: int, fraction: float = TAIL_FRACTION) -> tuple[float, int]:
+    """The frames a tail mean covers: ``[(1 - fraction) budget, budget]``, ``budget`` the task's frame budget, so
+    every run of a task is summarised at the same stage of training, the one its scores are taken at (a run's own
+    last frames would put a run at 3e4 frames beside one at 1e5)."""
+    return (1.0 - fraction) * budget, budget
 
 
-def _metric_cell(runs: list[Run], alternatives: tuple[str, ...], frames: dict[str, int]) -> dict | None:
-    """One metric of one group: per run its :func:`tail_mean`, then mean, std and number over the runs; records in
-    ``frames`` the last frame each run logged it at. None when no run logs it."""
+def tail_mean(frames: np.ndarray, values: np.ndarray, window: tuple[float, int]) -> float | None:
+    """Mean of the values logged at frames in ``window`` (:func:`tail_window`), None when none is. The tolerance
+    keeps a record exactly at the window's start inside."""
+    lo, hi = window
+    inside = (frames >= lo * (1.0 - 1e-12)) & (frames <= hi)
+    return float(values[inside].mean()) if inside.any() else None
+
+
+def _metric_cell(runs: list[Run], alternatives: tuple[str, ...], window: tuple[float, int],
+                 frames: dict[str, int]) -> dict | None:
+    """One metric of one group: per run its :func:`tail_mean` over ``window``, then mean, std and number over the
+    runs; records in ``frames`` the last frame in the window each run logged it at. None when no run logs it
+    there."""
     per_run, keys = {}, set()
     for r in runs:
         key = metric_key(r, alternatives)
         if key is None:
             continue
         steps, values = r.series[key]
-        per_run[r.rel] = tail_mean(steps, values)
-        frames[r.rel] = max(frames.get(r.rel, 0), int(steps[-1]))
+        mean = tail_mean(steps, values, window)
+        if mean is None:
+            continue
+        per_run[r.rel] = mean
+        frames[r.rel] = max(frames.get(r.rel, 0), int(steps[steps <= window[1]][-1]))
         keys.add(key)
     if not per_run:
         return None
@@ -273,14 +286,16 @@ def _metric_cell(runs: list[Run], alternatives: tuple[str, ...], frames: dict[st
             "runs": per_run}
 
 
-def metric_table(groups: Groups, metrics: tuple[tuple[str, ...], ...]) -> dict:
-    """Per task and method, per metric (:func:`recipes.report.runs.metric_name`): the :func:`_metric_cell`, and the
-    frames each run reached (``frames``: the last frame it logged a metric at). Runs logging none of ``metrics``
-    are left out; a group with none of them is absent."""
+def metric_table(groups: Groups, metrics: tuple[tuple[str, ...], ...], budgets: dict[str, int]) -> dict:
+    """Per task and method, per metric (:func:`recipes.report.runs.metric_name`): the :func:`_metric_cell` over the
+    task's :func:`tail_window` at its frame budget (``budgets``), the window, and the last frame in it each run
+    logged at (``frames``). Runs logging none of ``metrics`` there are left out; a group with none is absent."""
     out: dict = {}
     for (task, method), runs in groups.items():
         frames: dict[str, int] = {}
-        cells = {metric_name(a): c for a in metrics if (c := _metric_cell(runs, a, frames)) is not None}
+        window = tail_window(budgets[task])
+        cells = {metric_name(a): c for a in metrics if (c := _metric_cell(runs, a, window, frames)) is not None}
         if cells:
-            out.setdefault(task, {})[method] = {"n": len(frames), "frames": frames, "metrics": cells}
+            out.setdefault(task, {})[method] = {"n": len(frames), "window": list(window), "frames": frames,
+                                                "metrics": cells}
     return out
