@@ -1,0 +1,404 @@
+"""One actor-critic update's losses and gradients, ours against the reference's, with the same weights and noise.
+
+Issue 19 §2 asks to look at "the reference's behaviour on the same batch". This script puts one of our runs'
+weights into danijar/dreamerv2's own modules (its `WorldModel.imagine`, `ActorCritic.target`, `actor_loss` and
+`critic_loss`, run by TensorFlow), rolls out the same imagination from the same posterior start states, and
+compares every intermediate quantity and both gradients with ours (`agents.ActorCritic.losses`, `agent.trunc_grad
+tf`). The reference samples its own random numbers (TFP's truncated normal for the actions, the Gaussian prior);
+ours replays them: the action's uniforms are recovered from the reference's samples by its truncated normal's CDF,
+the prior's standard normals as (stoch - mean) / std. Three steps, the middle one in the reference's environment
+(`run_reference.sh setup`):
+
+    python docs/evidence/reference/same_batch.py export RUN /tmp/sb/in.npz         # our weights and start states
+    /tmp/refenv/bin/python docs/evidence/reference/same_batch.py reference /tmp/sb/in.npz /tmp/sb/ref.npz
+    python docs/evidence/reference/same_batch.py compare /tmp/sb/in.npz /tmp/sb/ref.npz [--json OUT]
+
+RUN is a `dmc_small` run directory with a checkpoint (its replay is read from a copy). Every array crosses as
+float32 in our layout (torch parameter names, [out, in] weights, feat = cat(h, s)); the reference's layouts
+(Keras kernels [in, out], feat = cat(stoch, deter), the actor's separate mean and std layers) are mapped in
+`_tf_params` alone. `compare` prints, per quantity, the largest absolute difference and the relative one
+(over the largest magnitude of the reference's), and for the gradients their cosine and norm ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+WORK = Path(os.environ.get("WORK", "/tmp/ref"))  # run_reference.sh's patched copy of danijar/dreamerv2
+
+
+# ---------------------------------------------------------------------------------------------- ours (torch)
+
+MODULES = {  # prefix -> our module, of a recipes.run.Run
+    "encoder": lambda run: run.wm.encoder, "rssm": lambda run: run.wm.rssm, "decoder": lambda run: run.wm.decoder,
+    "reward": lambda run: run.wm.reward_head, "actor": lambda run: run.agent.actor.net,
+    "critic": lambda run: run.agent.critic.net, "slow": lambda run: run.agent.slow_critic.net}
+
+def _load_run(run_dir: Path, tmp: Path):  # -> recipes.run.Run, restored from its checkpoint
+    import shutil
+
+    import torch
+
+    from recipes.cli import resume_config
+    from recipes.run import Run
+    from recipes.rundir import RunDir
+
+    rundir = RunDir(run_dir)
+    cfg, _ = resume_config(rundir.saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
+    loaded = rundir.load_checkpoint()
+    if loaded is None:
+        raise SystemExit(f"error: {run_dir} holds no checkpoint")
+    shutil.copytree(run_dir / "replay", tmp / "replay")
+    run = Run(cfg, tmp)
+    run.restore(loaded[0])
+    torch.manual_seed(0)
+    return run
+
+
+def export(run_dir: Path, out: Path, batch_seed: int) -> None:
+    """Our weights (world model's imagination parts, actor, critic, slow critic) and one replay batch's posterior
+    states, the start states of the imagination."""
+    import tempfile
+
+    import torch
+
+    from agents import schedules
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _load_run(run_dir, Path(tmp))
+        run.replay.set_rng_state(np.random.default_rng(batch_seed).bit_generator.state)  # which chunks
+        batch = run.to_torch(run.replay.sample())
+        with torch.no_grad():
+            post, _, _ = run.wm.observe(batch)
+        agent, rssm = run.agent, run.wm.rssm
+        arrays = {f"start/{k}": v.numpy() for k, v in post.items()}  # [T, B, ...]
+        arrays |= {f"batch/{k}": v.numpy() for k, v in batch.items()}  # [T, B, ...]
+        for prefix, module in MODULES.items():
+            for name, p in module(run).named_parameters():
+                arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
+        meta = {"run": str(run_dir.resolve()), "frames": run.step, "batch_seed": batch_seed,
+                "deter": rssm.deter, "stoch": rssm.stoch, "hidden": rssm.img_in[0].out_features,
+                "action_dim": agent.action_dim, "horizon": agent.horizon, "gamma": agent.gamma,
+                "lambda": agent.lambda_, "ent_scale": schedules.value(agent.actor_ent, run.agent_step),
+                "min_std": agent.actor.min_std, "units": agent.actor.net[0].out_features,
+                "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
+                "obs_key": run.wm.obs_key}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, meta=json.dumps(meta), **arrays)
+    print(f"exported {len(arrays)} arrays from {run_dir} at {meta['frames']} frames to {out}")
+
+
+def ours(inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np.ndarray]:
+    """Our losses, intermediates and gradients with the reference's random numbers."""
+    import tempfile
+
+    import torch
+    from scipy.special import ndtr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _load_run(Path(meta["run"]), Path(tmp))
+    agent, wm = run.agent, run.wm
+    agent.actor.trunc_grad = trunc_grad
+    start = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("start/")}
+    start = {k: v.reshape(-1, *v.shape[2:]) for k, v in start.items()}  # [N, ...]
+    # The reference's samples as our noise: x = mean + std * ndtri(Phi(a) + u (Phi(b) - Phi(a))) solved for u.
+    mean, std, x = (ref[k].astype(np.float64) for k in ("actor_mean", "actor_std", "action"))  # [H, N, A]
+    lo, hi = ndtr((-1 - mean) / std), ndtr((1 - mean) / std)
+    u = (ndtr((x - mean) / std) - lo) / (hi - lo)
+    uniforms = [torch.from_numpy(u[i].astype(np.float32)) for i in range(u.shape[0])]
+    prior = [torch.from_numpy(e) for e in ref["prior_eps"]]  # [H] x [N, stoch]
+    from agents.actor_critic import frozen
+    raw: list[torch.Tensor] = []
+    hook = agent.actor.net.register_forward_hook(lambda _m, _i, o: raw.append(o))
+    feats: list[torch.Tensor] = []
+    orig_imagine = wm.imagine
+
+    def imagine(*args, **kwargs):  # keep the rollout for the comparison
+        seq = orig_imagine(*args, **kwargs)
+        feats.append(seq["feat"])
+        return seq
+
+    wm.imagine = imagine
+    try:
+        with frozen(wm):
+            actor_loss, critic_loss, stats = agent.losses(wm, start, None, meta["ent_scale"], None,
+                                                          (uniforms, prior))
+    finally:
+        hook.remove()
+        wm.imagine = orig_imagine
+    a_params = dict(agent.actor.net.named_parameters())
+    c_params = dict(agent.critic.net.named_parameters())
+    ga = torch.autograd.grad(actor_loss, list(a_params.values()), retain_graph=True)
+    gc = torch.autograd.grad(critic_loss, list(c_params.values()))
+    feat = feats[0].detach()  # [H+1, N, F]
+    with torch.no_grad():
+        reward = wm.reward(feat)
+        value = agent.value(feat, slow=True)
+        out = torch.stack(raw[:-1] if len(raw) > agent.horizon else raw)  # [H, N, 2A]
+        dist = agent.actor.dist(out)
+    res = {"feat": feat, "reward": reward, "value": value, "actor_mean": dist.mean, "actor_std": dist.std,
+           "actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
+           "actor_ent": stats["actor_ent"], "critic_target": stats["critic_target"],
+           "critic_value": stats["critic_value"]}
+    res = {k: v.numpy() for k, v in res.items()}
+    res.update({f"grad/actor/{n}": g.numpy() for n, g in zip(a_params, ga, strict=True)})
+    res.update({f"grad/critic/{n}": g.numpy() for n, g in zip(c_params, gc, strict=True)})
+    return res
+
+
+def ours_world_model(inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
+    """Our world-model loss, its terms and its gradients on the batch, with the reference's posterior noise."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _load_run(Path(meta["run"]), Path(tmp))
+    wm, rssm = run.wm, run.wm.rssm
+    batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
+    eps = torch.from_numpy(ref["wm/post_eps"]).transpose(0, 1)  # [B, T, S] -> [T, B, S]
+    calls = iter(range(2 * eps.shape[0]))
+    sample = rssm._sample
+
+    def injected(stats, noise=None):  # observe samples the prior, then the posterior, at every step
+        i = next(calls)
+        return sample(stats, noise) if i % 2 == 0 else sample(stats, eps[i // 2])
+
+    rssm._sample = injected
+    try:
+        loss, terms, post, prior, _ = wm.loss(batch)
+    finally:
+        del rssm._sample
+    params = {f"{prefix}/{n}": p for prefix in ("encoder", "rssm", "decoder", "reward")
+              for n, p in MODULES[prefix](run).named_parameters()}
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    res = {"wm/loss": loss, "wm/nll_obs": terms[meta["obs_key"]].mean(), "wm/nll_reward": terms["reward"].mean(),
+           "wm/kl_value": terms["kl"].mean(),
+           **{f"wm/post_{k}": post[k] for k in ("mean", "std")}, **{f"wm/prior_{k}": prior[k] for k in ("mean", "std")}}
+    res = {k: v.detach().numpy() for k, v in res.items()}
+    res |= {f"grad/{k}": (np.zeros(p.shape, np.float32) if g is None else g.numpy())
+            for (k, p), g in zip(params.items(), grads, strict=True)}
+    return res
+
+
+def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
+    inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
+    meta = json.loads(str(inp.pop("meta")))
+    rows = []
+    for trunc_grad in ("tf", "exact", "world model"):
+        mine = ours_world_model(inp, ref, meta) if trunc_grad == "world model" else ours(inp, ref, meta, trunc_grad)
+        for key in sorted(mine):
+            r, m = ref[key].astype(np.float64), mine[key].astype(np.float64)
+            if key.startswith("wm/p"):  # the reference's [B, T, ...]
+                r = np.swapaxes(r, 0, 1)
+            diff = float(np.abs(r - m).max())
+            scale = float(np.abs(r).max())
+            row = {"trunc_grad": trunc_grad, "quantity": key, "max_abs_diff": diff,
+                   "rel": diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))}
+            if r.ndim == 0:
+                row |= {"reference": float(r), "ours": float(m)}
+            if key.startswith("grad/") and not (r.any() or m.any()):  # e.g. the prior's, with the KL under free nats
+                row |= {"cos": 1.0, "norm_ratio": 1.0, "both_zero": True}
+            elif key.startswith("grad/"):
+                row["cos"] = float((r * m).sum() / (np.linalg.norm(r) * np.linalg.norm(m) + 1e-30))
+                row["norm_ratio"] = float(np.linalg.norm(m) / (np.linalg.norm(r) + 1e-30))
+            rows.append(row)
+    for row in rows:
+        extra = ("  both exactly zero" if row.get("both_zero") else
+                 f"  cos {row['cos']:.6f}  norm ours/ref {row['norm_ratio']:.4f}" if "cos" in row else
+                 f"  reference {row['reference']:.7g}, ours {row['ours']:.7g}" if "ours" in row else "")
+        print(f"{row['trunc_grad']:11s} {row['quantity']:28s} max|diff| {row['max_abs_diff']:.3e}  "
+              f"rel {row['rel']:.2e}{extra}")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------------------- the reference (TF)
+
+def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray | None]]:
+    """(our parameter name, the reference's variable, our output rows it holds, our input columns in its order or
+    None) for every parameter the update reads. Keras kernels are [in, out], ours [out, in]."""
+    deter, stoch, a = meta["deter"], meta["stoch"], meta["action_dim"]
+    feat_cols = np.r_[deter:deter + stoch, 0:deter]  # the reference's feat = cat(stoch, deter); ours cat(h, s)
+    every = slice(None)
+    rssm = wm.rssm
+    out = [("rssm/img_in.0.weight", rssm._modules["img_in"].kernel, every, None),
+           ("rssm/img_in.0.bias", rssm._modules["img_in"].bias, every, None),
+           ("rssm/cell.layer.weight", rssm._cell._layer.kernel, every, None),
+           ("rssm/cell.layer.bias", rssm._cell._layer.bias, every, None),
+           ("rssm/cell.norm.weight", rssm._cell._norm.gamma, every, None),
+           ("rssm/cell.norm.bias", rssm._cell._norm.beta, every, None),
+           ("rssm/img_out.0.weight", rssm._modules["img_out_0"].kernel, every, None),
+           ("rssm/img_out.0.bias", rssm._modules["img_out_0"].bias, every, None),
+           ("rssm/img_out.2.weight", rssm._modules["img_dist_0"].kernel, every, None),
+           ("rssm/img_out.2.bias", rssm._modules["img_dist_0"].bias, every, None),
+           ("rssm/obs_out.0.weight", rssm._modules["obs_out"].kernel, every, None),  # both on cat(deter, embed)
+           ("rssm/obs_out.0.bias", rssm._modules["obs_out"].bias, every, None),
+           ("rssm/obs_out.2.weight", rssm._modules["obs_dist"].kernel, every, None),
+           ("rssm/obs_out.2.bias", rssm._modules["obs_dist"].bias, every, None)]
+    encoder, decoder = wm.encoder, wm.heads["decoder"]
+    for i in range(meta["layers"]):
+        for prefix, dense in (("encoder", encoder._modules[f"dense{i}"]), ("decoder", decoder._modules[f"dense{i}"])):
+            cols = feat_cols if prefix == "decoder" and i == 0 else None
+            out += [(f"{prefix}/{2 * i}.weight", dense.kernel, every, cols),
+                    (f"{prefix}/{2 * i}.bias", dense.bias, every, None)]
+    last = decoder._modules[f"dense_{meta['obs_key']}"]._modules["out"]
+    out += [(f"decoder/{2 * meta['layers']}.weight", last.kernel, every, None),
+            (f"decoder/{2 * meta['layers']}.bias", last.bias, every, None)]
+    heads = {"reward": wm.heads["reward"], "actor": ac.actor, "critic": ac.critic, "slow": ac._target_critic}
+    for prefix, mlp in heads.items():
+        for i in range(meta["layers"]):
+            dense = mlp._modules[f"dense{i}"]
+            out += [(f"{prefix}/{2 * i}.weight", dense.kernel, every, feat_cols if i == 0 else None),
+                    (f"{prefix}/{2 * i}.bias", dense.bias, every, None)]
+        last, dist = 2 * meta["layers"], mlp._modules["out"]
+        if prefix == "actor":  # one [2A] layer of ours = the reference's `out` (mean) and `std` layers
+            for name, rows in (("out", slice(0, a)), ("std", slice(a, 2 * a))):
+                out += [(f"{prefix}/{last}.weight", dist._modules[name].kernel, rows, None),
+                        (f"{prefix}/{last}.bias", dist._modules[name].bias, rows, None)]
+        else:
+            out += [(f"{prefix}/{last}.weight", dist._modules["out"].kernel, every, None),
+                    (f"{prefix}/{last}.bias", dist._modules["out"].bias, every, None)]
+    return out
+
+
+def _to_tf(value: np.ndarray, rows: slice, cols: np.ndarray | None) -> np.ndarray:
+    if value.ndim == 1:
+        return value[rows]
+    w = value[rows]
+    return (w if cols is None else w[:, cols]).T
+
+
+def reference(inp_path: Path, out_path: Path, seed: int) -> None:
+    sys.path[:0] = [str(WORK / "dreamerv2"), str(WORK)]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import ruamel.yaml as yaml  # the reference reads its configs with it (ruamel.yaml < 0.18)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import agent as ref_agent  # danijar/dreamerv2's agent.py
+    import common
+
+    inp = dict(np.load(inp_path))
+    meta = json.loads(str(inp.pop("meta")))
+    configs = yaml.safe_load((WORK / "dreamerv2" / "configs.yaml").read_text())
+    config = common.Config(configs["defaults"]).update(configs["dmc_proprio"])
+    units, layers = meta["units"], meta["layers"]
+    config = config.update({  # run_reference.sh's flags: dmc_small
+        "precision": 32, "rssm.discrete": 0, "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
+        "rssm.stoch": meta["stoch"], "reward_head.layers": layers, "reward_head.units": units,
+        "actor.layers": layers, "actor.units": units, "critic.layers": layers, "critic.units": units,
+        "imag_horizon": meta["horizon"], "discount": meta["gamma"], "discount_lambda": meta["lambda"],
+        "actor_ent": meta["ent_scale"], "actor.min_std": meta["min_std"],
+        "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers})
+
+    class Space:
+        def __init__(self, shape: tuple[int, ...]):
+            self.shape = shape
+
+    tfstep = tf.Variable(0, dtype=tf.int64)
+    obs_key = meta["obs_key"]
+    wm = ref_agent.WorldModel(config, {obs_key: Space(inp[f"batch/{obs_key}"].shape[2:])}, tfstep)
+    ac = ref_agent.ActorCritic(config, Space((meta["action_dim"],)), tfstep)
+    start = {"stoch": inp["start/s"], "deter": inp["start/h"], "mean": inp["start/mean"], "std": inp["start/std"]}
+    start = {k: tf.constant(v) for k, v in start.items()}
+    reward_fn = lambda seq: wm.heads["reward"](seq["feat"]).mode()  # noqa: E731  (the reference Agent's)
+    seq = wm.imagine(ac.actor, start, None, 2)  # builds the variables
+    ac.target({**seq, "reward": reward_fn(seq)}), ac.critic(seq["feat"])
+    data = {k: tf.constant(np.swapaxes(inp[f"batch/{k}"], 0, 1).astype(np.float32))  # ours [T, B] -> [B, T]
+            for k in (obs_key, "action", "reward", "is_first", "is_terminal")}
+    wm.loss(data)  # builds the encoder's, the posterior's and the decoder's variables
+    for name, var, rows, cols in _tf_params(wm, ac, meta):
+        var.assign(_to_tf(inp[f"param/{name}"], rows, cols))
+
+    record: dict[str, list] = {"actor_mean": [], "actor_std": []}
+
+    def policy(feat):  # the reference's actor, its distribution's parameters kept for `compare`
+        dist = ac.actor(feat)
+        record["actor_mean"].append(dist.distribution.loc)
+        record["actor_std"].append(dist.distribution.scale)
+        return dist
+
+    tf.random.set_seed(seed)
+    with tf.GradientTape() as actor_tape:  # ActorCritic.train's body, without the optimizer steps
+        seq = wm.imagine(policy, start, None, meta["horizon"])
+        seq["reward"], _ = ac.rewnorm(reward_fn(seq))
+        target, mets2 = ac.target(seq)
+        actor_loss, mets3 = ac.actor_loss(seq, target)
+    with tf.GradientTape() as critic_tape:
+        critic_loss, mets4 = ac.critic_loss(seq, target)
+    ga = actor_tape.gradient(actor_loss, ac.actor.variables)
+    gc = critic_tape.gradient(critic_loss, ac.critic.variables)
+    grads = {id(v): g for v, g in zip(ac.actor.variables + ac.critic.variables, list(ga) + list(gc), strict=True)}
+
+    wm_modules = [wm.encoder, wm.rssm, *wm.heads.values()]  # WorldModel.train's
+    with tf.GradientTape() as model_tape:
+        model_loss, _, outs, wm_metrics = wm.loss(data)
+    wm_vars = [v for m in wm_modules for v in m.variables]
+    grads |= {id(v): g for v, g in zip(wm_vars, model_tape.gradient(model_loss, wm_vars), strict=True)}
+    post, prior = outs["post"], outs["prior"]
+
+    deter = meta["deter"]
+    feat = seq["feat"].numpy()
+    res = {"feat": np.concatenate([feat[..., -deter:], feat[..., :-deter]], -1),  # to ours: cat(h, s)
+           "reward": seq["reward"].numpy(), "value": ac._target_critic(seq["feat"]).mode().numpy(),
+           "actor_mean": np.stack([m.numpy() for m in record["actor_mean"][1:]]),  # [0]: imagine's zero action
+           "actor_std": np.stack([s.numpy() for s in record["actor_std"][1:]]),
+           "action": seq["action"].numpy()[1:],  # [H, N, A]: seq's action 0 is the start's zeros
+           "prior_eps": ((seq["stoch"][1:] - seq["mean"][1:]) / seq["std"][1:]).numpy(),
+           "actor_loss": actor_loss.numpy(), "critic_loss": critic_loss.numpy(),
+           "actor_ent": mets3["actor_ent"].numpy(), "critic_target": mets2["critic_target"].numpy(),
+           "critic_value": mets4["critic"].numpy(),
+           "wm/loss": model_loss.numpy(), "wm/nll_obs": wm_metrics[f"{obs_key}_loss"].numpy(),
+           "wm/nll_reward": wm_metrics["reward_loss"].numpy(), "wm/kl_value": wm_metrics["model_kl"].numpy(),
+           "wm/post_eps": ((post["stoch"] - post["mean"]) / post["std"]).numpy(),
+           **{f"wm/post_{k}": post[k].numpy() for k in ("mean", "std")},
+           **{f"wm/prior_{k}": prior[k].numpy() for k in ("mean", "std")}}
+    for name, var, rows, cols in _tf_params(wm, ac, meta):
+        kind = name.split("/")[0]
+        if kind == "slow" or id(var) not in grads:
+            continue
+        key = f"grad/{kind}/{name.split('/', 1)[1]}"
+        g = grads[id(var)].numpy()
+        block = res.setdefault(key, np.zeros_like(inp[f"param/{name}"]))[rows]  # a view: writes go through
+        if cols is None:
+            block[...] = g.T  # a bias: g.T is g
+        else:
+            block[:, cols] = g.T
+    np.savez(out_path, **{k: np.asarray(v, np.float32) for k, v in res.items()})
+    print(f"reference: actor loss {float(actor_loss):.6g}, critic loss {float(critic_loss):.6g} -> {out_path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("run", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--batch-seed", type=int, default=0)
+    r = sub.add_parser("reference")
+    r.add_argument("inp", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("compare")
+    c.add_argument("inp", type=Path)
+    c.add_argument("ref", type=Path)
+    c.add_argument("--json", type=Path)
+    args = p.parse_args()
+    if args.cmd == "export":
+        export(args.run, args.out, args.batch_seed)
+    elif args.cmd == "reference":
+        reference(args.inp, args.out, args.seed)
+    else:
+        compare(args.inp, args.ref, args.json)
+
+
+if __name__ == "__main__":
+    main()
