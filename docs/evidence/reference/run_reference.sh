@@ -5,6 +5,7 @@
 #
 #   bash docs/evidence/reference/run_reference.sh setup REPO      # once: venv in $VENV, a patched copy in $WORK
 #   bash docs/evidence/reference/run_reference.sh run TASK LOGDIR [flags...]   # e.g. finger_spin /tmp/ref/f0
+#   bash docs/evidence/reference/run_reference.sh setup-tempo REPO  # deng-ai-lab/TEMPO for same_batch_tempo.py
 #
 # REPO is a checkout of danijar/dreamerv2 (git clone https://github.com/danijar/dreamerv2). Two lines of the copy
 # change, nothing that trains: the assert that stops a run without a GPU, and an import that TF 2.15 moved
@@ -13,6 +14,7 @@
 set -euo pipefail
 VENV=${VENV:-/tmp/refenv}
 WORK=${WORK:-/tmp/ref}
+WORK_TEMPO=${WORK_TEMPO:-/tmp/tempo_ref}
 case "${1:-}" in
   setup)
     repo=${2:?usage: setup REPO}
@@ -27,6 +29,15 @@ case "${1:-}" in
     sed -i 's/from tensorflow.keras.mixed_precision import experimental as prec/from tensorflow.keras import mixed_precision as prec/' \
       "$WORK/dreamerv2/common/nets.py"
     ;;
+  setup-tempo)
+    # deng-ai-lab/TEMPO (a copy of its checkout) in $WORK_TEMPO for same_batch_tempo.py, in the same environment
+    # (setup first); the one line TF 2.15 needs changed is the same import as DreamerV2's.
+    repo=${2:?usage: setup-tempo REPO}
+    rm -rf "$WORK_TEMPO" && mkdir -p "$WORK_TEMPO"
+    cp -r "$repo"/agent.py "$repo"/expl.py "$repo"/configs.yaml "$repo"/common "$WORK_TEMPO/"
+    sed -i 's/from tensorflow.keras.mixed_precision import experimental as prec/from tensorflow.keras import mixed_precision as prec/' \
+      "$WORK_TEMPO/common/nets.py"
+    ;;
   run)
     task=${2:?usage: run TASK LOGDIR [flags]} logdir=${3:?usage: run TASK LOGDIR [flags]}
     shift 3
@@ -39,5 +50,5 @@ case "${1:-}" in
       --reward_head.units 200 --actor.layers 2 --actor.units 200 --critic.layers 2 --critic.units 200 \
       --log_every 500 "$@"
     ;;
-  *) echo "usage: $0 setup REPO | run TASK LOGDIR [flags...]" >&2; exit 2 ;;
+  *) echo "usage: $0 setup REPO | setup-tempo REPO | run TASK LOGDIR [flags...]" >&2; exit 2 ;;
 esac

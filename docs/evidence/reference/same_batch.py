@@ -38,19 +38,25 @@ WORK = Path(os.environ.get("WORK", "/tmp/ref"))  # run_reference.sh's patched co
 MODULES = {  # prefix -> our module, of a recipes.run.Run
     "encoder": lambda run: run.wm.encoder, "rssm": lambda run: run.wm.rssm, "decoder": lambda run: run.wm.decoder,
     "reward": lambda run: run.wm.reward_head, "actor": lambda run: run.agent.actor.net,
-    "critic": lambda run: run.agent.critic.net, "slow": lambda run: run.agent.slow_critic.net}
+    "critic": lambda run: run.agent.critic.net, "slow": lambda run: run.agent.slow_critic.net,
+    "weighter": lambda run: run.trainer.weighter}
 
-def _load_run(run_dir: Path, tmp: Path):  # -> recipes.run.Run, restored from its checkpoint
+def load_run(run_dir: Path, tmp: Path, overrides: dict | None = None):  # -> recipes.run.Run, from its checkpoint
+    """The run at its checkpoint, float32 on one thread, its replay a copy in `tmp`; `overrides` (config fields)
+    may change what a resume could not (e.g. the α-gradient's contraction: nothing trains here)."""
     import shutil
 
     import torch
 
     from recipes.cli import resume_config
+    from recipes.config import Config, deep_update
     from recipes.run import Run
     from recipes.rundir import RunDir
 
     rundir = RunDir(run_dir)
     cfg, _ = resume_config(rundir.saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
+    if overrides:
+        cfg = Config.model_validate(deep_update(cfg.model_dump(), overrides))
     loaded = rundir.load_checkpoint()
     if loaded is None:
         raise SystemExit(f"error: {run_dir} holds no checkpoint")
@@ -71,7 +77,7 @@ def export(run_dir: Path, out: Path, batch_seed: int) -> None:
     from agents import schedules
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = _load_run(run_dir, Path(tmp))
+        run = load_run(run_dir, Path(tmp))
         run.replay.set_rng_state(np.random.default_rng(batch_seed).bit_generator.state)  # which chunks
         batch = run.to_torch(run.replay.sample())
         with torch.no_grad():
@@ -80,15 +86,21 @@ def export(run_dir: Path, out: Path, batch_seed: int) -> None:
         arrays = {f"start/{k}": v.numpy() for k, v in post.items()}  # [T, B, ...]
         arrays |= {f"batch/{k}": v.numpy() for k, v in batch.items()}  # [T, B, ...]
         for prefix, module in MODULES.items():
-            for name, p in module(run).named_parameters():
+            for name, p in (module(run).named_parameters() if module(run) is not None else ()):
                 arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
+        # the prior's and the posterior's standard normals [T, B, S] for a TEMPO comparison (`same_batch_tempo.py`):
+        # both sides replay them in every pass of the step (V-VAML reads the prior's sample)
+        rng = np.random.default_rng(batch_seed)
+        for k in ("prior_eps", "post_eps"):
+            arrays[f"noise/{k}"] = rng.standard_normal(post["mean"].shape, np.float32)
         meta = {"run": str(run_dir.resolve()), "frames": run.step, "batch_seed": batch_seed,
                 "deter": rssm.deter, "stoch": rssm.stoch, "hidden": rssm.img_in[0].out_features,
                 "action_dim": agent.action_dim, "horizon": agent.horizon, "gamma": agent.gamma,
                 "lambda": agent.lambda_, "ent_scale": schedules.value(agent.actor_ent, run.agent_step),
                 "min_std": agent.actor.min_std, "units": agent.actor.net[0].out_features,
                 "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
-                "obs_key": run.wm.obs_key}
+                "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
+                                                                  for k, v in arrays.items() if "weighter" in k)}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, meta=json.dumps(meta), **arrays)
     print(f"exported {len(arrays)} arrays from {run_dir} at {meta['frames']} frames to {out}")
@@ -102,7 +114,7 @@ def ours(inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np.ndar
     from scipy.special import ndtr
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = _load_run(Path(meta["run"]), Path(tmp))
+        run = load_run(Path(meta["run"]), Path(tmp))
     agent, wm = run.agent, run.wm
     agent.actor.trunc_grad = trunc_grad
     start = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("start/")}
@@ -159,7 +171,7 @@ def ours_world_model(inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = _load_run(Path(meta["run"]), Path(tmp))
+        run = load_run(Path(meta["run"]), Path(tmp))
     wm, rssm = run.wm, run.wm.rssm
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
     eps = torch.from_numpy(ref["wm/post_eps"]).transpose(0, 1)  # [B, T, S] -> [T, B, S]
@@ -187,34 +199,55 @@ def ours_world_model(inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
     return res
 
 
+def compare_rows(ref: dict, mine: dict, label: str) -> list[dict]:
+    """Per quantity of `mine`: the largest absolute difference to `ref`'s, relative to `ref`'s largest magnitude;
+    for a gradient also the cosine and the norm ratio (ours / the reference's); for a scalar both values. Arrays
+    whose key starts with 'wm/p' are the reference's [B, T, ...] (batch-major) and are swapped to ours, [T, B]."""
+    rows = []
+    family_max: dict[str, float] = {}  # the largest entry of each gradient (its keys' first part) in the reference
+    for key in (k for k in mine if k.startswith("grad")):
+        fam = key.split("/")[0] + "/" + key.split("/")[1] if key.startswith("grad/") else key.split("/")[0]
+        family_max[fam] = max(family_max.get(fam, 0.0), float(np.abs(ref[key]).max()))
+    for key in sorted(mine):
+        r, m = ref[key].astype(np.float64), mine[key].astype(np.float64)
+        if key.startswith("wm/p"):
+            r = np.swapaxes(r, 0, 1)
+        diff, scale = float(np.abs(r - m).max()), float(np.abs(r).max())
+        row = {"label": label, "quantity": key, "max_abs_diff": diff,
+               "rel": diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))}
+        if r.ndim == 0:
+            row |= {"reference": float(r), "ours": float(m)}
+        fam = key.split("/")[0] + "/" + key.split("/")[1] if key.startswith("grad/") else key.split("/")[0]
+        if key.startswith("grad") and not (r.any() or m.any()):  # e.g. the prior's, with the KL under free nats
+            row |= {"cos": 1.0, "norm_ratio": 1.0, "both_zero": True}
+        elif key.startswith("grad") and max(np.abs(r).max(), np.abs(m).max()) <= 1e-6 * family_max[fam]:
+            # zero but for rounding in both, e.g. a bias in front of a training-mode BatchNorm (the weighter's),
+            # which subtracts the batch mean: a cosine of rounding errors says nothing
+            row |= {"negligible": True}
+        elif key.startswith("grad"):
+            row["cos"] = float((r * m).sum() / (np.linalg.norm(r) * np.linalg.norm(m) + 1e-30))
+            row["norm_ratio"] = float(np.linalg.norm(m) / (np.linalg.norm(r) + 1e-30))
+        rows.append(row)
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    for row in rows:
+        extra = ("  both exactly zero" if row.get("both_zero") else
+                 "  both zero to rounding (<= 1e-6 of the gradient's largest entry)" if row.get("negligible") else
+                 f"  cos {row['cos']:.6f}  norm ours/ref {row['norm_ratio']:.4f}" if "cos" in row else
+                 f"  reference {row['reference']:.7g}, ours {row['ours']:.7g}" if "ours" in row else "")
+        print(f"{row['label']:30s} {row['quantity']:32s} max|diff| {row['max_abs_diff']:.3e}  "
+              f"rel {row['rel']:.2e}{extra}")
+
+
 def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
     inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
     meta = json.loads(str(inp.pop("meta")))
-    rows = []
-    for trunc_grad in ("tf", "exact", "world model"):
-        mine = ours_world_model(inp, ref, meta) if trunc_grad == "world model" else ours(inp, ref, meta, trunc_grad)
-        for key in sorted(mine):
-            r, m = ref[key].astype(np.float64), mine[key].astype(np.float64)
-            if key.startswith("wm/p"):  # the reference's [B, T, ...]
-                r = np.swapaxes(r, 0, 1)
-            diff = float(np.abs(r - m).max())
-            scale = float(np.abs(r).max())
-            row = {"trunc_grad": trunc_grad, "quantity": key, "max_abs_diff": diff,
-                   "rel": diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))}
-            if r.ndim == 0:
-                row |= {"reference": float(r), "ours": float(m)}
-            if key.startswith("grad/") and not (r.any() or m.any()):  # e.g. the prior's, with the KL under free nats
-                row |= {"cos": 1.0, "norm_ratio": 1.0, "both_zero": True}
-            elif key.startswith("grad/"):
-                row["cos"] = float((r * m).sum() / (np.linalg.norm(r) * np.linalg.norm(m) + 1e-30))
-                row["norm_ratio"] = float(np.linalg.norm(m) / (np.linalg.norm(r) + 1e-30))
-            rows.append(row)
-    for row in rows:
-        extra = ("  both exactly zero" if row.get("both_zero") else
-                 f"  cos {row['cos']:.6f}  norm ours/ref {row['norm_ratio']:.4f}" if "cos" in row else
-                 f"  reference {row['reference']:.7g}, ours {row['ours']:.7g}" if "ours" in row else "")
-        print(f"{row['trunc_grad']:11s} {row['quantity']:28s} max|diff| {row['max_abs_diff']:.3e}  "
-              f"rel {row['rel']:.2e}{extra}")
+    rows = compare_rows(ref, ours(inp, ref, meta, "tf"), "actor-critic, trunc_grad tf")
+    rows += compare_rows(ref, ours(inp, ref, meta, "exact"), "actor-critic, trunc_grad exact")
+    rows += compare_rows(ref, ours_world_model(inp, ref, meta), "world model")
+    print_rows(rows)
     if json_out is not None:
         json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
@@ -275,6 +308,49 @@ def _to_tf(value: np.ndarray, rows: slice, cols: np.ndarray | None) -> np.ndarra
     return (w if cols is None else w[:, cols]).T
 
 
+class Space:
+    """A gym-like space: what the references' constructors read of one."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
+
+
+def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference's common.Config
+    """The reference's `dmc_proprio` config at `dmc_small`'s sizes (run_reference.sh's flags), from `configs.yaml`
+    at `path` (danijar/dreamerv2's, or deng-ai-lab/TEMPO's, which has the same sections)."""
+    configs = yaml.safe_load(path.read_text())
+    config = common.Config(configs["defaults"]).update(configs["dmc_proprio"])
+    units, layers = meta["units"], meta["layers"]
+    return config.update({
+        "precision": 32, "rssm.discrete": 0, "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
+        "rssm.stoch": meta["stoch"], "reward_head.layers": layers, "reward_head.units": units,
+        "actor.layers": layers, "actor.units": units, "critic.layers": layers, "critic.units": units,
+        "imag_horizon": meta["horizon"], "discount": meta["gamma"], "discount_lambda": meta["lambda"],
+        "actor_ent": meta["ent_scale"], "actor.min_std": meta["min_std"],
+        "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers})
+
+
+def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldModel, start, data)
+    """The reference's world model and actor-critic with our weights; the start states and the batch as its
+    tensors ([B, T] batch-major, as its replay gives them)."""
+    import tensorflow as tf
+
+    obs_key = meta["obs_key"]
+    wm = ref_agent.WorldModel(config, {obs_key: Space(inp[f"batch/{obs_key}"].shape[2:])}, tf.Variable(0, tf.int64))
+    ac = ref_agent.ActorCritic(config, Space((meta["action_dim"],)), wm.tfstep)
+    start = {"stoch": inp["start/s"], "deter": inp["start/h"], "mean": inp["start/mean"], "std": inp["start/std"]}
+    start = {k: tf.constant(v) for k, v in start.items()}
+    seq = wm.imagine(ac.actor, start, None, 2)  # builds the variables (Keras builds a layer at its first call)
+    ac.target({**seq, "reward": wm.heads["reward"](seq["feat"]).mode()}), ac.critic(seq["feat"])
+    data = {k: tf.constant(np.swapaxes(inp[f"batch/{k}"], 0, 1).astype(np.float32))  # ours [T, B] -> [B, T]
+            for k in (obs_key, "action", "reward", "is_first", "is_terminal")}
+    # the encoder's, the posterior's and the decoder's variables (TEMPO's WorldModel calls its loss model_loss)
+    wm.loss(data) if hasattr(wm, "loss") else wm.model_loss(data, meta_weights=False)
+    for name, var, rows, cols in _tf_params(wm, ac, meta):
+        var.assign(_to_tf(inp[f"param/{name}"], rows, cols))
+    return ac, wm, start, data
+
+
 def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     sys.path[:0] = [str(WORK / "dreamerv2"), str(WORK)]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -288,35 +364,8 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
 
     inp = dict(np.load(inp_path))
     meta = json.loads(str(inp.pop("meta")))
-    configs = yaml.safe_load((WORK / "dreamerv2" / "configs.yaml").read_text())
-    config = common.Config(configs["defaults"]).update(configs["dmc_proprio"])
-    units, layers = meta["units"], meta["layers"]
-    config = config.update({  # run_reference.sh's flags: dmc_small
-        "precision": 32, "rssm.discrete": 0, "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
-        "rssm.stoch": meta["stoch"], "reward_head.layers": layers, "reward_head.units": units,
-        "actor.layers": layers, "actor.units": units, "critic.layers": layers, "critic.units": units,
-        "imag_horizon": meta["horizon"], "discount": meta["gamma"], "discount_lambda": meta["lambda"],
-        "actor_ent": meta["ent_scale"], "actor.min_std": meta["min_std"],
-        "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers})
-
-    class Space:
-        def __init__(self, shape: tuple[int, ...]):
-            self.shape = shape
-
-    tfstep = tf.Variable(0, dtype=tf.int64)
-    obs_key = meta["obs_key"]
-    wm = ref_agent.WorldModel(config, {obs_key: Space(inp[f"batch/{obs_key}"].shape[2:])}, tfstep)
-    ac = ref_agent.ActorCritic(config, Space((meta["action_dim"],)), tfstep)
-    start = {"stoch": inp["start/s"], "deter": inp["start/h"], "mean": inp["start/mean"], "std": inp["start/std"]}
-    start = {k: tf.constant(v) for k, v in start.items()}
-    reward_fn = lambda seq: wm.heads["reward"](seq["feat"]).mode()  # noqa: E731  (the reference Agent's)
-    seq = wm.imagine(ac.actor, start, None, 2)  # builds the variables
-    ac.target({**seq, "reward": reward_fn(seq)}), ac.critic(seq["feat"])
-    data = {k: tf.constant(np.swapaxes(inp[f"batch/{k}"], 0, 1).astype(np.float32))  # ours [T, B] -> [B, T]
-            for k in (obs_key, "action", "reward", "is_first", "is_terminal")}
-    wm.loss(data)  # builds the encoder's, the posterior's and the decoder's variables
-    for name, var, rows, cols in _tf_params(wm, ac, meta):
-        var.assign(_to_tf(inp[f"param/{name}"], rows, cols))
+    config = reference_config(common, yaml, WORK / "dreamerv2" / "configs.yaml", meta)
+    ac, wm, start, data = build(ref_agent, config, inp, meta)
 
     record: dict[str, list] = {"actor_mean": [], "actor_std": []}
 
@@ -329,7 +378,7 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     tf.random.set_seed(seed)
     with tf.GradientTape() as actor_tape:  # ActorCritic.train's body, without the optimizer steps
         seq = wm.imagine(policy, start, None, meta["horizon"])
-        seq["reward"], _ = ac.rewnorm(reward_fn(seq))
+        seq["reward"], _ = ac.rewnorm(wm.heads["reward"](seq["feat"]).mode())  # the reference Agent's reward_fn
         target, mets2 = ac.target(seq)
         actor_loss, mets3 = ac.actor_loss(seq, target)
     with tf.GradientTape() as critic_tape:
@@ -345,7 +394,7 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     grads |= {id(v): g for v, g in zip(wm_vars, model_tape.gradient(model_loss, wm_vars), strict=True)}
     post, prior = outs["post"], outs["prior"]
 
-    deter = meta["deter"]
+    obs_key, deter = meta["obs_key"], meta["deter"]
     feat = seq["feat"].numpy()
     res = {"feat": np.concatenate([feat[..., -deter:], feat[..., :-deter]], -1),  # to ours: cat(h, s)
            "reward": seq["reward"].numpy(), "value": ac._target_critic(seq["feat"]).mode().numpy(),
@@ -376,6 +425,30 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     print(f"reference: actor loss {float(actor_loss):.6g}, critic loss {float(critic_loss):.6g} -> {out_path}")
 
 
+def summary(paths: list[Path]) -> None:
+    """Per file and label, per gradient family: the smallest cosine / the range of norm ratios / the largest relative
+    difference (rows zero in both left out); and the largest relative difference of the other quantities."""
+    for path in paths:
+        d = json.loads(path.read_text())
+        print(f"{path.name} ({d['meta']['frames']} frames)")
+        labels = dict.fromkeys(r["label"] for r in d["rows"])
+        for label in labels:
+            rows = [r for r in d["rows"] if r["label"] == label]
+            fams = dict.fromkeys(r["quantity"].split("/")[0] + ("/" + r["quantity"].split("/")[1]
+                                 if r["quantity"].startswith("grad/") else "") for r in rows if "cos" in r
+                                 or r.get("negligible"))
+            for fam in fams:
+                g = [r for r in rows if r["quantity"].startswith(fam + "/") and "cos" in r and not r.get("both_zero")]
+                zero = sum(bool(r.get("both_zero") or r.get("negligible")) for r in rows
+                           if r["quantity"].startswith(fam + "/"))
+                print(f"  {label:32s} {fam:14s} {min(r['cos'] for r in g):.6f} / {min(r['norm_ratio'] for r in g):.4f}"
+                      f"-{max(r['norm_ratio'] for r in g):.4f} / {max(r['rel'] for r in g):.1e}"
+                      + (f"  ({zero} zero in both)" if zero else ""))
+            other = [r for r in rows if not r["quantity"].startswith("grad")]
+            worst = max(other, key=lambda r: r["rel"])
+            print(f"  {label:32s} {'other':14s} {worst['rel']:.1e} ({worst['quantity']})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -391,11 +464,15 @@ def main() -> None:
     c.add_argument("inp", type=Path)
     c.add_argument("ref", type=Path)
     c.add_argument("--json", type=Path)
+    m = sub.add_parser("summary", help="summarise compare's JSON files (this script's or same_batch_tempo.py's)")
+    m.add_argument("json", type=Path, nargs="+")
     args = p.parse_args()
     if args.cmd == "export":
         export(args.run, args.out, args.batch_seed)
     elif args.cmd == "reference":
         reference(args.inp, args.out, args.seed)
+    elif args.cmd == "summary":
+        summary(args.json)
     else:
         compare(args.inp, args.ref, args.json)
 

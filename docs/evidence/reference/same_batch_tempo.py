@@ -1,0 +1,252 @@
+"""One TEMPO world-model update, ours against deng-ai-lab/TEMPO's own code, with the same weights and noise.
+
+The flagship's counterpart of `same_batch.py` (which compares DreamerV2's update with danijar/dreamerv2): one of
+our TEMPO checkpoints' world model, weighter and slow critic go into the official TEMPO code's `WorldModel`, whose
+`train` then runs as published (V-VAML through its value BatchNorm, the weighter, the weighted ELBO, and the
+α-gradient as the forward-mode JVP of ∂L_low/∂α along ∇θ L_up), with its optimizers replaced by recorders that keep
+the gradients and apply nothing. Ours is `BilevelTrainer.forward` / `lower_grad` / `alpha_grad` on the same batch:
+the run's own settings (`tempo-official`: sign official, θ'≈θ, unit scale, and its contraction) and each
+contraction named by `--contractions`.
+
+Both sides replay the same prior and posterior noise (`noise/prior_eps`, `noise/post_eps`, drawn by
+`same_batch.py export`; the prior's sample is V-VAML's V(s_prior)) in every pass of the step: ours makes one pass,
+the official code two (one for the upper loss, one for the lower), each of which would draw its own noise
+(docs/FIDELITY.md, "Known and not reproduced"); with the same numbers they are the same pass.
+
+    python docs/evidence/reference/same_batch.py export RUN /tmp/sbt/in.npz      # RUN: a tempo-official run
+    WORK_TEMPO=/tmp/tempo_ref /tmp/refenv/bin/python docs/evidence/reference/same_batch_tempo.py reference \\
+        /tmp/sbt/in.npz /tmp/sbt/ref.npz
+    python docs/evidence/reference/same_batch_tempo.py compare /tmp/sbt/in.npz /tmp/sbt/ref.npz [--json OUT]
+
+WORK_TEMPO is a copy of deng-ai-lab/TEMPO (`run_reference.sh setup-tempo`). Compared: the normalised values'
+upper loss, the weights, the weighted lower loss, ∇θ L_up (encoder + RSSM), ∇θ L_low (the whole world model) and
+the α-gradient, per weighter parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import same_batch as sb  # noqa: E402  (beside this file; numpy only at import)
+
+WORK_TEMPO = Path(os.environ.get("WORK_TEMPO", "/tmp/tempo_ref"))
+
+
+def _weighter_params(wm, meta: dict) -> list[tuple[str, object]]:
+    """(our weighter parameter name, the official weighter's variable): Dense → BatchNorm → ELU blocks, then
+    Dense(1) → BatchNorm, as ours (`bilevel.MetaWeighter`, net.3i / net.3i+1, the output at net.3L / net.3L+1).
+    Its input is [h, post mean, prior mean, v_post, v_prior] in both: no permutation."""
+    mlp, out = wm.meta, []
+    hidden = meta["weighter_layers"] - 1
+    blocks = [(f"dense{i}", f"norm{i}", 3 * i) for i in range(hidden)] + [("dense_out", "norm_out", 3 * hidden)]
+    for dense, norm, i in blocks:
+        d, n = mlp._modules[dense], mlp._modules[norm]._layer
+        out += [(f"net.{i}.weight", d.kernel), (f"net.{i}.bias", d.bias),
+                (f"net.{i + 1}.weight", n.gamma), (f"net.{i + 1}.bias", n.beta)]
+    return out
+
+
+class Recorder:
+    """Stands in for one of the official `common.Optimizer`s inside `WorldModel.train`: gradients are computed as it
+    computes them and kept; nothing is applied."""
+
+    def __init__(self, real):
+        self.real, self.kept = real, {}
+
+    def get_grads(self, tape, loss, modules):  # the official ∇θ L_up (and ∂L_low/∂α), unchanged
+        grads = self.real.get_grads(tape, loss, modules)
+        self.kept.setdefault("get_grads", []).append((loss, grads))
+        return grads
+
+    def __call__(self, tape, loss, modules):  # the model's step: ∇θ L_low as `Optimizer.__call__` takes it
+        import tensorflow as tf
+
+        varibs = tf.nest.flatten([m.variables for m in modules])
+        self.kept["step"] = (loss, varibs, tape.gradient(loss, varibs))
+        return {}
+
+    def apply_grads(self, grads, modules):  # the meta step: the α-gradient
+        self.kept["apply"] = grads
+        return {}
+
+
+def reference(inp_path: Path, out_path: Path) -> None:
+    sys.path[:0] = [str(WORK_TEMPO)]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import ruamel.yaml as yaml
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import agent as tempo_agent  # deng-ai-lab/TEMPO's agent.py
+    import common
+
+    inp = dict(np.load(inp_path))
+    meta = json.loads(str(inp.pop("meta")))
+    if not meta["weighter_layers"]:
+        raise SystemExit(f"error: {inp_path} holds no weighter: export a TEMPO run")
+    units = inp["param/weighter/net.0.weight"].shape[0]
+    config = sb.reference_config(common, yaml, WORK_TEMPO / "configs.yaml", meta).update(
+        {"meta.layers": meta["weighter_layers"] - 1, "meta.units": units})
+    ac, wm, _, data = sb.build(tempo_agent, config, inp, meta)
+    value_fn = ac._target_critic  # Agent.train passes the slow critic
+
+    # The same noise in every pass: obs_step samples the prior, then the posterior.
+    eps = (inp["noise/prior_eps"], inp["noise/post_eps"])  # [T, B, S] each
+    calls = {"i": 0}
+    observe, get_dist = wm.rssm.observe, wm.rssm.get_dist
+
+    def replaying_observe(*args, **kwargs):
+        calls["i"] = 0
+        return observe(*args, **kwargs)
+
+    def replaying_get_dist(stats, ensemble=False):
+        dist = get_dist(stats, ensemble)
+
+        def sample(*_a, **_k):
+            i = calls["i"]
+            calls["i"] += 1
+            return stats["mean"] + stats["std"] * eps[i % 2][i // 2]
+
+        dist.sample = sample
+        return dist
+
+    wm.rssm.observe, wm.rssm.get_dist = replaying_observe, replaying_get_dist
+    model_opt, meta_opt = wm.model_opt, wm.meta_opt
+    wm.model_opt, wm.meta_opt = Recorder(model_opt), Recorder(meta_opt)
+    wm.train(data, value_fn)  # builds the weighter's variables (Keras builds at the first call)
+    for name, var in _weighter_params(wm, meta):
+        value = inp[f"param/weighter/{name}"]
+        var.assign(value.T if value.ndim == 2 else value)  # Keras kernels are [in, out]
+    wm.model_opt, wm.meta_opt = Recorder(model_opt), Recorder(meta_opt)
+    _, outputs, metrics = wm.train(data, value_fn)  # the official step, its optimizers recording
+
+    (upper, g_up), (_, g_alpha_lower) = wm.meta_opt.kept["get_grads"][0], wm.model_opt.kept["get_grads"][0]
+    lower, varibs, g_low = wm.model_opt.kept["step"]
+    g_alpha = wm.meta_opt.kept["apply"]
+    upper_vars = tf.nest.flatten([m.variables for m in (wm.encoder, wm.rssm)])
+    grads = {id(v): g for v, g in zip(varibs, g_low, strict=True)}
+    res = {"upper": upper.numpy(), "lower": lower.numpy(), "w": outputs["weights"].numpy().T,  # [B, T] -> [T, B]
+           "kl": metrics["kl"].numpy()}
+    for name, var, rows, cols in sb._tf_params(wm, ac, meta):
+        kind = name.split("/")[0]
+        if kind in ("encoder", "rssm", "decoder", "reward"):
+            res[f"grad_lower/{name}"] = _ours_layout(grads[id(var)], inp[f"param/{name}"], rows, cols)
+            if kind in ("encoder", "rssm"):
+                up = dict(zip(map(id, upper_vars), g_up, strict=True))[id(var)]
+                res[f"grad_upper/{name}"] = _ours_layout(up, inp[f"param/{name}"], rows, cols)
+    weighter_vars = [v for _, v in _weighter_params(wm, meta)]
+    alpha = {id(v): g for v, g in zip(_meta_vars(wm.meta), g_alpha, strict=True)}
+    for (name, _), var in zip(_weighter_params(wm, meta), weighter_vars, strict=True):
+        g = alpha[id(var)].numpy()
+        res[f"grad_alpha/{name}"] = g.T if g.ndim == 2 else g
+    assert len(g_alpha_lower) == len(g_alpha)
+    np.savez(out_path, **{k: np.asarray(v, np.float32) for k, v in res.items()})
+    print(f"official TEMPO: upper {float(upper):.6g}, lower {float(lower):.6g}, weights "
+          f"{res['w'].mean():.4f} ± {res['w'].std():.4f} -> {out_path}")
+
+
+def _meta_vars(mlp) -> list:
+    """The weighter's variables as the official `get_grads` / `apply_grads` list them: without BatchNorm's moving
+    statistics."""
+    return [v for v in mlp.variables if v.name[-6:-2] != "mean" and v.name[-10:-2] != "variance"]
+
+
+def _ours_layout(g, like: np.ndarray, rows: slice, cols: np.ndarray | None) -> np.ndarray:
+    """A gradient of the reference's variable in our parameter's layout (`same_batch._tf_params`' mapping)."""
+    g, out = g.numpy(), np.zeros_like(like)
+    block = out[rows]  # a view: writes go through
+    if cols is None:
+        block[...] = g.T  # a bias: g.T is g
+    else:
+        block[:, cols] = g.T
+    return out
+
+
+def ours(inp: dict, meta: dict, contraction: str | None) -> dict[str, np.ndarray]:
+    """Our step's quantities on the same batch and posterior noise, with the run's contraction or `contraction`."""
+    import tempfile
+
+    import torch
+
+    overrides = None if contraction is None else {"tempo": {"bilevel": {"contraction": contraction}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = sb.load_run(Path(meta["run"]), Path(tmp), overrides)
+    rssm, trainer, problem = run.wm.rssm, run.trainer, run.problem
+    batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
+    eps = (torch.from_numpy(inp["noise/prior_eps"]), torch.from_numpy(inp["noise/post_eps"]))  # [T, B, S] each
+    calls = {"i": 0}
+    observe, sample = rssm.observe, rssm._sample
+
+    def replaying_observe(*args, **kwargs):
+        calls["i"] = 0
+        return observe(*args, **kwargs)
+
+    def replaying_sample(stats, noise=None):  # _obs_step samples the prior, then the posterior
+        i = calls["i"]
+        calls["i"] += 1
+        return sample(stats, eps[i % 2][i // 2])
+
+    rssm.observe, rssm._sample = replaying_observe, replaying_sample
+    try:
+        sc = trainer.forward(problem, batch)
+        g_low = trainer.lower_grad(sc, meta=True)
+        g_alpha = trainer.alpha_grad(sc)
+        upper, g_up = sc.upper_value(), sc.upper_grad()  # both computed by now, and cached
+    finally:
+        del rssm.observe, rssm._sample
+    names = [n for n, _ in run.wm.named_parameters()]
+    prefix = {"encoder": "encoder", "rssm": "rssm", "decoder": "decoder", "reward_head": "reward"}
+    ours_name = lambda n: f"{prefix[n.split('.')[0]]}/{n.split('.', 1)[1]}"  # noqa: E731
+    res = {"upper": np.float32(upper), "lower": sc.lower.detach().numpy(), "w": sc.w.detach().numpy(),
+           "kl": sc.losses["kl"].detach().mean().numpy()}
+    res |= {f"grad_lower/{ours_name(n)}": g.numpy() for n, g in zip(names, g_low, strict=True)}
+    up_names = set(problem.upper_parameter_names())  # g_up covers θ, zero outside encoder + RSSM
+    res |= {f"grad_upper/{ours_name(n)}": g.numpy() for n, g in zip(names, g_up, strict=True) if n in up_names}
+    res |= {f"grad_alpha/{n}": g.numpy() for (n, _), g in zip(trainer.weighter.named_parameters(), g_alpha,
+                                                                 strict=True)}
+    res["contraction"] = trainer.cfg.contraction
+    return res
+
+
+def compare(inp_path: Path, ref_path: Path, contractions: list[str], json_out: Path | None) -> None:
+    inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
+    meta = json.loads(str(inp.pop("meta")))
+    rows = []
+    for contraction in [None, *contractions]:
+        mine = ours(inp, meta, contraction)
+        label = f"ours, {mine.pop('contraction')}" + (" (the run's)" if contraction is None else "")
+        rows += sb.compare_rows(ref, mine, label)
+    sb.print_rows(rows)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("reference")
+    r.add_argument("inp", type=Path)
+    r.add_argument("out", type=Path)
+    c = sub.add_parser("compare")
+    c.add_argument("inp", type=Path)
+    c.add_argument("ref", type=Path)
+    c.add_argument("--contractions", default="double_backward",
+                   help="comma-separated contractions to compare besides the run's own")
+    c.add_argument("--json", type=Path)
+    args = p.parse_args()
+    if args.cmd == "reference":
+        reference(args.inp, args.out)
+    else:
+        compare(args.inp, args.ref, [x for x in args.contractions.split(",") if x], args.json)
+
+
+if __name__ == "__main__":
+    main()
