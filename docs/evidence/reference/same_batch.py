@@ -1,23 +1,27 @@
-"""One actor-critic update's losses and gradients, ours against the reference's, with the same weights and noise.
+"""One DreamerV2 update's losses and gradients, ours against the reference's, with the same weights and noise.
 
 Issue 19 §2 asks to look at "the reference's behaviour on the same batch". This script puts one of our runs'
-weights into danijar/dreamerv2's own modules (its `WorldModel.imagine`, `ActorCritic.target`, `actor_loss` and
-`critic_loss`, run by TensorFlow), rolls out the same imagination from the same posterior start states, and
-compares every intermediate quantity and both gradients with ours (`agents.ActorCritic.losses`, `agent.trunc_grad
-tf`). The reference samples its own random numbers (TFP's truncated normal for the actions, the Gaussian prior);
-ours replays them: the action's uniforms are recovered from the reference's samples by its truncated normal's CDF,
-the prior's standard normals as (stoch - mean) / std. Three steps, the middle one in the reference's environment
-(`run_reference.sh setup`):
+weights into danijar/dreamerv2's own modules and runs, with TensorFlow, its `WorldModel.loss` on a batch and, from
+that batch's posterior states, its `WorldModel.imagine`, `ActorCritic.target`, `actor_loss` and `critic_loss`; it
+compares every intermediate quantity and the three losses' gradients with ours (`WorldModel.loss`,
+`agents.ActorCritic.losses` under `agent.trunc_grad tf` and `exact`). The reference samples its own random numbers
+(TFP's truncated normal for the actions, the Gaussian posterior and prior); ours replays them: the action's uniforms
+are recovered from the reference's samples by its truncated normal's CDF, the standard normals as
+(stoch - mean) / std. Three steps, the middle one in the reference's environment (`run_reference.sh setup`):
 
-    python docs/evidence/reference/same_batch.py export RUN /tmp/sb/in.npz         # our weights and start states
+    python docs/evidence/reference/same_batch.py export RUN /tmp/sb/in.npz         # our side, whole
     /tmp/refenv/bin/python docs/evidence/reference/same_batch.py reference /tmp/sb/in.npz /tmp/sb/ref.npz
     python docs/evidence/reference/same_batch.py compare /tmp/sb/in.npz /tmp/sb/ref.npz [--json OUT]
+    python docs/evidence/reference/same_batch.py summary OUT.json ...              # the README's tables
 
-RUN is a `dmc_small` run directory with a checkpoint (its replay is read from a copy). Every array crosses as
-float32 in our layout (torch parameter names, [out, in] weights, feat = cat(h, s)); the reference's layouts
-(Keras kernels [in, out], feat = cat(stoch, deter), the actor's separate mean and std layers) are mapped in
-`_tf_params` alone. `compare` prints, per quantity, the largest absolute difference and the relative one
-(over the largest magnitude of the reference's), and for the gradients their cosine and norm ratio.
+RUN is a `dmc_small` run directory with a checkpoint (its replay is read from a copy); `export-tiny` makes a fresh
+tiny run and a synthetic batch instead, and `fixture` merges an export with both references' outputs into the test
+fixture (`tests/test_reference_fixture.py`; TEMPO's step: `same_batch_tempo.py`). The export holds every parameter,
+the batch, the noise and the config, so `compare` rebuilds our side from it alone. Every array crosses as float32 in
+our layout (torch parameter names, [out, in] weights, feat = cat(h, s)); the reference's layouts (Keras kernels
+[in, out], feat = cat(stoch, deter), the actor's separate mean and std layers) are mapped in `_tf_params` alone.
+`compare` prints, per quantity, the largest absolute difference and the relative one (over the largest magnitude of
+the reference's), and for the gradients their cosine and norm ratio.
 """
 
 from __future__ import annotations
@@ -67,54 +71,104 @@ def load_run(run_dir: Path, tmp: Path, overrides: dict | None = None):  # -> rec
     return run
 
 
-def export(run_dir: Path, out: Path, batch_seed: int) -> None:
-    """Our weights (world model's imagination parts, actor, critic, slow critic) and one replay batch's posterior
-    states, the start states of the imagination."""
-    import tempfile
-
+def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
+    """Every parameter the update reads (world model, actor, critic, slow critic, and a TEMPO run's weighter), the
+    batch, its posterior states (the start states of the imagination), the noise a TEMPO step replays, and the
+    config: `compare` rebuilds our side from this file alone."""
     import torch
 
     from agents import schedules
 
+    with torch.no_grad():
+        post, _, _ = run.wm.observe(batch)
+    agent, rssm = run.agent, run.wm.rssm
+    arrays = {f"start/{k}": v.numpy() for k, v in post.items()}  # [T, B, ...]
+    arrays |= {f"batch/{k}": v.numpy() for k, v in batch.items()}  # [T, B, ...]
+    for prefix, module in MODULES.items():
+        for name, p in (module(run).named_parameters() if module(run) is not None else ()):
+            arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
+    # the prior's and the posterior's standard normals [T, B, S] for a TEMPO comparison (`same_batch_tempo.py`):
+    # both sides replay them in every pass of the step (V-VAML reads the prior's sample)
+    rng = np.random.default_rng(seed)
+    for k in ("prior_eps", "post_eps"):
+        arrays[f"noise/{k}"] = rng.standard_normal(post["mean"].shape, np.float32)
+    meta = {"source": source, "frames": run.step, "batch_seed": seed, "config": run.cfg.model_dump(mode="json"),
+            "deter": rssm.deter, "stoch": rssm.stoch, "hidden": rssm.img_in[0].out_features,
+            "action_dim": agent.action_dim, "horizon": agent.horizon, "gamma": agent.gamma,
+            "lambda": agent.lambda_, "ent_scale": schedules.value(agent.actor_ent, run.agent_step),
+            "min_std": agent.actor.min_std, "units": agent.actor.net[0].out_features,
+            "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
+            "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
+                                                              for k, v in arrays.items() if "weighter" in k)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, meta=json.dumps(meta), **arrays)
+    print(f"exported {len(arrays)} arrays from {source} at {meta['frames']} frames to {out}")
+
+
+def export_run(run_dir: Path, out: Path, batch_seed: int) -> None:
+    """A run's checkpoint and one batch of its replay (the chunks drawn with `batch_seed`)."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         run = load_run(run_dir, Path(tmp))
         run.replay.set_rng_state(np.random.default_rng(batch_seed).bit_generator.state)  # which chunks
-        batch = run.to_torch(run.replay.sample())
-        with torch.no_grad():
-            post, _, _ = run.wm.observe(batch)
-        agent, rssm = run.agent, run.wm.rssm
-        arrays = {f"start/{k}": v.numpy() for k, v in post.items()}  # [T, B, ...]
-        arrays |= {f"batch/{k}": v.numpy() for k, v in batch.items()}  # [T, B, ...]
-        for prefix, module in MODULES.items():
-            for name, p in (module(run).named_parameters() if module(run) is not None else ()):
-                arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
-        # the prior's and the posterior's standard normals [T, B, S] for a TEMPO comparison (`same_batch_tempo.py`):
-        # both sides replay them in every pass of the step (V-VAML reads the prior's sample)
-        rng = np.random.default_rng(batch_seed)
-        for k in ("prior_eps", "post_eps"):
-            arrays[f"noise/{k}"] = rng.standard_normal(post["mean"].shape, np.float32)
-        meta = {"run": str(run_dir.resolve()), "frames": run.step, "batch_seed": batch_seed,
-                "deter": rssm.deter, "stoch": rssm.stoch, "hidden": rssm.img_in[0].out_features,
-                "action_dim": agent.action_dim, "horizon": agent.horizon, "gamma": agent.gamma,
-                "lambda": agent.lambda_, "ent_scale": schedules.value(agent.actor_ent, run.agent_step),
-                "min_std": agent.actor.min_std, "units": agent.actor.net[0].out_features,
-                "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
-                "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
-                                                                  for k, v in arrays.items() if "weighter" in k)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, meta=json.dumps(meta), **arrays)
-    print(f"exported {len(arrays)} arrays from {run_dir} at {meta['frames']} frames to {out}")
+        export(run, run.to_torch(run.replay.sample()), out, batch_seed, str(run_dir.resolve()))
 
 
-def ours(inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np.ndarray]:
-    """Our losses, intermediates and gradients with the reference's random numbers."""
+TINY = {  # `export-tiny`: a `tempo-official` run at a few units per layer, for the test fixture
+    "env": {"task": "cartpole_swingup"},
+    "world_model": {"deter": 16, "stoch": 32, "hidden": 16, "units": 16, "layers": 2},  # KL above the free nats
+    "agent": {"units": 16, "layers": 2, "horizon": 5},
+    "replay": {"batch": 4, "length": 8},
+    "tempo": {"weighting": "meta", "bilevel": {"sign": "official", "contraction": "terms_fd",
+                                               "weighter": {"layers": 3, "units": 16}}},
+    "run": {"precision": "32", "threads": 1},
+}
+
+
+def export_tiny(out: Path, seed: int) -> None:
+    """A freshly initialised `TINY` run (seed `seed`) and a synthetic batch: Gaussian states, uniform actions and
+    rewards, a chunk start at t = 0. What `tests/test_reference_fixture.py` checks ours against, in CI."""
     import tempfile
 
     import torch
-    from scipy.special import ndtr
+
+    from recipes.config import build
+    from recipes.run import Run
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = load_run(Path(meta["run"]), Path(tmp))
+        run = Run(build("dmc_small", {**TINY, "run": {**TINY["run"], "seed": seed}}), Path(tmp))
+        g = torch.Generator().manual_seed(seed)
+        t, b = TINY["replay"]["length"], TINY["replay"]["batch"]
+        d, a = run.wm.obs_shape[0], run.env.action_dim
+        batch = {"state": torch.randn(t, b, d, generator=g), "action": torch.rand(t, b, a, generator=g) * 2 - 1,
+                 "reward": torch.rand(t, b, generator=g), "is_first": torch.arange(t)[:, None].expand(t, b) == 0,
+                 "is_terminal": torch.zeros(t, b, dtype=torch.bool)}
+        export(run, batch, out, seed, "export-tiny")
+
+
+def make_run(inp: dict, meta: dict, tmp: Path, overrides: dict | None = None):  # -> recipes.run.Run
+    """Our side of a comparison from an exported file alone: the run's config (float32, one thread, `overrides` on
+    top), its parameters copied in; nothing trains."""
+    import torch
+
+    from recipes.config import Config, deep_update
+    from recipes.run import Run
+
+    data = deep_update(meta["config"], {"run": {"precision": "32", "threads": 1}, **(overrides or {})})
+    run = Run(Config.model_validate(data), tmp)
+    with torch.no_grad():
+        for prefix, module in MODULES.items():
+            for name, p in (module(run).named_parameters() if module(run) is not None else ()):
+                p.copy_(torch.from_numpy(inp[f"param/{prefix}/{name}"]))
+    return run
+
+
+def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np.ndarray]:
+    """Our actor-critic losses, intermediates and gradients with the reference's random numbers."""
+    import torch
+    from scipy.special import ndtr
+
     agent, wm = run.agent, run.wm
     agent.actor.trunc_grad = trunc_grad
     start = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("start/")}
@@ -164,14 +218,10 @@ def ours(inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np.ndar
     return res
 
 
-def ours_world_model(inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
+def ours_world_model(run, inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
     """Our world-model loss, its terms and its gradients on the batch, with the reference's posterior noise."""
-    import tempfile
-
     import torch
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = load_run(Path(meta["run"]), Path(tmp))
     wm, rssm = run.wm, run.wm.rssm
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
     eps = torch.from_numpy(ref["wm/post_eps"]).transpose(0, 1)  # [B, T, S] -> [T, B, S]
@@ -241,12 +291,23 @@ def print_rows(rows: list[dict]) -> None:
               f"rel {row['rel']:.2e}{extra}")
 
 
+def compare_update(inp: dict, ref: dict) -> list[dict]:
+    """`compare_rows` of our DreamerV2 update against the reference's (`reference`'s output `ref`)."""
+    import tempfile
+
+    meta = json.loads(str(inp["meta"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run(inp, meta, Path(tmp))
+        rows = compare_rows(ref, ours(run, inp, ref, meta, "tf"), "actor-critic, trunc_grad tf")
+        rows += compare_rows(ref, ours(run, inp, ref, meta, "exact"), "actor-critic, trunc_grad exact")
+        return rows + compare_rows(ref, ours_world_model(run, inp, ref, meta), "world model")
+
+
 def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
     inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
-    meta = json.loads(str(inp.pop("meta")))
-    rows = compare_rows(ref, ours(inp, ref, meta, "tf"), "actor-critic, trunc_grad tf")
-    rows += compare_rows(ref, ours(inp, ref, meta, "exact"), "actor-critic, trunc_grad exact")
-    rows += compare_rows(ref, ours_world_model(inp, ref, meta), "world model")
+    meta = json.loads(str(inp["meta"]))
+    del meta["config"]  # in the input file; the JSON keeps what a reader needs
+    rows = compare_update(inp, ref)
     print_rows(rows)
     if json_out is not None:
         json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -449,6 +510,17 @@ def summary(paths: list[Path]) -> None:
             print(f"  {label:32s} {'other':14s} {worst['rel']:.1e} ({worst['quantity']})")
 
 
+def fixture(out: Path, inp: Path, ref: Path, tempo_ref: Path) -> None:
+    """One compressed file of an export and both references' outputs (keys `ref/...`, `tref/...`): the test fixture
+    `tests/test_reference_fixture.py` reads."""
+    arrays = dict(np.load(inp))
+    arrays |= {f"ref/{k}": v for k, v in np.load(ref).items()}
+    arrays |= {f"tref/{k}": v for k, v in np.load(tempo_ref).items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    print(f"{len(arrays)} arrays -> {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -456,6 +528,9 @@ def main() -> None:
     e.add_argument("run", type=Path)
     e.add_argument("out", type=Path)
     e.add_argument("--batch-seed", type=int, default=0)
+    t = sub.add_parser("export-tiny", help="a fresh tiny tempo-official run and a synthetic batch (the test fixture)")
+    t.add_argument("out", type=Path)
+    t.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("reference")
     r.add_argument("inp", type=Path)
     r.add_argument("out", type=Path)
@@ -464,15 +539,22 @@ def main() -> None:
     c.add_argument("inp", type=Path)
     c.add_argument("ref", type=Path)
     c.add_argument("--json", type=Path)
+    f = sub.add_parser("fixture", help="merge an export and both references' outputs into one file")
+    for name in ("out", "inp", "ref", "tempo_ref"):
+        f.add_argument(name, type=Path)
     m = sub.add_parser("summary", help="summarise compare's JSON files (this script's or same_batch_tempo.py's)")
     m.add_argument("json", type=Path, nargs="+")
     args = p.parse_args()
     if args.cmd == "export":
-        export(args.run, args.out, args.batch_seed)
+        export_run(args.run, args.out, args.batch_seed)
+    elif args.cmd == "export-tiny":
+        export_tiny(args.out, args.seed)
     elif args.cmd == "reference":
         reference(args.inp, args.out, args.seed)
     elif args.cmd == "summary":
         summary(args.json)
+    elif args.cmd == "fixture":
+        fixture(args.out, args.inp, args.ref, args.tempo_ref)
     else:
         compare(args.inp, args.ref, args.json)
 

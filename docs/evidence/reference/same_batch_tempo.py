@@ -170,15 +170,10 @@ def _ours_layout(g, like: np.ndarray, rows: slice, cols: np.ndarray | None) -> n
     return out
 
 
-def ours(inp: dict, meta: dict, contraction: str | None) -> dict[str, np.ndarray]:
-    """Our step's quantities on the same batch and posterior noise, with the run's contraction or `contraction`."""
-    import tempfile
-
+def ours(run, inp: dict) -> dict[str, np.ndarray]:
+    """Our step's quantities on the same batch and noise (the run's trainer: its strategy, sign and contraction)."""
     import torch
 
-    overrides = None if contraction is None else {"tempo": {"bilevel": {"contraction": contraction}}}
-    with tempfile.TemporaryDirectory() as tmp:
-        run = sb.load_run(Path(meta["run"]), Path(tmp), overrides)
     rssm, trainer, problem = run.wm.rssm, run.trainer, run.problem
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
     eps = (torch.from_numpy(inp["noise/prior_eps"]), torch.from_numpy(inp["noise/post_eps"]))  # [T, B, S] each
@@ -216,14 +211,27 @@ def ours(inp: dict, meta: dict, contraction: str | None) -> dict[str, np.ndarray
     return res
 
 
-def compare(inp_path: Path, ref_path: Path, contractions: list[str], json_out: Path | None) -> None:
-    inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
-    meta = json.loads(str(inp.pop("meta")))
+def compare_step(inp: dict, ref: dict, contractions: list[str]) -> list[dict]:
+    """`same_batch.compare_rows` of our TEMPO step against the official one (`reference`'s output `ref`), with the
+    run's contraction and each of `contractions`."""
+    import tempfile
+
+    meta = json.loads(str(inp["meta"]))
     rows = []
     for contraction in [None, *contractions]:
-        mine = ours(inp, meta, contraction)
+        overrides = None if contraction is None else {"tempo": {"bilevel": {"contraction": contraction}}}
+        with tempfile.TemporaryDirectory() as tmp:
+            mine = ours(sb.make_run(inp, meta, Path(tmp), overrides), inp)
         label = f"ours, {mine.pop('contraction')}" + (" (the run's)" if contraction is None else "")
         rows += sb.compare_rows(ref, mine, label)
+    return rows
+
+
+def compare(inp_path: Path, ref_path: Path, contractions: list[str], json_out: Path | None) -> None:
+    inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
+    meta = json.loads(str(inp["meta"]))
+    del meta["config"]  # in the input file; the JSON keeps what a reader needs
+    rows = compare_step(inp, ref, contractions)
     sb.print_rows(rows)
     if json_out is not None:
         json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
