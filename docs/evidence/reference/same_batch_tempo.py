@@ -8,7 +8,7 @@ the gradients and apply nothing. Ours is `BilevelTrainer.forward` / `lower_grad`
 the run's own settings (`tempo-official`: sign official, θ'≈θ, unit scale, and its contraction) and each
 contraction named by `--contractions`.
 
-Both sides replay the same prior and posterior noise (`noise/prior_eps`, `noise/post_eps`, drawn by
+Both sides replay the same prior and posterior noise (`noise/prior`, `noise/post`, drawn by
 `same_batch.py export`; the prior's sample is V-VAML's V(s_prior)) in every pass of the step: ours makes one pass,
 the official code two (one for the upper loss, one for the lower), each of which would draw its own noise
 (docs/FIDELITY.md, "Known and not reproduced"); with the same numbers they are the same pass.
@@ -85,6 +85,7 @@ def reference(inp_path: Path, out_path: Path) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.run_functions_eagerly(True)  # any tf.function runs the replayed noise
     import agent as tempo_agent  # deng-ai-lab/TEMPO's agent.py
     import common
 
@@ -98,27 +99,8 @@ def reference(inp_path: Path, out_path: Path) -> None:
     ac, wm, _, data = sb.build(tempo_agent, config, inp, meta)
     value_fn = ac._target_critic  # Agent.train passes the slow critic
 
-    # The same noise in every pass: obs_step samples the prior, then the posterior.
-    eps = (inp["noise/prior_eps"], inp["noise/post_eps"])  # [T, B, S] each
-    calls = {"i": 0}
-    observe, get_dist = wm.rssm.observe, wm.rssm.get_dist
-
-    def replaying_observe(*args, **kwargs):
-        calls["i"] = 0
-        return observe(*args, **kwargs)
-
-    def replaying_get_dist(stats, ensemble=False):
-        dist = get_dist(stats, ensemble)
-
-        def sample(*_a, **_k):
-            i = calls["i"]
-            calls["i"] += 1
-            return stats["mean"] + stats["std"] * eps[i % 2][i // 2]
-
-        dist.sample = sample
-        return dist
-
-    wm.rssm.observe, wm.rssm.get_dist = replaying_observe, replaying_get_dist
+    # The same noise in every pass: each observe samples the prior, then the posterior, at every step.
+    sb.replay_noise(wm.rssm, tf)(sb.interleave(inp["noise/prior"], inp["noise/post"]), per_observe=True)
     model_opt, meta_opt = wm.model_opt, wm.meta_opt
     wm.model_opt, wm.meta_opt = Recorder(model_opt), Recorder(meta_opt)
     wm.train(data, value_fn)  # builds the weighter's variables (Keras builds at the first call)
@@ -165,7 +147,7 @@ def ours(run, inp: dict) -> dict[str, np.ndarray]:
 
     rssm, trainer, problem = run.wm.rssm, run.trainer, run.problem
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
-    eps = (torch.from_numpy(inp["noise/prior_eps"]), torch.from_numpy(inp["noise/post_eps"]))  # [T, B, S] each
+    eps = (torch.from_numpy(inp["noise/prior"]), torch.from_numpy(inp["noise/post"]))  # [T, B, S] each
     calls = {"i": 0}
     observe, sample = rssm.observe, rssm._sample
 
