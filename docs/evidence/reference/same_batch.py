@@ -43,7 +43,8 @@ STATS = {False: ("mean", "std"), True: ("logits",)}  # a latent state's distribu
 REF_STATS = {False: ("mean", "std"), True: ("logit",)}  # the same, the references' names
 MODULES = {  # prefix -> our module, of a recipes.run.Run
     "encoder": lambda run: run.wm.encoder, "rssm": lambda run: run.wm.rssm, "decoder": lambda run: run.wm.decoder,
-    "reward": lambda run: run.wm.reward_head, "actor": lambda run: run.agent.actor.net,
+    "reward": lambda run: run.wm.reward_head, "discount": lambda run: run.wm.discount_head,
+    "actor": lambda run: run.agent.actor.net,
     "critic": lambda run: run.agent.critic.net, "slow": lambda run: run.agent.slow_critic.net,
     "weighter": lambda run: run.trainer.weighter}
 
@@ -109,7 +110,9 @@ def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
             "obs_key": run.wm.obs_key, "weighter_layers": sum(k.endswith("weight") and v.ndim == 2
                                                               for k, v in arrays.items() if "weighter" in k),
             "embed": run.wm.encoder.out_dim, "discrete": rssm.discrete, "kl_free": run.wm.kl_free,
-            "kl_balance": run.wm.kl_balance}
+            "kl_balance": run.wm.kl_balance, "kl_scale": run.wm.kl_scale,
+            "discount_scale": run.wm.loss_scales["discount"], "discount_head": run.wm.discount_head is not None,
+            "discrete_actions": agent.discrete, "actor_grad": agent.actor_grad, "preset": run.cfg.preset}
     if run.wm.obs_key == "image":  # the conv stacks' depth and kernel sizes
         convs = lambda m: [x for x in m.net if isinstance(x, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]  # noqa: E731
         meta |= {"depth": convs(run.wm.encoder)[0].out_channels,
@@ -141,11 +144,12 @@ TINY = {  # `export-tiny`: a `tempo-official` run at a few units per layer, for 
 }
 
 
-def export_tiny(out: Path, seed: int, pixels: bool = False, discrete: int = 0) -> None:
+def export_tiny(out: Path, seed: int, pixels: bool = False, discrete: int = 0, atari: bool = False) -> None:
     """A freshly initialised `TINY` run (seed `seed`) and a synthetic batch: Gaussian states (or uniform pixels at
     `dmc_pixels` with a conv depth of 2), uniform actions and rewards, a chunk start at t = 0; with `discrete` K,
-    `dmc_state`'s categorical latents (32 variables of K classes). What `tests/test_reference_fixture.py` checks ours
-    against, in CI."""
+    `dmc_state`'s categorical latents (32 variables of K classes); with `atari`, the `atari` preset on Pong at those
+    sizes (64 x 64 grey pixels, 16 x 8 categorical latents, one-hot actions, the discount head and REINFORCE), with
+    some terminal steps. What `tests/test_reference_fixture.py` checks ours against, in CI."""
     import tempfile
 
     import torch
@@ -161,17 +165,22 @@ def export_tiny(out: Path, seed: int, pixels: bool = False, discrete: int = 0) -
     if discrete:
         cfg |= {"world_model": {**TINY["world_model"], "stoch": 32, "discrete": discrete, "kl_free": 0.1},
                 "replay": {"batch": 2, "length": 4}}
-    preset = "dmc_pixels" if pixels else "dmc_state" if discrete else "dmc_small"
+    if atari:
+        cfg |= {"env": {"task": "atari:pong"}, "world_model": {**TINY["world_model"], "depth": 2, "stoch": 16,
+                                                               "discrete": 8}, "replay": {"batch": 2, "length": 4}}
+    preset = "atari" if atari else "dmc_pixels" if pixels else "dmc_state" if discrete else "dmc_small"
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(build(preset, cfg), Path(tmp))
         g = torch.Generator().manual_seed(seed)
         t, b = cfg["replay"]["length"], cfg["replay"]["batch"]
         shape, a = run.wm.obs_shape, run.env.action_dim
-        obs = (torch.randint(0, 256, (t, b, *shape), generator=g, dtype=torch.uint8) if pixels else
+        obs = (torch.randint(0, 256, (t, b, *shape), generator=g, dtype=torch.uint8) if pixels or atari else
                torch.randn(t, b, *shape, generator=g))
-        batch = {run.wm.obs_key: obs, "action": torch.rand(t, b, a, generator=g) * 2 - 1,
+        action = (torch.nn.functional.one_hot(torch.randint(0, a, (t, b), generator=g), a).float() if atari else
+                  torch.rand(t, b, a, generator=g) * 2 - 1)
+        batch = {run.wm.obs_key: obs, "action": action,
                  "reward": torch.rand(t, b, generator=g), "is_first": torch.arange(t)[:, None].expand(t, b) == 0,
-                 "is_terminal": torch.zeros(t, b, dtype=torch.bool)}
+                 "is_terminal": (torch.rand(t, b, generator=g) < 0.25) if atari else torch.zeros(t, b, dtype=bool)}
         export(run, batch, out, seed, f"export-tiny ({preset})")
 
 
@@ -201,12 +210,23 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
     agent.actor.trunc_grad = trunc_grad
     start = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("start/")}
     start = {k: v.reshape(-1, *v.shape[2:]) for k, v in start.items()}  # [N, ...]
-    # The reference's samples as our noise: x = mean + std * ndtri(Phi(a) + u (Phi(b) - Phi(a))) solved for u.
-    mean, std, x = (ref[k].astype(np.float64) for k in ("actor_mean", "actor_std", "action"))  # [H, N, A]
-    lo, hi = ndtr((-1 - mean) / std), ndtr((1 - mean) / std)
-    u = (ndtr((x - mean) / std) - lo) / (hi - lo)
-    uniforms = [torch.from_numpy(u[i].astype(np.float32)) for i in range(u.shape[0])]
     prior = [torch.from_numpy(e) for e in ref["prior_eps"]]  # [H] x [N, stoch]
+    real_dist = agent.actor.dist
+    if agent.discrete:  # the reference's one-hot samples, with the straight-through gradient of both
+        actions = iter(torch.from_numpy(ref["action"]))
+        uniforms = [None] * agent.horizon
+
+        def replaying_dist(out):
+            d = real_dist(out)
+            d.rsample = lambda *_a, **_k: next(actions) + d.probs - d.probs.detach()
+            return d
+
+        agent.actor.dist = replaying_dist
+    else:  # the reference's samples as our noise: x = mean + std * ndtri(Phi(a) + u (Phi(b) - Phi(a))) solved for u
+        mean, std, x = (ref[k].astype(np.float64) for k in ("actor_mean", "actor_std", "action"))  # [H, N, A]
+        lo, hi = ndtr((-1 - mean) / std), ndtr((1 - mean) / std)
+        u = (ndtr((x - mean) / std) - lo) / (hi - lo)
+        uniforms = [torch.from_numpy(u[i].astype(np.float32)) for i in range(u.shape[0])]
     from agents.actor_critic import frozen
     raw: list[torch.Tensor] = []
     hook = agent.actor.net.register_forward_hook(lambda _m, _i, o: raw.append(o))
@@ -226,6 +246,8 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
     finally:
         hook.remove()
         wm.imagine = orig_imagine
+        if agent.discrete:
+            del agent.actor.dist
     a_params = dict(agent.actor.net.named_parameters())
     c_params = dict(agent.critic.net.named_parameters())
     ga = torch.autograd.grad(actor_loss, list(a_params.values()), retain_graph=True)
@@ -236,7 +258,8 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
         value = agent.value(feat, slow=True)
         out = torch.stack(raw[:-1] if len(raw) > agent.horizon else raw)  # [H, N, 2A]
         dist = agent.actor.dist(out)
-    res = {"feat": feat, "reward": reward, "value": value, "actor_mean": dist.mean, "actor_std": dist.std,
+    params = {"actor_logits": dist.logits} if agent.discrete else {"actor_mean": dist.mean, "actor_std": dist.std}
+    res = {"feat": feat, "reward": reward, "value": value, **params,
            "actor_loss": actor_loss.detach(), "critic_loss": critic_loss.detach(),
            "actor_ent": stats["actor_ent"], "critic_target": stats["critic_target"],
            "critic_value": stats["critic_value"]}
@@ -265,11 +288,12 @@ def ours_world_model(run, inp: dict, ref: dict, meta: dict) -> dict[str, np.ndar
         loss, terms, post, prior, _ = wm.loss(batch)
     finally:
         del rssm._sample
-    params = {f"{prefix}/{n}": p for prefix in ("encoder", "rssm", "decoder", "reward")
-              for n, p in MODULES[prefix](run).named_parameters()}
+    params = {f"{prefix}/{n}": p for prefix in ("encoder", "rssm", "decoder", "reward", "discount")
+              if MODULES[prefix](run) is not None for n, p in MODULES[prefix](run).named_parameters()}
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     res = {"wm/loss": loss, "wm/nll_obs": terms[meta["obs_key"]].mean(), "wm/nll_reward": terms["reward"].mean(),
-           "wm/kl_value": terms["kl"].mean(),
+           "wm/kl_value": terms["kl"].mean(), **({"wm/nll_discount": terms["discount"].mean()} if "discount" in terms
+                                                else {}),
            **{f"wm/post_{k}": post[k] for k in STATS[bool(meta["discrete"])]},
            **{f"wm/prior_{k}": prior[k] for k in STATS[bool(meta["discrete"])]}}
     res = {k: v.detach().numpy() for k, v in res.items()}
@@ -397,14 +421,15 @@ def _tf_params(wm, ac, meta: dict) -> list[tuple[str, object, slice, np.ndarray 
 def _head_params(wm, ac, meta: dict, feat_cols: np.ndarray) -> list[tuple[str, object, slice, np.ndarray | None]]:
     """`_tf_params` of the MLPs on feat: the reward head, the actor, the critic and the slow critic."""
     a, every, out = meta["action_dim"], slice(None), []
-    heads = {"reward": wm.heads["reward"], "actor": ac.actor, "critic": ac.critic, "slow": ac._target_critic}
+    heads = {"reward": wm.heads["reward"], **({"discount": wm.heads["discount"]} if "discount" in wm.heads else {}),
+             "actor": ac.actor, "critic": ac.critic, "slow": ac._target_critic}
     for prefix, mlp in heads.items():
         for i in range(meta["layers"]):
             dense = mlp._modules[f"dense{i}"]
             out += [(f"{prefix}/{2 * i}.weight", dense.kernel, every, feat_cols if i == 0 else None),
                     (f"{prefix}/{2 * i}.bias", dense.bias, every, None)]
         last, dist = 2 * meta["layers"], mlp._modules["out"]
-        if prefix == "actor":  # one [2A] layer of ours = the reference's `out` (mean) and `std` layers
+        if prefix == "actor" and not meta.get("discrete_actions"):  # ours [2A] = the reference's `out` and `std`
             for name, rows in (("out", slice(0, a)), ("std", slice(a, 2 * a))):
                 out += [(f"{prefix}/{last}.weight", dist._modules[name].kernel, rows, None),
                         (f"{prefix}/{last}.bias", dist._modules[name].bias, rows, None)]
@@ -481,10 +506,12 @@ def interleave(prior: np.ndarray, post: np.ndarray) -> list[np.ndarray]:
 
 
 class Space:
-    """A gym-like space: what the references' constructors read of one."""
+    """A gym-like space: what the references' constructors read of one (`n`: a discrete action space's size)."""
 
-    def __init__(self, shape: tuple[int, ...]):
+    def __init__(self, shape: tuple[int, ...], n: int | None = None):
         self.shape = shape
+        if n is not None:
+            self.n = n
 
 
 def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference's common.Config
@@ -492,7 +519,8 @@ def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference'
     at `path` (danijar/dreamerv2's, or deng-ai-lab/TEMPO's, which has the same sections)."""
     configs = yaml.safe_load(path.read_text())
     image = meta["obs_key"] == "image"
-    config = common.Config(configs["defaults"]).update(configs["dmc_vision" if image else "dmc_proprio"])
+    section = "atari" if meta.get("preset") == "atari" else "dmc_vision" if image else "dmc_proprio"
+    config = common.Config(configs["defaults"]).update(configs[section])
     if image:
         config = config.update({"encoder.cnn_depth": meta["depth"], "encoder.cnn_kernels": meta["enc_kernels"],
                                 "decoder.cnn_depth": meta["depth"], "decoder.cnn_kernels": meta["dec_kernels"]})
@@ -504,7 +532,12 @@ def reference_config(common, yaml, path: Path, meta: dict):  # -> the reference'
         "imag_horizon": meta["horizon"], "discount": meta["gamma"], "discount_lambda": meta["lambda"],
         "actor_ent": meta["ent_scale"], "actor.min_std": meta["min_std"],
         "encoder.mlp_layers": [units] * layers, "decoder.mlp_layers": [units] * layers,
-        "kl.free": meta.get("kl_free", 1.0), "kl.balance": meta.get("kl_balance", 0.8)})
+        "kl.free": meta.get("kl_free", 1.0), "kl.balance": meta.get("kl_balance", 0.8),
+        "loss_scales.kl": meta.get("kl_scale", 1.0), "loss_scales.discount": meta.get("discount_scale", 1.0),
+        "pred_discount": meta.get("discount_head", False), "discount_head.layers": layers, "discount_head.units": units,
+        "grad_heads": ["decoder", "reward"] + (["discount"] if meta.get("discount_head") else []),
+        "actor_grad": meta.get("actor_grad", "dynamics"),
+        "clip_rewards": "identity"})  # our batch's rewards are already transformed (`Run.to_torch`)
 
 
 def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldModel, start, data)
@@ -514,7 +547,8 @@ def build(ref_agent, config, inp: dict, meta: dict):  # -> (ActorCritic, WorldMo
 
     obs_key = meta["obs_key"]
     wm = ref_agent.WorldModel(config, {obs_key: Space(inp[f"batch/{obs_key}"].shape[2:])}, tf.Variable(0, tf.int64))
-    ac = ref_agent.ActorCritic(config, Space((meta["action_dim"],)), wm.tfstep)
+    a = meta["action_dim"]
+    ac = ref_agent.ActorCritic(config, Space((a,), a if meta.get("discrete_actions") else None), wm.tfstep)
     if meta["discrete"]:  # the reference keeps a categorical state [.., S, K]; ours flattens the one-hot sample
         s = inp["start/s"]
         start = {"stoch": s.reshape(*s.shape[:-1], meta["stoch"], meta["discrete"]), "deter": inp["start/h"],
@@ -556,8 +590,11 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
 
     def policy(feat):  # the reference's actor, its distribution's parameters kept for `compare`
         dist = ac.actor(feat)
-        record["actor_mean"].append(dist.distribution.loc)
-        record["actor_std"].append(dist.distribution.scale)
+        if meta.get("discrete_actions"):
+            record["actor_mean"].append(tf.nn.log_softmax(dist.logits_parameter()))  # normalised, as torch's
+        else:
+            record["actor_mean"].append(dist.distribution.loc)
+            record["actor_std"].append(dist.distribution.scale)
         return dist
 
     tf.random.set_seed(seed)
@@ -586,8 +623,10 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
     feat = seq["feat"].numpy()
     res = {"feat": np.concatenate([feat[..., -deter:], feat[..., :-deter]], -1),  # to ours: cat(h, s)
            "reward": seq["reward"].numpy(), "value": ac._target_critic(seq["feat"]).mode().numpy(),
-           "actor_mean": np.stack([m.numpy() for m in record["actor_mean"][1:]]),  # [0]: imagine's zero action
-           "actor_std": np.stack([s.numpy() for s in record["actor_std"][1:]]),
+           **({"actor_logits": np.stack([m.numpy() for m in record["actor_mean"][1:]])}
+              if meta.get("discrete_actions") else  # [0]: imagine's zero action
+              {"actor_mean": np.stack([m.numpy() for m in record["actor_mean"][1:]]),
+               "actor_std": np.stack([s.numpy() for s in record["actor_std"][1:]])}),
            "action": seq["action"].numpy()[1:],  # [H, N, A]: seq's action 0 is the start's zeros
            # the imagination's prior noise as ours takes it: the replayed uniforms, or the reference's own normals
            "prior_eps": (inp["noise/imag"] if discrete else
@@ -597,6 +636,7 @@ def reference(inp_path: Path, out_path: Path, seed: int) -> None:
            "critic_value": mets4["critic"].numpy(),
            "wm/loss": model_loss.numpy(), "wm/nll_obs": wm_metrics[f"{obs_key}_loss"].numpy(),
            "wm/nll_reward": wm_metrics["reward_loss"].numpy(), "wm/kl_value": wm_metrics["model_kl"].numpy(),
+           **({"wm/nll_discount": wm_metrics["discount_loss"].numpy()} if "discount" in wm.heads else {}),
            "wm/post_eps": (noise[1] if discrete else ((post["stoch"] - post["mean"]) / post["std"]).numpy()),
            **{f"wm/post_{k}": post[r].numpy() for k, r in zip(STATS[discrete], REF_STATS[discrete], strict=True)},
            **{f"wm/prior_{k}": prior[r].numpy() for k, r in zip(STATS[discrete], REF_STATS[discrete], strict=True)}}
@@ -658,6 +698,7 @@ def main() -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pixels", action="store_true", help="dmc_pixels: the conv encoder and decoder")
     t.add_argument("--discrete", type=int, default=0, help="K > 0: dmc_state's categorical latents, K classes")
+    t.add_argument("--atari", action="store_true", help="the atari preset on Pong: discrete actions, discount head")
     r = sub.add_parser("reference")
     r.add_argument("inp", type=Path)
     r.add_argument("out", type=Path)
@@ -675,7 +716,7 @@ def main() -> None:
     if args.cmd == "export":
         export_run(args.run, args.out, args.batch_seed)
     elif args.cmd == "export-tiny":
-        export_tiny(args.out, args.seed, args.pixels, args.discrete)
+        export_tiny(args.out, args.seed, args.pixels, args.discrete, args.atari)
     elif args.cmd == "reference":
         reference(args.inp, args.out, args.seed)
     elif args.cmd == "summary":

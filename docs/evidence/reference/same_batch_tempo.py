@@ -119,7 +119,7 @@ def reference(inp_path: Path, out_path: Path) -> None:
            "kl": metrics["kl"].numpy()}
     for name, var, rows, cols in sb._tf_params(wm, ac, meta):
         kind = name.split("/")[0]
-        if kind in ("encoder", "rssm", "decoder", "reward"):
+        if kind in ("encoder", "rssm", "decoder", "reward", "discount"):
             res[f"grad_lower/{name}"] = sb.from_tf(grads[id(var)].numpy(), inp[f"param/{name}"], rows, cols)
             if kind in ("encoder", "rssm"):
                 up = dict(zip(map(id, upper_vars), g_up, strict=True))[id(var)]
@@ -169,7 +169,8 @@ def ours(run, inp: dict) -> dict[str, np.ndarray]:
     finally:
         del rssm.observe, rssm._sample
     names = [n for n, _ in run.wm.named_parameters()]
-    prefix = {"encoder": "encoder", "rssm": "rssm", "decoder": "decoder", "reward_head": "reward"}
+    prefix = {"encoder": "encoder", "rssm": "rssm", "decoder": "decoder", "reward_head": "reward",
+              "discount_head": "discount"}
     ours_name = lambda n: f"{prefix[n.split('.')[0]]}/{n.split('.', 1)[1]}"  # noqa: E731
     res = {"upper": np.float32(upper), "lower": sc.lower.detach().numpy(), "w": sc.w.detach().numpy(),
            "kl": sc.losses["kl"].detach().mean().numpy()}
