@@ -5,9 +5,10 @@ weights into danijar/dreamerv2's own modules and runs, with TensorFlow, its `Wor
 that batch's posterior states, its `WorldModel.imagine`, `ActorCritic.target`, `actor_loss` and `critic_loss`; it
 compares every intermediate quantity and the three losses' gradients with ours (`WorldModel.loss`,
 `agents.ActorCritic.losses` under `agent.trunc_grad tf` and `exact`). The reference samples its own random numbers
-(TFP's truncated normal for the actions, the Gaussian posterior and prior); ours replays them: the action's uniforms
-are recovered from the reference's samples by its truncated normal's CDF, the standard normals as
-(stoch - mean) / std. Three steps, the middle one in the reference's environment (`run_reference.sh setup`):
+(TFP's truncated normal or one-hot actions, the Gaussian posterior and prior); ours replays them: the action's
+uniforms are recovered from the reference's samples by its truncated normal's CDF (one-hot actions are replayed as
+they are), the standard normals as (stoch - mean) / std. Categorical latents' samples come from uniforms that both
+sides replay (`replay_noise`). Three steps, the middle one in the reference's environment (`run_reference.sh setup`):
 
     python docs/evidence/reference/same_batch.py export RUN /tmp/sb/in.npz         # our side, whole
     /tmp/refenv/bin/python docs/evidence/reference/same_batch.py reference /tmp/sb/in.npz /tmp/sb/ref.npz
@@ -27,9 +28,11 @@ the reference's), and for the gradients their cosine and norm ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +51,19 @@ MODULES = {  # prefix -> our module, of a recipes.run.Run
     "critic": lambda run: run.agent.critic.net, "slow": lambda run: run.agent.slow_critic.net,
     "weighter": lambda run: run.trainer.weighter}
 
-def load_run(run_dir: Path, tmp: Path, overrides: dict | None = None):  # -> recipes.run.Run, from its checkpoint
-    """The run at its checkpoint, float32 on one thread, its replay a copy in `tmp`; `overrides` (config fields)
-    may change what a resume could not (e.g. the α-gradient's contraction: nothing trains here)."""
+
+def load_run(run_dir: Path, tmp: Path):  # -> recipes.run.Run, from its checkpoint
+    """The run at its checkpoint, float32 on one thread, its replay a copy in `tmp`."""
     import shutil
 
     import torch
 
     from recipes.cli import resume_config
-    from recipes.config import Config, deep_update
     from recipes.run import Run
     from recipes.rundir import RunDir
 
     rundir = RunDir(run_dir)
     cfg, _ = resume_config(rundir.saved_config(), {"run": {"precision": "32", "threads": 1}}, None)
-    if overrides:
-        cfg = Config.model_validate(deep_update(cfg.model_dump(), overrides))
     loaded = rundir.load_checkpoint()
     if loaded is None:
         raise SystemExit(f"error: {run_dir} holds no checkpoint")
@@ -206,6 +206,8 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
     import torch
     from scipy.special import ndtr
 
+    from agents.actor_critic import frozen
+
     agent, wm = run.agent, run.wm
     agent.actor.trunc_grad = trunc_grad
     start = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("start/")}
@@ -227,7 +229,6 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
         lo, hi = ndtr((-1 - mean) / std), ndtr((1 - mean) / std)
         u = (ndtr((x - mean) / std) - lo) / (hi - lo)
         uniforms = [torch.from_numpy(u[i].astype(np.float32)) for i in range(u.shape[0])]
-    from agents.actor_critic import frozen
     raw: list[torch.Tensor] = []
     hook = agent.actor.net.register_forward_hook(lambda _m, _i, o: raw.append(o))
     feats: list[torch.Tensor] = []
@@ -256,7 +257,7 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
     with torch.no_grad():
         reward = wm.reward(feat)
         value = agent.value(feat, slow=True)
-        out = torch.stack(raw[:-1] if len(raw) > agent.horizon else raw)  # [H, N, 2A]
+        out = torch.stack(raw[:agent.horizon])  # [H, N, 2A] (one-hot actions: [H, N, A]); then the loss's pass
         dist = agent.actor.dist(out)
     params = {"actor_logits": dist.logits} if agent.discrete else {"actor_mean": dist.mean, "actor_std": dist.std}
     res = {"feat": feat, "reward": reward, "value": value, **params,
@@ -269,6 +270,30 @@ def ours(run, inp: dict, ref: dict, meta: dict, trunc_grad: str) -> dict[str, np
     return res
 
 
+@contextlib.contextmanager
+def replaying(rssm, prior, post) -> Iterator[None]:
+    """Within the block every `observe` of our RSSM samples its prior at step t from `prior[t]` (None: its own
+    draws) and its posterior from `post[t]` ([T, B, S] tensors: standard normals, or uniforms for categorical
+    latents), the order `_obs_step` samples them in."""
+    calls = {"i": 0}
+    observe, sample = rssm.observe, rssm._sample
+
+    def replaying_observe(*args, **kwargs):
+        calls["i"] = 0
+        return observe(*args, **kwargs)
+
+    def replaying_sample(stats, noise=None):
+        i, calls["i"] = calls["i"], calls["i"] + 1
+        given = prior if i % 2 == 0 else post
+        return sample(stats, noise if given is None else given[i // 2])
+
+    rssm.observe, rssm._sample = replaying_observe, replaying_sample
+    try:
+        yield
+    finally:
+        del rssm.observe, rssm._sample
+
+
 def ours_world_model(run, inp: dict, ref: dict, meta: dict) -> dict[str, np.ndarray]:
     """Our world-model loss, its terms and its gradients on the batch, with the reference's posterior noise."""
     import torch
@@ -276,30 +301,26 @@ def ours_world_model(run, inp: dict, ref: dict, meta: dict) -> dict[str, np.ndar
     wm, rssm = run.wm, run.wm.rssm
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
     eps = torch.from_numpy(ref["wm/post_eps"]).transpose(0, 1)  # [B, T, S] -> [T, B, S]
-    calls = iter(range(2 * eps.shape[0]))
-    sample = rssm._sample
-
-    def injected(stats, noise=None):  # observe samples the prior, then the posterior, at every step
-        i = next(calls)
-        return sample(stats, noise) if i % 2 == 0 else sample(stats, eps[i // 2])
-
-    rssm._sample = injected
-    try:
+    with replaying(rssm, None, eps):  # the prior's sample does not enter DreamerV2's loss
         loss, terms, post, prior, _ = wm.loss(batch)
-    finally:
-        del rssm._sample
     params = {f"{prefix}/{n}": p for prefix in ("encoder", "rssm", "decoder", "reward", "discount")
               if MODULES[prefix](run) is not None for n, p in MODULES[prefix](run).named_parameters()}
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     res = {"wm/loss": loss, "wm/nll_obs": terms[meta["obs_key"]].mean(), "wm/nll_reward": terms["reward"].mean(),
-           "wm/kl_value": terms["kl"].mean(), **({"wm/nll_discount": terms["discount"].mean()} if "discount" in terms
-                                                else {}),
+           "wm/kl_value": terms["kl"].mean(),
+           **({"wm/nll_discount": terms["discount"].mean()} if "discount" in terms else {}),
            **{f"wm/post_{k}": post[k] for k in STATS[bool(meta["discrete"])]},
            **{f"wm/prior_{k}": prior[k] for k in STATS[bool(meta["discrete"])]}}
     res = {k: v.detach().numpy() for k, v in res.items()}
     res |= {f"grad/{k}": (np.zeros(p.shape, np.float32) if g is None else g.numpy())
             for (k, p), g in zip(params.items(), grads, strict=True)}
     return res
+
+
+def _family(key: str) -> str:
+    """A gradient's family, e.g. 'grad/actor' (DreamerV2's update) or 'grad_alpha' (TEMPO's step)."""
+    parts = key.split("/")
+    return "/".join(parts[:2]) if parts[0] == "grad" else parts[0]
 
 
 def compare_rows(ref: dict, mine: dict, label: str) -> list[dict]:
@@ -309,8 +330,7 @@ def compare_rows(ref: dict, mine: dict, label: str) -> list[dict]:
     rows = []
     family_max: dict[str, float] = {}  # the largest entry of each gradient (its keys' first part) in the reference
     for key in (k for k in mine if k.startswith("grad")):
-        fam = key.split("/")[0] + "/" + key.split("/")[1] if key.startswith("grad/") else key.split("/")[0]
-        family_max[fam] = max(family_max.get(fam, 0.0), float(np.abs(ref[key]).max()))
+        family_max[_family(key)] = max(family_max.get(_family(key), 0.0), float(np.abs(ref[key]).max()))
     for key in sorted(mine):
         r, m = ref[key].astype(np.float64), mine[key].astype(np.float64)
         if key.startswith("wm/p"):
@@ -320,10 +340,9 @@ def compare_rows(ref: dict, mine: dict, label: str) -> list[dict]:
                "rel": diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))}
         if r.ndim == 0:
             row |= {"reference": float(r), "ours": float(m)}
-        fam = key.split("/")[0] + "/" + key.split("/")[1] if key.startswith("grad/") else key.split("/")[0]
         if key.startswith("grad") and not (r.any() or m.any()):  # e.g. the prior's, with the KL under free nats
             row |= {"cos": 1.0, "norm_ratio": 1.0, "both_zero": True}
-        elif key.startswith("grad") and max(np.abs(r).max(), np.abs(m).max()) <= 1e-6 * family_max[fam]:
+        elif key.startswith("grad") and max(np.abs(r).max(), np.abs(m).max()) <= 1e-6 * family_max[_family(key)]:
             # zero but for rounding in both, e.g. a bias in front of a training-mode BatchNorm (the weighter's),
             # which subtracts the batch mean: a cosine of rounding errors says nothing
             row |= {"negligible": True}
@@ -660,10 +679,7 @@ def summary(paths: list[Path]) -> None:
         labels = dict.fromkeys(r["label"] for r in d["rows"])
         for label in labels:
             rows = [r for r in d["rows"] if r["label"] == label]
-            fams = dict.fromkeys(r["quantity"].split("/")[0] + ("/" + r["quantity"].split("/")[1]
-                                 if r["quantity"].startswith("grad/") else "") for r in rows if "cos" in r
-                                 or r.get("negligible"))
-            for fam in fams:
+            for fam in dict.fromkeys(_family(r["quantity"]) for r in rows if r["quantity"].startswith("grad")):
                 g = [r for r in rows if r["quantity"].startswith(fam + "/") and "cos" in r and not r.get("both_zero")]
                 zero = sum(bool(r.get("both_zero") or r.get("negligible")) for r in rows
                            if r["quantity"].startswith(fam + "/"))

@@ -110,11 +110,11 @@ def reference(inp_path: Path, out_path: Path) -> None:
     wm.model_opt, wm.meta_opt = Recorder(model_opt), Recorder(meta_opt)
     _, outputs, metrics = wm.train(data, value_fn)  # the official step, its optimizers recording
 
-    (upper, g_up), (_, g_alpha_lower) = wm.meta_opt.kept["get_grads"][0], wm.model_opt.kept["get_grads"][0]
+    upper, g_up = wm.meta_opt.kept["get_grads"][0]  # ∇θ L_up, over the encoder's and the RSSM's variables
     lower, varibs, g_low = wm.model_opt.kept["step"]
-    g_alpha = wm.meta_opt.kept["apply"]
-    upper_vars = tf.nest.flatten([m.variables for m in (wm.encoder, wm.rssm)])
     grads = {id(v): g for v, g in zip(varibs, g_low, strict=True)}
+    upper_vars = tf.nest.flatten([m.variables for m in (wm.encoder, wm.rssm)])
+    grads_up = dict(zip(map(id, upper_vars), g_up, strict=True))
     res = {"upper": upper.numpy(), "lower": lower.numpy(), "w": outputs["weights"].numpy().T,  # [B, T] -> [T, B]
            "kl": metrics["kl"].numpy()}
     for name, var, rows, cols in sb._tf_params(wm, ac, meta):
@@ -122,14 +122,11 @@ def reference(inp_path: Path, out_path: Path) -> None:
         if kind in ("encoder", "rssm", "decoder", "reward", "discount"):
             res[f"grad_lower/{name}"] = sb.from_tf(grads[id(var)].numpy(), inp[f"param/{name}"], rows, cols)
             if kind in ("encoder", "rssm"):
-                up = dict(zip(map(id, upper_vars), g_up, strict=True))[id(var)]
-                res[f"grad_upper/{name}"] = sb.from_tf(up.numpy(), inp[f"param/{name}"], rows, cols)
-    weighter_vars = [v for _, v in _weighter_params(wm, meta)]
-    alpha = {id(v): g for v, g in zip(_meta_vars(wm.meta), g_alpha, strict=True)}
-    for (name, _), var in zip(_weighter_params(wm, meta), weighter_vars, strict=True):
+                res[f"grad_upper/{name}"] = sb.from_tf(grads_up[id(var)].numpy(), inp[f"param/{name}"], rows, cols)
+    alpha = dict(zip(map(id, _meta_vars(wm.meta)), wm.meta_opt.kept["apply"], strict=True))  # the α-gradient
+    for name, var in _weighter_params(wm, meta):
         g = alpha[id(var)].numpy()
         res[f"grad_alpha/{name}"] = g.T if g.ndim == 2 else g
-    assert len(g_alpha_lower) == len(g_alpha)
     np.savez(out_path, **{k: np.asarray(v, np.float32) for k, v in res.items()})
     print(f"official TEMPO: upper {float(upper):.6g}, lower {float(lower):.6g}, weights "
           f"{res['w'].mean():.4f} ± {res['w'].std():.4f} -> {out_path}")
@@ -147,27 +144,11 @@ def ours(run, inp: dict) -> dict[str, np.ndarray]:
 
     rssm, trainer, problem = run.wm.rssm, run.trainer, run.problem
     batch = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in inp.items() if k.startswith("batch/")}
-    eps = (torch.from_numpy(inp["noise/prior"]), torch.from_numpy(inp["noise/post"]))  # [T, B, S] each
-    calls = {"i": 0}
-    observe, sample = rssm.observe, rssm._sample
-
-    def replaying_observe(*args, **kwargs):
-        calls["i"] = 0
-        return observe(*args, **kwargs)
-
-    def replaying_sample(stats, noise=None):  # _obs_step samples the prior, then the posterior
-        i = calls["i"]
-        calls["i"] += 1
-        return sample(stats, eps[i % 2][i // 2])
-
-    rssm.observe, rssm._sample = replaying_observe, replaying_sample
-    try:
+    with sb.replaying(rssm, *(torch.from_numpy(inp[f"noise/{k}"]) for k in ("prior", "post"))):  # every pass
         sc = trainer.forward(problem, batch)
         g_low = trainer.lower_grad(sc, meta=True)
         g_alpha = trainer.alpha_grad(sc)
         upper, g_up = sc.upper_value(), sc.upper_grad()  # both computed by now, and cached
-    finally:
-        del rssm.observe, rssm._sample
     names = [n for n, _ in run.wm.named_parameters()]
     prefix = {"encoder": "encoder", "rssm": "rssm", "decoder": "decoder", "reward_head": "reward",
               "discount_head": "discount"}
