@@ -8,7 +8,7 @@ REINFORCE, the discount head) hold a tiny `tempo-official` run's parameters, a b
 (`same_batch.py export-tiny [--pixels | --discrete 8 | --atari]`),
 and what danijar/dreamerv2 (`same_batch.py reference`) and deng-ai-lab/TEMPO (`same_batch_tempo.py reference`)
 computed from them with TF 2.15.1. After a change of what the export holds, regenerate it with the commands in
-docs/evidence/reference/README.md ("The test fixture"). Our side is rebuilt from the file alone and computed here.
+docs/evidence/reference/README.md ("The test fixtures"). Our side is rebuilt from the file alone and computed here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +45,7 @@ sbt = _script("same_batch_tempo")
 
 @pytest.fixture(scope="module", params=list(FIXTURES))
 def arrays(request: pytest.FixtureRequest) -> tuple[dict, dict, dict]:
-    """(our inputs, the DreamerV2 reference's outputs, the official TEMPO code's outputs), per observation kind."""
+    """(our inputs, the DreamerV2 reference's outputs, the official TEMPO code's outputs), per fixture."""
     data = dict(np.load(FIXTURES[request.param]))
     parts = ({k: v for k, v in data.items() if not k.startswith(("ref/", "tref/"))},
              {k[4:]: v for k, v in data.items() if k.startswith("ref/")},
@@ -108,9 +110,6 @@ def test_tempo_step_is_the_official_codes(arrays):
 def test_the_correct_sign_is_the_official_alpha_gradient_negated(arrays):
     """`sign correct` (with the unit scale) applies -(∂²L_low/∂θ∂α)·∇θL_up: exactly the official direction
     reversed."""
-    import tempfile
-    from pathlib import Path
-
     inp, _, tref = arrays
     meta = json.loads(str(inp["meta"]))
     with tempfile.TemporaryDirectory() as tmp:
