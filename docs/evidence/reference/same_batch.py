@@ -52,6 +52,14 @@ MODULES = {  # prefix -> our module, of a recipes.run.Run
     "weighter": lambda run: run.trainer.weighter}
 
 
+def named_params(run) -> Iterator[tuple[str, object]]:
+    """('<prefix>/<our parameter name>', parameter) for every module of `MODULES` the run has."""
+    for prefix, module in MODULES.items():
+        if module(run) is not None:
+            for name, p in module(run).named_parameters():
+                yield f"{prefix}/{name}", p
+
+
 def load_run(run_dir: Path, tmp: Path):  # -> recipes.run.Run, from its checkpoint
     """The run at its checkpoint, float32 on one thread, its replay a copy in `tmp`."""
     import shutil
@@ -87,9 +95,7 @@ def export(run, batch: dict, out: Path, seed: int, source: str) -> None:
     agent, rssm = run.agent, run.wm.rssm
     arrays = {f"start/{k}": v.numpy() for k, v in post.items()}  # [T, B, ...]
     arrays |= {f"batch/{k}": v.numpy() for k, v in batch.items()}  # [T, B, ...]
-    for prefix, module in MODULES.items():
-        for name, p in (module(run).named_parameters() if module(run) is not None else ()):
-            arrays[f"param/{prefix}/{name}"] = p.detach().numpy()
+    arrays |= {f"param/{key}": p.detach().numpy() for key, p in named_params(run)}
     # The prior's and the posterior's random numbers [T, B, S] (standard normals, or uniforms for categorical
     # latents), replayed by both sides in every pass of a TEMPO step (`same_batch_tempo.py`; V-VAML reads the prior's
     # sample); with categorical latents also DreamerV2's world-model pass and the imagination's priors [H, N, S] here
@@ -195,9 +201,8 @@ def make_run(inp: dict, meta: dict, tmp: Path, overrides: dict | None = None):  
     data = deep_update(meta["config"], {"run": {"precision": "32", "threads": 1}, **(overrides or {})})
     run = Run(Config.model_validate(data), tmp)
     with torch.no_grad():
-        for prefix, module in MODULES.items():
-            for name, p in (module(run).named_parameters() if module(run) is not None else ()):
-                p.copy_(torch.from_numpy(inp[f"param/{prefix}/{name}"]))
+        for key, p in named_params(run):
+            p.copy_(torch.from_numpy(inp[f"param/{key}"]))
     return run
 
 
@@ -377,11 +382,14 @@ def compare_update(inp: dict, ref: dict) -> list[dict]:
 
 def compare(inp_path: Path, ref_path: Path, json_out: Path | None) -> None:
     inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
-    meta = json.loads(str(inp["meta"]))
-    del meta["config"]  # in the input file; the JSON keeps what a reader needs
-    rows = compare_update(inp, ref)
+    report(compare_update(inp, ref), inp, json_out)
+
+
+def report(rows: list[dict], inp: dict, json_out: Path | None) -> None:
+    """Print the rows; with `json_out`, write them and the export's meta (its config left in the export)."""
     print_rows(rows)
     if json_out is not None:
+        meta = {k: v for k, v in json.loads(str(inp["meta"])).items() if k != "config"}
         json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
 

@@ -182,12 +182,7 @@ def compare_step(inp: dict, ref: dict, contractions: list[str]) -> list[dict]:
 
 def compare(inp_path: Path, ref_path: Path, contractions: list[str], json_out: Path | None) -> None:
     inp, ref = dict(np.load(inp_path)), dict(np.load(ref_path))
-    meta = json.loads(str(inp["meta"]))
-    del meta["config"]  # in the input file; the JSON keeps what a reader needs
-    rows = compare_step(inp, ref, contractions)
-    sb.print_rows(rows)
-    if json_out is not None:
-        json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    sb.report(compare_step(inp, ref, contractions), inp, json_out)
 
 
 def main() -> None:
