@@ -118,3 +118,28 @@ def test_the_correct_sign_is_the_official_alpha_gradient_negated(arrays):
         mine = sbt.ours(run, inp)
     negated = {k: -v for k, v in mine.items() if k.startswith("grad_alpha/")}
     _assert_same(sb.compare_rows(tref, negated, "sign correct, negated"))
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.3])
+def test_noise_summary_measures_a_known_bias_and_spread(tmp_path, bias):
+    """`same_batch_tempo.py noise-summary` on synthetic draws whose truth is known: shared = m + e, fresh = m + b + e'
+    with ||b|| = bias·||m|| and tr Cov = 0.25·||m||² per mode. It must find bias² (relative to the fresh mean's
+    squared norm) inside its CI, zero inside it when there is none, and the spread."""
+    rng = np.random.default_rng(1)
+    n, p = 32, 4000
+    m = rng.standard_normal(p)
+    b = bias * np.linalg.norm(m) * rng.standard_normal(p) / np.sqrt(p)
+    noise = 0.5 * np.linalg.norm(m) / np.sqrt(p)  # per coordinate: tr Cov = 0.25 ||m||²
+    shared = m + noise * rng.standard_normal((n, p))
+    fresh = m + b + 0.6 * (shared - m) + 0.8 * noise * rng.standard_normal((n, p))  # paired: correlated draws
+    arrays = {"shared/net.0.weight": shared[:, :3000].reshape(n, 30, 100), "shared/net.0.bias": shared[:, 3000:],
+              "fresh/net.0.weight": fresh[:, :3000].reshape(n, 30, 100), "fresh/net.0.bias": fresh[:, 3000:]}
+    arrays |= {f"{mode}/{k}": np.zeros(n) for mode in ("shared", "fresh") for k in ("upper", "lower")}
+    np.savez(tmp_path / "noise.npz", **arrays)
+    out = sbt.noise_summary(tmp_path / "noise.npz")
+    a, ci = out["all"], out["ci95"]
+    truth = (b @ b) / ((m + b) @ (m + b))
+    assert ci["bias2_rel"][0] <= truth <= ci["bias2_rel"][1], (truth, a["bias2_rel"], ci["bias2_rel"])
+    assert (ci["bias2_rel"][0] > 0) == (bias > 0)  # a bias of 0.3 of the mean's norm is found, none is not invented
+    assert abs(a["spread_shared"] - 0.25) < 0.02  # relative to the sample mean's norm: 0.25 less 1/n of it
+    assert out["draws"] == n and out["parameters"] == p
