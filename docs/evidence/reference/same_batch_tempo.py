@@ -297,6 +297,8 @@ def main() -> None:
     if args.cmd == "reference":
         reference(args.inp, args.out)
     elif args.cmd == "noise":
+        if args.draws < 3:  # noise-summary's spread and jackknife need at least 3
+            p.error(f"--draws {args.draws}: at least 3")
         noise(args.inp, args.out, args.draws, args.seed)
     elif args.cmd == "noise-summary":
         rows = [noise_summary(f) for f in args.files]
