@@ -212,7 +212,8 @@ def noise_summary(path: Path) -> dict:
     # resample's repeated draws would bias the U-statistic bias2.
     full = stats(np.arange(n))
     loo = [stats(np.delete(np.arange(n), i)) for i in range(n)]
-    se = {k: float(np.sqrt((n - 1) / n * sum((r[k] - np.mean([q[k] for q in loo])) ** 2 for r in loo))) for k in full}
+    se = {k: float(np.sqrt((n - 1) / n * np.sum((v - v.mean()) ** 2)))
+          for k, v in ((k, np.array([r[k] for r in loo])) for k in full)}
     ci = {k: [full[k] - 1.96 * se[k], full[k] + 1.96 * se[k]] for k in full}
     return {"file": str(path), "draws": n, "parameters": int(flat["shared"].shape[1]), "all": full, "ci95": ci,
             "upper": [float(out["shared/upper"].mean()), float(out["shared/upper"].std())],
